@@ -1,0 +1,214 @@
+"""Routes of /api/v1. The lifespan owns the running service and the HTTP client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypedDict
+
+import httpx
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.errors import EXCEPTION_HANDLERS, ApiError
+from schemas import BatchAccepted, BatchRequest
+from stream_app.aggregation import JobStatus
+from stream_app.service import Service, running_service
+from stream_app.settings import Settings
+
+_FORWARDED = "x-insight-stream-forwarded"
+
+
+class State(TypedDict):
+    service: Service
+    http: httpx.AsyncClient
+    api_keys: dict[str, str]
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat()
+
+
+def job_summary(job: JobStatus) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "status": job.status,
+        "total_records": job.total_records,
+        "completed_count": job.completed_count,
+        "failed_count": job.failed_count,
+        "total_tokens_used": job.total_tokens_used,
+        "input_tokens": job.input_tokens,
+        "output_tokens": job.output_tokens,
+        "estimated_cost": float(round(job.estimated_cost, 8)),
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+    }
+
+
+def result_view(stored: dict[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {"index": stored["index"], "success": stored["success"]}
+    if "response" in stored:
+        view["response"] = stored["response"]
+    if "error" in stored:
+        view["error"] = stored["error"]
+    if stored.get("record_id") is not None:
+        view["record_id"] = stored["record_id"]
+    view["tokens_used"] = stored.get("input_tokens", 0) + stored.get("output_tokens", 0)
+    view["attempts"] = stored.get("attempts", 0)
+    return view
+
+
+def _caller(request: Request) -> str | None:
+    """The client name of a valid bearer token; None when the API is open."""
+    keys: dict[str, str] = request.state.api_keys
+    if not keys:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        for secret, name in keys.items():
+            if hmac.compare_digest(secret.encode(), token.strip().encode()):
+                return name
+    raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <key>' header is required")
+
+
+def _visible(job: JobStatus, caller: str | None) -> bool:
+    return caller is None or job.owner == caller
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+async def submit_batch(request: Request) -> Response:
+    caller = _caller(request)
+    service: Service = request.state.service
+    body = await request.body()
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    limit = service.settings.batch_max_records_per_request
+    if isinstance(payload, dict) and isinstance(payload.get("records"), list):
+        if len(payload["records"]) > limit:
+            raise ApiError(413, "too_many_records", f"at most {limit} records per request")
+    try:
+        batch = BatchRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", _describe(exc)) from None
+    max_chars = service.settings.batch_max_text_chars
+    for index, record in enumerate(batch.records):
+        if len(record.text) > max_chars:
+            raise ApiError(
+                422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
+            )
+    job = await service.submit(batch.records, owner=caller)
+    accepted = BatchAccepted(job_id=job.job_id, status=job.status, total_records=len(batch.records))
+    return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+async def job_status(request: Request) -> Response:
+    caller = _caller(request)
+    service: Service = request.state.service
+    job_id = request.path_params["job_id"]
+    job = service.pipeline.job(job_id)
+    if job is None:
+        forwarded = await _forward_to_owner(request, service, job_id)
+        if forwarded is not None:
+            return forwarded
+    if job is None or not _visible(job, caller):
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+    offset = _int_param(request, "offset", 0) or 0
+    limit = _int_param(request, "limit", None)
+    last = job.total_records if job.total_records is not None else job.highest_index + 1
+    end = last if limit is None else min(last, offset + limit)
+    results = []
+    for index in range(offset, end):
+        stored = service.pipeline.result(job_id, index)
+        if stored is not None:
+            results.append(result_view(stored))
+    return JSONResponse({**job_summary(job), "results": results})
+
+
+async def _forward_to_owner(request: Request, service: Service, job_id: str) -> Response | None:
+    """Jobs live on the worker owning their partition; ask it when that is not us."""
+    if request.headers.get(_FORWARDED):
+        return None
+    owner = service.owner_url(job_id)
+    if owner is None or owner == service.canonical_url:
+        return None
+    http: httpx.AsyncClient = request.state.http
+    headers = {_FORWARDED: "1"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    try:
+        reply = await http.get(
+            f"{owner}{request.url.path}", params=dict(request.query_params), headers=headers
+        )
+    except httpx.HTTPError:
+        raise ApiError(
+            503, "owner_unavailable", "the worker holding this job did not answer; retry"
+        ) from None
+    return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+
+async def list_jobs(request: Request) -> Response:
+    caller = _caller(request)
+    service: Service = request.state.service
+    jobs = [job_summary(job) for job in service.list_jobs() if _visible(job, caller)]
+    return JSONResponse({"jobs": jobs, "count": len(jobs)})
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    service: Service = request.state.service
+    readiness = await service.readiness()
+    body = {"ready": readiness.ready, "checks": readiness.checks}
+    return JSONResponse(body, status_code=200 if readiness.ready else 503)
+
+
+def create_api(settings: Settings) -> Starlette:
+    api_keys = settings.api_key_table()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with running_service(settings) as service:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                yield {"service": service, "http": http, "api_keys": api_keys}
+
+    routes = [
+        Route("/api/v1/batch", submit_batch, methods=["POST"]),
+        Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/status", job_status, methods=["GET"]),
+        Route("/api/v1/health", health, methods=["GET"]),
+        Route("/api/v1/ready", ready, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    )

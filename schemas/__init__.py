@@ -1,0 +1,18 @@
+"""The one set of models for HTTP bodies, topic payloads and the LLM's structured output."""
+
+from schemas.events import DeadLetter, JobCreated, RecordEvent, ResultEvent
+from schemas.http import BatchAccepted, BatchRecord, BatchRequest
+from schemas.insight import Insight, InsightResponse, ResponseMetadata
+
+__all__ = [
+    "BatchAccepted",
+    "BatchRecord",
+    "BatchRequest",
+    "DeadLetter",
+    "Insight",
+    "InsightResponse",
+    "JobCreated",
+    "RecordEvent",
+    "ResponseMetadata",
+    "ResultEvent",
+]

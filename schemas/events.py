@@ -1,0 +1,63 @@
+"""Topic payloads. These are public contracts: plain JSON, documented in the README."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.http import BatchRecord
+from schemas.insight import InsightResponse
+
+
+class JobCreated(BaseModel):
+    """`batch.jobs`, key job_id: announces a job and how many records it has."""
+
+    type: Literal["created"] = "created"
+    job_id: str = Field(min_length=1, max_length=200)
+    total_records: int = Field(ge=0)
+    created_at: float | None = None
+    owner: str | None = None
+
+
+class RecordEvent(BaseModel):
+    """`batch.records`: one record of one job."""
+
+    job_id: str = Field(min_length=1, max_length=200)
+    index: int = Field(ge=0)
+    record: BatchRecord
+
+
+class ResultEvent(BaseModel):
+    """`batch.results`, key job_id: the one outcome of one record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str = Field(min_length=1, max_length=200)
+    index: int = Field(ge=0)
+    success: bool
+    response: InsightResponse | None = None
+    error: str | None = None
+    record_id: str | None = None
+    # Every billed attempt of this record, successful or not.
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    attempts: int = Field(0, ge=0)
+    finished_at: float | None = None
+
+    @property
+    def tokens_used(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class DeadLetter(BaseModel):
+    """`batch.dlq`: a message that could not be parsed or validated, with the reason."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    reason: str
+    at: float
+    extra: dict[str, Any] = Field(default_factory=dict)

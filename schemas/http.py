@@ -1,0 +1,34 @@
+"""HTTP request and response bodies of /api/v1/batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class BatchRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must be a non-empty string")
+        return value
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[BatchRecord] = Field(min_length=1)
+
+
+class BatchAccepted(BaseModel):
+    job_id: str
+    status: str
+    total_records: int

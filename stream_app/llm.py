@@ -1,0 +1,86 @@
+"""The Claude call for one record: structured output through the official SDK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import orjson
+from pydantic import ValidationError
+
+from schemas import BatchRecord, Insight
+from stream_app.exceptions import InvalidModelOutput
+
+SYSTEM_PROMPT = (
+    "You analyse business texts (support tickets, reviews, incident reports, call notes). "
+    "For the text you are given, write a faithful summary of one or two sentences, up to "
+    "five concrete insights, the overall sentiment and a few topic keywords. Use only what "
+    "the text says."
+)
+# Structured outputs take a JSON schema; the SDK rewrites pydantic's schema into the
+# subset the API accepts (constraints move into descriptions).
+INSIGHT_OUTPUT_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "schema": anthropic.transform_schema(Insight),
+}
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Analysis:
+    insight: Insight
+    usage: Usage
+
+
+class InvalidOutputWithUsage(InvalidModelOutput):
+    """The call was billed, but its output did not validate."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class InsightClient:
+    """One attempt at analysing one record. Retries and pacing live in the caller."""
+
+    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str, max_tokens: int) -> None:
+        self._client = client
+        self.model = model
+        self._max_tokens = max_tokens
+
+    async def analyze(self, record: BatchRecord) -> Analysis:
+        message = await self._client.messages.create(
+            model=self.model,
+            max_tokens=self._max_tokens,
+            system=SYSTEM_PROMPT,
+            messages=[{"role": "user", "content": record.text}],
+            output_config={"format": INSIGHT_OUTPUT_FORMAT},  # type: ignore[typeddict-item]
+        )
+        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+        text = "".join(block.text for block in message.content if block.type == "text")
+        try:
+            insight = Insight.model_validate(orjson.loads(text))
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            raise InvalidOutputWithUsage(
+                f"structured output did not validate: {_first_line(exc)}", usage
+            ) from exc
+        return Analysis(insight, usage)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]
+
+
+def build_anthropic_client(
+    *, api_key: str, base_url: str | None, timeout: float
+) -> anthropic.AsyncAnthropic:
+    # max_retries=0: every attempt must pass through our rate budget, so we retry ourselves.
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+    )

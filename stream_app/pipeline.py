@@ -1,0 +1,272 @@
+"""The Faust app: topics, tables and the two agents, built from Settings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.types import EventT
+from pydantic import ValidationError
+
+from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
+from stream_app.aggregation import JobStatus, apply_created, apply_result, result_out_of_range
+from stream_app.logs import get_logger
+from stream_app.mirror import SqliteMirror
+from stream_app.pricing import Price
+from stream_app.processing import RecordProcessor
+from stream_app.settings import Settings
+
+log = get_logger(__name__)
+
+JOB_TABLE = "job-status"
+RESULT_TABLE = "record-results"
+_RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+def result_key(job_id: str, index: int) -> str:
+    return f"{job_id}#{index}"
+
+
+def record_key(job_id: str, index: int) -> bytes:
+    # Records of one job are keyed per record so that they spread over all partitions.
+    return f"{job_id}#{index}".encode()
+
+
+def broker_urls(bootstrap_servers: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    app: faust.App
+    jobs_topic: faust.TopicT
+    records_topic: faust.TopicT
+    results_topic: faust.TopicT
+    dlq_topic: faust.TopicT
+    job_table: faust.Table
+    result_table: faust.Table
+
+    @property
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic the service uses, with the partition count it must have."""
+        s = self.settings
+        names = [s.topic_jobs, s.topic_records, s.topic_results, s.topic_dlq]
+        names += [self.job_table.changelog_topic.get_topic_name()]
+        names += [self.result_table.changelog_topic.get_topic_name()]
+        return {name: s.kafka_partitions for name in names}
+
+    def job(self, job_id: str) -> JobStatus | None:
+        raw = self.job_table.get(job_id)
+        return JobStatus.model_validate(raw) if raw is not None else None
+
+    def jobs(self) -> list[JobStatus]:
+        return [JobStatus.model_validate(raw) for raw in self.job_table.values()]
+
+    def result(self, job_id: str, index: int) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = self.result_table.get(result_key(job_id, index))
+        return value
+
+    async def publish_job(self, created: JobCreated, records: list[RecordEvent]) -> None:
+        """What an upstream producer does: announce the job, then send its records."""
+        await self.jobs_topic.send(key=created.job_id.encode(), value=_dump(created))
+        for event in records:
+            await self.records_topic.send(
+                key=record_key(event.job_id, event.index), value=_dump(event)
+            )
+        await self.app.producer.flush()
+
+
+def _dump(model: Any) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> None:
+    """Create missing topics with explicit partition counts; refuse mismatched ones.
+
+    Tansu auto-creates unknown topics with its own partition count, and a table's changelog
+    must match its source topic, so everything is declared before any agent starts.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+        if missing:
+            await admin.create_topics(missing)
+            log.info("created topics", topics=",".join(t.name for t in missing))
+        present = [name for name in wanted if name in existing]
+        if present:
+            described = await admin.describe_topics(present)
+            for topic in described:
+                count = len(topic.get("partitions", []))
+                if count and count != wanted[topic["topic"]]:
+                    raise RuntimeError(
+                        f"topic {topic['topic']!r} has {count} partitions, the service is "
+                        f"configured for {wanted[topic['topic']]} (KAFKA_PARTITIONS)"
+                    )
+    finally:
+        await admin.close()
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    bootstrap_servers: str,
+    processor: RecordProcessor,
+    price: Price,
+    mirror: SqliteMirror | None,
+    canonical_url: str,
+) -> Pipeline:
+    s = settings
+    store = "memory://" if s.batch_persistence_backend == "memory" else "rocksdb://"
+    app = faust.App(
+        s.kafka_app_id,
+        broker=broker_urls(bootstrap_servers),
+        store=store,
+        datadir=str(s.batch_job_storage_path.resolve()),
+        autodiscover=False,
+        web_enabled=False,
+        canonical_url=canonical_url,
+        topic_partitions=s.kafka_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=s.kafka_rebalance_timeout_seconds,
+        broker_session_timeout=s.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
+        producer_acks=-1,
+        table_standby_replicas=0,
+    )
+    jobs_topic = app.topic(s.topic_jobs, partitions=s.kafka_partitions, **_RAW)
+    records_topic = app.topic(s.topic_records, partitions=s.kafka_partitions, **_RAW)
+    results_topic = app.topic(s.topic_results, partitions=s.kafka_partitions, **_RAW)
+    dlq_topic = app.topic(s.topic_dlq, partitions=s.kafka_partitions, **_RAW)
+    # batch.jobs and batch.results share key (job_id) and partition count, so both land on
+    # the same partition, and the tables' changelogs follow that partition.
+    job_events = app.topic(s.topic_jobs, s.topic_results, partitions=s.kafka_partitions, **_RAW)
+    table_schema = faust.Schema(
+        key_type=str, value_type=dict, key_serializer="raw", value_serializer="json"
+    )
+    job_table = app.Table(JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    result_table = app.Table(RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    pipeline = Pipeline(
+        s, app, jobs_topic, records_topic, results_topic, dlq_topic, job_table, result_table
+    )
+
+    async def dead_letter(event: EventT, reason: str, **extra: Any) -> None:
+        message = event.message
+        value = message.value if isinstance(message.value, bytes) else b""
+        letter = DeadLetter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key.decode(errors="replace") if isinstance(message.key, bytes) else None,
+            value=value[:65536].decode(errors="replace"),
+            reason=reason,
+            at=time.time(),
+            extra=extra,
+        )
+        await dlq_topic.send(key=message.key, value=_dump(letter))
+        log.warning(
+            "dead-lettered",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+        )
+
+    @app.agent(records_topic, concurrency=s.batch_max_concurrent_llm_calls, name="process")
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            record = await _parse_record(event)
+            if record is not None:
+                result = await processor.process(record)
+                await results_topic.send(key=record.job_id.encode(), value=_dump(result))
+
+    async def _parse_record(event: EventT) -> RecordEvent | None:
+        try:
+            return RecordEvent.model_validate_json(event.message.value)
+        except ValidationError as exc:
+            reason = f"invalid record event: {_validation_summary(exc)}"
+        await dead_letter(event, reason)
+        # A record that names its job and index still gets an outcome, so the job completes.
+        ident = _job_and_index(event.message.value)
+        if ident is not None:
+            failed = ResultEvent(
+                job_id=ident[0],
+                index=ident[1],
+                success=False,
+                error=reason,
+                finished_at=time.time(),
+            )
+            await results_topic.send(key=ident[0].encode(), value=_dump(failed))
+        return None
+
+    @app.agent(job_events, name="aggregate")
+    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            now = time.time()
+            if event.message.topic == s.topic_jobs:
+                await _apply_job_event(event, now)
+            else:
+                await _apply_result_event(event, now)
+
+    async def _apply_job_event(event: EventT, now: float) -> None:
+        try:
+            created = JobCreated.model_validate_json(event.message.value)
+        except ValidationError as exc:
+            await dead_letter(event, f"invalid job event: {_validation_summary(exc)}")
+            return
+        job = apply_created(pipeline.job(created.job_id), created, now)
+        job_table[created.job_id] = job.model_dump(mode="json")
+        if mirror is not None:
+            mirror.save_job(job)
+
+    async def _apply_result_event(event: EventT, now: float) -> None:
+        try:
+            result = ResultEvent.model_validate_json(event.message.value)
+        except ValidationError as exc:
+            await dead_letter(event, f"invalid result event: {_validation_summary(exc)}")
+            return
+        key = result_key(result.job_id, result.index)
+        if key in result_table:
+            return  # redelivered: each (job, index) counts once
+        job = pipeline.job(result.job_id)
+        if result_out_of_range(job, result):
+            await dead_letter(event, f"index {result.index} is outside the job's records")
+            return
+        job = apply_result(job, result, price, now)
+        stored = result.model_dump(mode="json", exclude_none=True)
+        result_table[key] = stored
+        job_table[result.job_id] = job.model_dump(mode="json")
+        if mirror is not None:
+            mirror.save_result(result.job_id, result.index, stored)
+            mirror.save_job(job)
+
+    del process, aggregate  # registered on the app; nothing else calls them
+    return pipeline
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "value"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _job_and_index(value: bytes) -> tuple[str, int] | None:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    job_id, index = data.get("job_id"), data.get("index")
+    if isinstance(job_id, str) and job_id and isinstance(index, int) and index >= 0:
+        return job_id, index
+    return None

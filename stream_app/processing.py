@@ -1,0 +1,152 @@
+"""Processing one record: budget, attempts, retries, and the one outcome it produces."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import anthropic
+
+from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent
+from stream_app.llm import InsightClient, InvalidOutputWithUsage
+from stream_app.logs import get_logger
+from stream_app.ratelimit import RateBudget
+
+log = get_logger(__name__)
+
+# 408, 409, 429 and every 5xx (529 "overloaded" included) are worth another attempt.
+_RETRYABLE_STATUS = {408, 409, 429}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 1
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 30.0
+
+    def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Jittered exponential backoff; the provider's `retry-after` wins when longer."""
+        base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
+        delay = base * (0.5 + rng.random() / 2)
+        return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class RecordProcessor:
+    """Turns a record event into exactly one result event; never raises for provider errors."""
+
+    client: InsightClient
+    budget: RateBudget
+    policy: RetryPolicy
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def process(self, event: RecordEvent) -> ResultEvent:
+        started = time.monotonic()
+        input_tokens = output_tokens = attempts = failures = 0
+        while True:
+            await self.budget.acquire()
+            attempts += 1
+            try:
+                analysis = await self.client.analyze(event.record)
+            except anthropic.RateLimitError as exc:
+                # Not the record's fault: it does not use up a retry.
+                self.budget.throttled(retry_after_seconds(exc.response.headers))
+                log.info("provider throttled", job=event.job_id, index=event.index)
+                continue
+            except InvalidOutputWithUsage as exc:
+                input_tokens += exc.usage.input_tokens
+                output_tokens += exc.usage.output_tokens
+                error, retry_after = str(exc), None
+            except anthropic.APIStatusError as exc:
+                error = describe_status_error(exc)
+                retry_after = retry_after_seconds(exc.response.headers)
+                if not is_retryable_status(exc.status_code):
+                    return self._failed(event, error, input_tokens, output_tokens, attempts)
+            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
+                error, retry_after = f"{type(exc).__name__}: {exc}", None
+            else:
+                input_tokens += analysis.usage.input_tokens
+                output_tokens += analysis.usage.output_tokens
+                response = InsightResponse(
+                    **analysis.insight.model_dump(),
+                    metadata=ResponseMetadata(
+                        tokens_used=input_tokens + output_tokens,
+                        input_tokens=input_tokens,
+                        output_tokens=output_tokens,
+                        model=self.client.model,
+                        attempts=attempts,
+                        latency_ms=int((time.monotonic() - started) * 1000),
+                    ),
+                )
+                return ResultEvent(
+                    job_id=event.job_id,
+                    index=event.index,
+                    success=True,
+                    response=response,
+                    record_id=event.record.id,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    attempts=attempts,
+                    finished_at=time.time(),
+                )
+            failures += 1
+            if failures > self.policy.retries:
+                return self._failed(event, error, input_tokens, output_tokens, attempts)
+            delay = self.policy.backoff(failures, retry_after, self.rng)
+            log.info(
+                "retrying record",
+                job=event.job_id,
+                index=event.index,
+                attempt=attempts,
+                error=error,
+                delay=round(delay, 3),
+            )
+            await self.sleep(delay)
+
+    @staticmethod
+    def _failed(
+        event: RecordEvent, error: str, input_tokens: int, output_tokens: int, attempts: int
+    ) -> ResultEvent:
+        return ResultEvent(
+            job_id=event.job_id,
+            index=event.index,
+            success=False,
+            error=error,
+            record_id=event.record.id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            attempts=attempts,
+            finished_at=time.time(),
+        )
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in _RETRYABLE_STATUS or status >= 500
+
+
+def describe_status_error(exc: anthropic.APIStatusError) -> str:
+    """`HTTP 400 invalid_request_error: <provider message>`: the provider's words, no secrets."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+    kind = detail.get("type") or type(exc).__name__
+    message = detail.get("message") or exc.message
+    return f"HTTP {exc.status_code} {kind}: {message}"
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) / scale)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(raw) if name == "retry-after" else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    return None

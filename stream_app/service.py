@@ -1,0 +1,181 @@
+"""The running service: everything the API needs, started and stopped as one unit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.contrib.asgi import faust_app_running
+
+from schemas import BatchRecord, JobCreated, RecordEvent
+from stream_app.aggregation import JobStatus
+from stream_app.llm import InsightClient, build_anthropic_client
+from stream_app.logs import get_logger
+from stream_app.mirror import SqliteMirror
+from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
+from stream_app.pricing import is_known_model, price_for
+from stream_app.processing import RecordProcessor, RetryPolicy
+from stream_app.ratelimit import RateBudget
+from stream_app.settings import Settings
+
+log = get_logger(__name__)
+
+_READY_CACHE_SECONDS = 1.0
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    pipeline: Pipeline
+    budget: RateBudget
+    mirror: SqliteMirror | None
+    admin: AIOKafkaAdminClient
+    canonical_url: str
+    _ready_cache: tuple[float, Readiness] | None = field(default=None, repr=False)
+
+    async def submit(self, records: list[BatchRecord], owner: str | None) -> JobStatus:
+        job_id = uuid.uuid4().hex
+        created = JobCreated(
+            job_id=job_id, total_records=len(records), created_at=time.time(), owner=owner
+        )
+        events = [RecordEvent(job_id=job_id, index=i, record=r) for i, r in enumerate(records)]
+        await self.pipeline.publish_job(created, events)
+        # Read-your-writes on this instance: wait briefly until the aggregate agent has seen it.
+        if self.owner_url(job_id) == self.canonical_url:
+            deadline = time.monotonic() + 5.0
+            while self.pipeline.job(job_id) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        return self.pipeline.job(job_id) or JobStatus(
+            job_id=job_id, total_records=len(records), created_at=created.created_at, owner=owner
+        )
+
+    def owner_url(self, job_id: str) -> str | None:
+        """The API address of the worker whose partitions hold this job's state."""
+        try:
+            return str(self.pipeline.app.router.key_store(JOB_TABLE, job_id)).rstrip("/")
+        except (KeyError, ValueError, AttributeError):
+            return None
+
+    def list_jobs(self) -> list[JobStatus]:
+        if self.mirror is not None:
+            return self.mirror.jobs()
+        return sorted(self.pipeline.jobs(), key=lambda job: job.created_at or 0.0)
+
+    async def readiness(self) -> Readiness:
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < _READY_CACHE_SECONDS:
+            return self._ready_cache[1]
+        checks = {
+            "broker": await self._check_broker(),
+            "assignment": self._check_assignment(),
+            "storage": self._check_storage(),
+        }
+        result = Readiness(all(v == "ok" for v in checks.values()), checks)
+        self._ready_cache = (now, result)
+        return result
+
+    async def _check_broker(self) -> str:
+        try:
+            await asyncio.wait_for(self.admin.describe_cluster(), timeout=2.0)
+        except Exception as exc:  # any failure means "not reachable"; the reason is reported
+            return f"unreachable: {type(exc).__name__}"
+        return "ok"
+
+    def _check_assignment(self) -> str:
+        app = self.pipeline.app
+        if app.rebalancing:
+            return "rebalancing"
+        if not app.tables.recovery.completed.is_set():
+            return "recovering table state"
+        records = self.settings.topic_records
+        if not any(tp.topic == records for tp in app.consumer.assignment()):
+            return f"no {records} partitions assigned"
+        return "ok"
+
+    def _check_storage(self) -> str:
+        if self.settings.batch_persistence_backend == "memory":
+            return "ok"
+        probe = Path(self.settings.batch_job_storage_path) / f".ready-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            return f"not writable: {exc.strerror}"
+        return "ok"
+
+
+@asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[Service]:
+    """Build every client from Settings, start the Faust app, and stop it all on exit."""
+    if not settings.kafka_bootstrap_servers:
+        raise ValueError("KAFKA_BOOTSTRAP_SERVERS must be resolved before the service starts")
+    if settings.anthropic_api_key is None:
+        raise ValueError("ANTHROPIC_API_KEY must be resolved before the service starts")
+    if not is_known_model(settings.claude_model):
+        log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
+    settings.batch_job_storage_path.mkdir(parents=True, exist_ok=True)
+    anthropic_client = build_anthropic_client(
+        api_key=settings.anthropic_api_key.get_secret_value(),
+        base_url=settings.anthropic_base_url,
+        timeout=settings.claude_timeout_seconds,
+    )
+    budget = RateBudget(settings.claude_requests_per_minute)
+    processor = RecordProcessor(
+        client=InsightClient(
+            anthropic_client, model=settings.claude_model, max_tokens=settings.claude_max_tokens
+        ),
+        budget=budget,
+        policy=RetryPolicy(
+            retries=settings.batch_record_retry_count,
+            backoff_seconds=settings.batch_retry_backoff_seconds,
+        ),
+    )
+    mirror = (
+        SqliteMirror(settings.batch_sqlite_path)
+        if settings.batch_persistence_backend == "sqlite"
+        else None
+    )
+    canonical_url = settings.advertised_url or f"http://{settings.host}:{settings.port}"
+    pipeline = build_pipeline(
+        settings,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        processor=processor,
+        price=price_for(
+            settings.claude_model,
+            settings.batch_cost_per_1k_input_tokens,
+            settings.batch_cost_per_1k_output_tokens,
+        ),
+        mirror=mirror,
+        canonical_url=canonical_url,
+    )
+    await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        async with faust_app_running(pipeline.app, stop_timeout=30.0):
+            log.info(
+                "worker started",
+                app_id=settings.kafka_app_id,
+                broker=settings.kafka_bootstrap_servers,
+                storage=settings.batch_persistence_backend,
+                rpm=settings.claude_requests_per_minute,
+                concurrency=settings.batch_max_concurrent_llm_calls,
+            )
+            yield Service(settings, pipeline, budget, mirror, admin, canonical_url)
+    finally:
+        await admin.close()
+        await anthropic_client.close()
+        if mirror is not None:
+            mirror.close()

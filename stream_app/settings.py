@@ -1,0 +1,80 @@
+"""The one Settings object: built at the entry point from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PersistenceBackend = Literal["memory", "rocksdb", "sqlite"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Provider budget and worker concurrency.
+    claude_requests_per_minute: int = Field(50, ge=1)
+    batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
+    batch_record_retry_count: int = Field(1, ge=0, le=20)
+    batch_retry_backoff_seconds: float = Field(1.0, ge=0)
+    claude_model: str = "claude-sonnet-4-5"
+    claude_max_tokens: int = Field(1024, ge=64)
+    claude_timeout_seconds: float = Field(60.0, gt=0)
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+
+    # Cost: None means "use the built-in price table for claude_model".
+    batch_cost_per_1k_input_tokens: Decimal | None = None
+    batch_cost_per_1k_output_tokens: Decimal | None = None
+
+    # State.
+    batch_persistence_backend: PersistenceBackend = "rocksdb"
+    batch_job_storage_path: Path = Path("data/batch_jobs")
+    batch_sqlite_path: Path = Path("data/batch.db")
+
+    # Kafka.
+    kafka_bootstrap_servers: str | None = None
+    kafka_app_id: str = "insight-stream"
+    kafka_partitions: int = Field(8, ge=1, le=256)
+    topic_jobs: str = "batch.jobs"
+    topic_records: str = "batch.records"
+    topic_results: str = "batch.results"
+    topic_dlq: str = "batch.dlq"
+    # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
+    kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
+    kafka_session_timeout_seconds: float = Field(6.0, gt=0)
+    embedded_broker_port: int = 9092
+
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # How other workers reach this one's API (status reads are forwarded to a job's owner).
+    advertised_url: str | None = None
+    api_keys: SecretStr | None = None
+    batch_max_records_per_request: int = Field(100_000, ge=1)
+    batch_max_text_chars: int = Field(100_000, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("batch_persistence_backend", mode="before")
+    @classmethod
+    def _file_is_rocksdb(cls, value: object) -> object:
+        # "file" is the original service's name for the on-disk backend.
+        return "rocksdb" if value == "file" else value
+
+    def api_key_table(self) -> dict[str, str]:
+        """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
+        if self.api_keys is None:
+            return {}
+        table: dict[str, str] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, secret = item.partition(":")
+            if not sep or not name or not secret:
+                raise ValueError("API_KEYS must look like name:secret,name2:secret2")
+            table[secret] = name
+        return table

@@ -1,0 +1,62 @@
+"""The fold of job events and results into a job's status, without Kafka."""
+
+from decimal import Decimal
+
+from schemas import JobCreated, ResultEvent
+from stream_app.aggregation import apply_created, apply_result, result_out_of_range
+from stream_app.pricing import price_for
+
+PRICE = price_for("claude-sonnet-4-5")
+
+
+def result(index: int, success: bool = True, tin: int = 100, tout: int = 20) -> ResultEvent:
+    return ResultEvent(
+        job_id="j",
+        index=index,
+        success=success,
+        input_tokens=tin,
+        output_tokens=tout,
+        error=None if success else "boom",
+    )
+
+
+def test_job_runs_then_completes_with_exact_totals() -> None:
+    job = apply_created(None, JobCreated(job_id="j", total_records=3, created_at=5.0), now=6.0)
+    assert job.status == "pending" and job.total_records == 3 and job.created_at == 5.0
+    job = apply_result(job, result(0), PRICE, now=7.0)
+    assert job.status == "running"
+    job = apply_result(job, result(1, success=False, tin=10, tout=0), PRICE, now=8.0)
+    job = apply_result(job, result(2, tin=7, tout=3), PRICE, now=9.0)
+    assert job.status == "completed"
+    assert (job.completed_count, job.failed_count) == (2, 1)
+    assert job.input_tokens == 117 and job.output_tokens == 23 and job.total_tokens_used == 140
+    assert job.estimated_cost == PRICE.cost(117, 23)
+    assert job.estimated_cost == Decimal("0.000351") + Decimal("0.000345")
+    assert job.updated_at == 9.0
+
+
+def test_results_may_overtake_the_created_event() -> None:
+    job = apply_result(None, result(4), PRICE, now=1.0)
+    job = apply_result(job, result(0), PRICE, now=2.0)
+    assert job.total_records is None and job.status == "running" and job.highest_index == 4
+    job = apply_created(job, JobCreated(job_id="j", total_records=2, created_at=0.5), now=3.0)
+    assert job.status == "completed" and job.created_at == 0.5
+
+
+def test_repeated_created_event_changes_nothing() -> None:
+    job = apply_created(None, JobCreated(job_id="j", total_records=2), now=1.0)
+    again = apply_created(job, JobCreated(job_id="j", total_records=99), now=2.0)
+    assert again == job
+
+
+def test_fold_does_not_mutate_its_input() -> None:
+    job = apply_created(None, JobCreated(job_id="j", total_records=2), now=1.0)
+    apply_result(job, result(0), PRICE, now=2.0)
+    assert job.completed_count == 0
+
+
+def test_out_of_range_index_is_detected_once_total_is_known() -> None:
+    job = apply_created(None, JobCreated(job_id="j", total_records=2), now=1.0)
+    assert result_out_of_range(job, result(2))
+    assert not result_out_of_range(job, result(1))
+    assert not result_out_of_range(None, result(50))
