@@ -7,7 +7,6 @@ process and stop with it.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -28,10 +27,7 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_app", description=__doc__)
-    parser.add_argument("--simulator-port", type=int, default=8090)
-    args = parser.parse_args(argv)
+def main() -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     children: list[ChildProcess] = []
@@ -50,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                 address=f"127.0.0.1:{port}",
             )
         if settings.anthropic_api_key is None:
-            children.append(start_simulator(args.simulator_port, rpm=None))
+            children.append(start_simulator(settings.simulator_port, rpm=None))
             updates["anthropic_api_key"] = SecretStr("simulator")
-            updates["anthropic_base_url"] = f"http://127.0.0.1:{args.simulator_port}"
+            updates["anthropic_base_url"] = f"http://127.0.0.1:{settings.simulator_port}"
             log.warning(
                 "ANTHROPIC_API_KEY is unset: using the local Claude SIMULATOR (extractive "
                 "summaries, no real model)",

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
     embedded_broker_port: int = 9092
+    simulator_port: int = 8090
 
     # HTTP.
     host: str = "127.0.0.1"
@@ -57,6 +58,21 @@ class Settings(BaseSettings):
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     log_level: str = "INFO"
+
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "anthropic_api_key",
+        "anthropic_base_url",
+        "api_keys",
+        "advertised_url",
+        "batch_cost_per_1k_input_tokens",
+        "batch_cost_per_1k_output_tokens",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `FOO=` in a .env file or compose's `${FOO:-}` means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("batch_persistence_backend", mode="before")
     @classmethod

@@ -1,0 +1,132 @@
+"""Kafka as a public interface: upstream producers and downstream consumers use aiokafka."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.conftest import StartService
+from tests.support import Namespace, status, wait_completed, wait_until
+
+
+async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def consume(broker: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
+    """Read `count` messages from the start of `topic`, as a downstream consumer would."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        group_id=f"downstream-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    messages: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(messages) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                messages.extend(records)
+    finally:
+        await consumer.stop()
+    return messages
+
+
+async def test_upstream_producer_and_downstream_consumer(
+    start: StartService, broker: str, namespace: Namespace
+) -> None:
+    service = start(claude_requests_per_minute=6000)
+    topics = namespace.topics
+    job_id = f"upstream-{uuid.uuid4().hex[:8]}"
+    texts = [f"Review {i}. The delivery was late but support was kind." for i in range(12)]
+    created = {"type": "created", "job_id": job_id, "total_records": len(texts)}
+    messages: list[tuple[str, bytes | None, bytes]] = [
+        (topics["jobs"], job_id.encode(), orjson.dumps(created))
+    ]
+    for i, text in enumerate(texts):
+        record = {"job_id": job_id, "index": i, "record": {"text": text, "id": f"r{i}"}}
+        messages.append((topics["records"], f"{job_id}#{i}".encode(), orjson.dumps(record)))
+    await produce(broker, messages)
+
+    results = await consume(broker, topics["results"], len(texts))
+    assert len(results) == len(texts)
+    payloads = [orjson.loads(m.value) for m in results]
+    assert all(m.key == job_id.encode() for m in results)
+    assert sorted(p["index"] for p in payloads) == list(range(len(texts)))
+    for payload in payloads:
+        # Plain JSON in the documented shape, no Faust metadata.
+        assert "__faust" not in payload
+        assert payload["job_id"] == job_id and payload["success"] is True
+        assert payload["record_id"] == f"r{payload['index']}"
+        assert payload["input_tokens"] > 0 and payload["output_tokens"] > 0
+        assert set(payload["response"]) >= {"summary", "insights", "sentiment", "metadata"}
+
+    with service.client() as client:
+        body = await asyncio.to_thread(wait_completed, client, job_id)
+    assert body["completed_count"] == len(texts)
+    assert body["total_tokens_used"] == sum(p["input_tokens"] + p["output_tokens"] for p in payloads)
+
+
+async def test_poison_messages_go_to_the_dead_letter_topic(
+    start: StartService, broker: str, namespace: Namespace
+) -> None:
+    service = start(claude_requests_per_minute=6000)
+    topics = namespace.topics
+    job_id = f"poison-{uuid.uuid4().hex[:8]}"
+    created = {"type": "created", "job_id": job_id, "total_records": 3}
+    good = {"job_id": job_id, "index": 0, "record": {"text": "Fine. Works."}}
+    blank = {"job_id": job_id, "index": 1, "record": {"text": ""}}
+    wrong = {"job_id": job_id, "index": 2, "record": "not an object"}
+    await produce(
+        broker,
+        [
+            (topics["jobs"], job_id.encode(), orjson.dumps(created)),
+            (topics["jobs"], b"junk", b"\xff\xfe not json"),
+            (topics["records"], None, b"{{{"),
+            (topics["records"], None, orjson.dumps(good)),
+            (topics["records"], None, orjson.dumps(blank)),
+            (topics["records"], None, orjson.dumps(wrong)),
+            (topics["results"], job_id.encode(), b'{"job_id": 5}'),
+        ],
+    )
+    letters = [orjson.loads(m.value) for m in await consume(broker, topics["dlq"], 5)]
+    assert len(letters) == 5
+    reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
+    assert reasons == [
+        "invalid job event",
+        "invalid record event",
+        "invalid record event",
+        "invalid record event",
+        "invalid result event",
+    ]
+    assert {letter["source_topic"] for letter in letters} == {
+        topics["jobs"], topics["records"], topics["results"]
+    }
+    # Records that named their job still got an outcome, so the job completes.
+    with service.client() as client:
+        body = await asyncio.to_thread(wait_completed, client, job_id)
+        assert (body["completed_count"], body["failed_count"]) == (1, 2)
+        failed = {r["index"]: r["error"] for r in body["results"] if not r["success"]}
+        assert set(failed) == {1, 2} and all("invalid record event" in e for e in failed.values())
+
+        # And the service keeps working.
+        def accepted() -> str | None:
+            reply = client.post("/api/v1/batch", json={"records": [{"text": "After. Fine."}]})
+            return reply.json()["job_id"] if reply.status_code == 202 else None
+
+        new_job = wait_until(accepted, timeout=10)
+        assert (await asyncio.to_thread(wait_completed, client, new_job))["completed_count"] == 1
+        assert status(client, job_id)["failed_count"] == 2

@@ -1,0 +1,273 @@
+"""The whole service as users run it: a subprocess on the real broker and simulator."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sqlite3
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from simulator.testing import SimulatorHandle
+from stream_app.pricing import price_for
+from tests.conftest import StartService
+from tests.support import status, submit, wait_completed, wait_until
+
+SECRET = "sk-test-secret-do-not-log"
+TEXTS = [
+    f"Ticket {i}: the invoice page shows the wrong total for order {1000 + i}. "
+    f"The customer asks for a corrected invoice and a refund of the difference."
+    for i in range(40)
+]
+
+
+def assert_every_index_once(body: dict[str, Any], total: int) -> None:
+    indices = [r["index"] for r in body["results"]]
+    assert sorted(indices) == list(range(total))
+
+
+def assert_money_adds_up(body: dict[str, Any], sim: dict[str, Any]) -> None:
+    """Tokens equal what the provider billed; cost is exact from the split."""
+    per_record = sum(r["tokens_used"] for r in body["results"])
+    in_response = sum(r["response"]["metadata"]["tokens_used"] for r in body["results"] if r["success"])
+    billed_in, billed_out = sim["total_input_tokens_billed"], sim["total_output_tokens_billed"]
+    assert body["input_tokens"] == billed_in and body["output_tokens"] == billed_out
+    assert body["total_tokens_used"] == billed_in + billed_out == per_record
+    if body["failed_count"] == 0:
+        assert in_response == body["total_tokens_used"]
+    expected = price_for("claude-sonnet-4-5").cost(billed_in, billed_out)
+    assert Decimal(str(body["estimated_cost"])) == expected
+
+
+def test_batch_completes_with_exact_results_tokens_and_cost(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(latency_ms=60)
+    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=5)
+    with service.client() as client:
+        job_id = submit(client, TEXTS)
+        body = wait_completed(client, job_id)
+    assert body["completed_count"] == 40 and body["failed_count"] == 0
+    assert body["total_records"] == 40
+    assert_every_index_once(body, 40)
+    sim = simulator.stats()
+    assert sim["by_status"] == {"200": 40}
+    assert_money_adds_up(body, sim)
+    for result in body["results"]:
+        response = result["response"]
+        first_sentence = TEXTS[result["index"]].split(". ")[0]
+        assert response["summary"].startswith(first_sentence[:20]), response["summary"]
+        assert response["sentiment"] in {"positive", "neutral", "negative", "mixed"}
+        assert response["metadata"]["model"] == "claude-sonnet-4-5"
+    # Five calls in flight at once: the configured per-worker cap, reached and never passed.
+    assert sim["max_in_flight"] == 5
+    service.stop()
+    assert SECRET not in service.logs()
+
+
+def test_requests_are_paced_under_the_per_minute_budget(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    rpm = 240  # 4 per second: 36 records take ~9 s
+    service = start(claude_requests_per_minute=rpm, batch_max_concurrent_llm_calls=8)
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:36])
+        body = wait_completed(client, job_id)
+    assert body["completed_count"] == 36
+    stats = simulator.stats()
+    assert stats["by_status"] == {"200": 36}
+    assert simulator.max_requests_in_window(60.0) <= rpm
+    assert simulator.max_requests_in_window(5.0) <= math.ceil(rpm * 5 / 60) + 1
+    arrivals = sorted(r["t"] for r in stats["requests"])
+    # Smooth: the spacing holds on average (35 gaps of 0.25 s), no burst at the start.
+    assert arrivals[-1] - arrivals[0] >= 35 * 60 / rpm - 0.5
+    assert simulator.max_requests_in_window(1.0) <= 5
+
+
+def test_concurrency_cap_per_worker(start: StartService, simulator: SimulatorHandle) -> None:
+    simulator.configure(latency_ms=250)
+    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=3)
+    with service.client() as client:
+        wait_completed(client, submit(client, TEXTS[:12]))
+    assert simulator.stats()["max_in_flight"] == 3
+
+
+def test_partial_results_show_while_the_job_runs(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(latency_ms=400)
+    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=2)
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:10])
+
+        def partial() -> dict[str, Any] | None:
+            body = status(client, job_id)
+            return body if 0 < len(body["results"]) < 10 else None
+
+        body = wait_until(partial, timeout=30, what="some but not all results")
+        assert body["status"] == "running"
+        assert len(body["results"]) == body["completed_count"] + body["failed_count"]
+        assert len({r["index"] for r in body["results"]}) == len(body["results"])
+        final = wait_completed(client, job_id)
+    assert_every_index_once(final, 10)
+
+
+def test_failing_records_are_isolated(start: StartService, simulator: SimulatorHandle) -> None:
+    texts = [
+        "All good here. The product works well.",
+        "Please analyse this. [[sim:fail-400]]",
+        "Transient. [[sim:fail-500-once]]",
+        "Busy provider. [[sim:overloaded-once]]",
+        "Bad output first. [[sim:bad-json-once]]",
+        "Never works. [[sim:fail-500-always]]",
+        "Throttled. [[sim:429-once]]",
+        "Another fine record. Nothing to see.",
+    ]
+    service = start(claude_requests_per_minute=6000, batch_record_retry_count=1)
+    with service.client() as client:
+        body = wait_completed(client, submit(client, texts))
+    by_index = {r["index"]: r for r in body["results"]}
+    assert_every_index_once(body, len(texts))
+    assert [by_index[i]["success"] for i in range(8)] == [
+        True, False, True, True, True, False, True, True
+    ]
+    assert (body["completed_count"], body["failed_count"]) == (6, 2)
+    assert body["status"] == "completed"
+    assert "invalid_request_error" in by_index[1]["error"] and by_index[1]["attempts"] == 1
+    assert by_index[5]["error"].startswith("HTTP 500") and by_index[5]["attempts"] == 2
+    assert by_index[6]["attempts"] == 2  # the 429 did not use up the one retry
+    sim = simulator.stats()
+    assert sim["by_status"] == {"200": 7, "400": 1, "500": 3, "529": 1, "429": 1}
+    # The invalid structured output was billed, so it is in the record's and job's tokens.
+    assert by_index[4]["tokens_used"] > by_index[4]["response"]["metadata"]["input_tokens"]
+    assert_money_adds_up(body, sim)
+
+
+def test_bad_http_input_gets_a_clear_4xx(start: StartService) -> None:
+    service = start()
+    cases = [
+        (b"not json", 400, "invalid_json"),
+        (b'{"records": "x"}', 422, "validation_error"),
+        (b'{"records": []}', 422, "validation_error"),
+        (b'{"records": [{"id": "a"}]}', 422, "validation_error"),
+        (b'{"records": [{"text": "   "}]}', 422, "validation_error"),
+        (b'{"records": [{"text": 5}]}', 422, "validation_error"),
+        (b"[1, 2]", 422, "validation_error"),
+        (b'{"records": [{"text": "ok"}], "extra": 1}', 422, "validation_error"),
+    ]
+    with service.client() as client:
+        for body, code, error in cases:
+            reply = client.post(
+                "/api/v1/batch", content=body, headers={"content-type": "application/json"}
+            )
+            assert reply.status_code == code, (body, reply.text)
+            assert reply.json()["error"]["code"] == error
+            assert reply.json()["error"]["message"]
+        for path, code in [("/api/v1/batch/nope/status", 404), ("/api/v1/nothing", 404)]:
+            reply = client.get(path)
+            assert reply.status_code == code and reply.json()["error"]["code"]
+        reply = client.get("/api/v1/batch/jobs?x=1")
+        assert reply.status_code == 200 and reply.json()["jobs"] == []
+        reply = client.get("/api/v1/batch/abc/status?limit=-1")
+        assert reply.status_code in (400, 404)
+        # Still working after all that, and nothing was half-created.
+        job_id = submit(client, ["Still alive. Works."])
+        body = wait_completed(client, job_id)
+        assert body["completed_count"] == 1
+        assert [j["job_id"] for j in client.get("/api/v1/batch/jobs").json()["jobs"]] == [job_id]
+
+
+def test_results_can_be_paged(start: StartService) -> None:
+    service = start(claude_requests_per_minute=6000)
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:7])
+        wait_completed(client, job_id)
+        page = status(client, job_id, params={"offset": 2, "limit": 3})
+    assert [r["index"] for r in page["results"]] == [2, 3, 4]
+    assert page["completed_count"] == 7
+
+
+def test_api_keys_authenticate_and_scope_jobs(start: StartService) -> None:
+    service = start(api_keys="alice:alice-secret,bob:bob-secret")
+    alice = {"authorization": "Bearer alice-secret"}
+    bob = {"authorization": "Bearer bob-secret"}
+    with service.client() as client:
+        reply = client.post("/api/v1/batch", json={"records": [{"text": "x y z"}]})
+        assert reply.status_code == 401 and reply.json()["error"]["code"] == "unauthorized"
+        wrong = {"authorization": "Bearer nope"}
+        assert client.get("/api/v1/batch/jobs", headers=wrong).status_code == 401
+        job_id = submit(client, ["Alice's ticket. It broke."], headers=alice)
+        wait_completed(client, job_id, headers=alice)
+        assert client.get(f"/api/v1/batch/{job_id}/status", headers=bob).status_code == 404
+        assert client.get("/api/v1/batch/jobs", headers=bob).json()["jobs"] == []
+        listed = client.get("/api/v1/batch/jobs", headers=alice).json()["jobs"]
+        assert [j["job_id"] for j in listed] == [job_id]
+        # Probes stay open for the orchestrator.
+        assert client.get("/api/v1/health").status_code == 200
+
+
+def test_restart_on_same_broker_and_data_loses_nothing(
+    start: StartService, simulator: SimulatorHandle, tmp_path
+) -> None:
+    workdir = tmp_path / "node"
+    service = start(workdir=workdir, claude_requests_per_minute=6000)
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:6])
+        before = wait_completed(client, job_id)
+    assert service.stop() == 0
+    calls = len(simulator.stats()["requests"])
+    again = start(workdir=workdir, claude_requests_per_minute=6000)
+    with again.client() as client:
+        after = status(client, job_id)
+        jobs = client.get("/api/v1/batch/jobs").json()["jobs"]
+    assert after == before
+    assert [j["job_id"] for j in jobs] == [job_id]
+    assert len(simulator.stats()["requests"]) == calls  # nothing was processed twice
+
+
+def test_sqlite_backend_mirrors_jobs_and_results(
+    start: StartService, tmp_path
+) -> None:
+    workdir = tmp_path / "sqlite-node"
+    service = start(workdir=workdir, batch_persistence_backend="sqlite")
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:5])
+        body = wait_completed(client, job_id)
+        listed = client.get("/api/v1/batch/jobs").json()["jobs"]
+    assert [j["job_id"] for j in listed] == [job_id]
+    service.stop()
+    db = sqlite3.connect(workdir / "batch.db")
+    row = db.execute(
+        "SELECT status, total_records, completed_count, total_tokens_used FROM batch_jobs"
+    ).fetchall()
+    assert row == [("completed", 5, 5, body["total_tokens_used"])]
+    indices = db.execute("SELECT record_index FROM batch_results ORDER BY 1").fetchall()
+    assert [i for (i,) in indices] == [0, 1, 2, 3, 4]
+
+
+def test_readiness_reports_the_broker(start: StartService, tmp_path, simulator) -> None:
+    from stream_app.embedded import free_port, start_broker
+
+    port = free_port()
+    own_broker = start_broker(port, tmp_path / "own-broker.log")
+    try:
+        service = start(kafka_bootstrap_servers=f"127.0.0.1:{port}")
+        with service.client() as client:
+            ready = client.get("/api/v1/ready")
+            assert ready.status_code == 200
+            assert ready.json()["checks"] == {"broker": "ok", "assignment": "ok", "storage": "ok"}
+            own_broker.stop()
+
+            def not_ready() -> httpx.Response | None:
+                reply = client.get("/api/v1/ready")
+                return reply if reply.status_code == 503 else None
+
+            reply = wait_until(not_ready, timeout=30, what="/ready to turn 503")
+            assert reply.json()["ready"] is False
+            assert reply.json()["checks"]["broker"].startswith("unreachable")
+            assert client.get("/api/v1/health").status_code == 200
+        service.stop(signal.SIGKILL)
+    finally:
+        own_broker.stop()
