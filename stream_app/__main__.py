@@ -40,6 +40,7 @@ def main() -> int:
             port = settings.embedded_broker_port
             children.append(start_broker(port))
             updates["kafka_bootstrap_servers"] = f"127.0.0.1:{port}"
+            updates["kafka_one_record_per_batch"] = True
             log.warning(
                 "started EMBEDDED broker (Tansu, memory storage): EPHEMERAL, every topic and "
                 "changelog is lost when it stops; set KAFKA_BOOTSTRAP_SERVERS for real Kafka",

@@ -139,6 +139,8 @@ def build_pipeline(
         broker_session_timeout=s.kafka_session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
         producer_acks=-1,
+        # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
+        producer_max_batch_size=1 if s.kafka_one_record_per_batch else 16384,
         table_standby_replicas=0,
     )
     jobs_topic = app.topic(s.topic_jobs, partitions=s.kafka_partitions, **_RAW)

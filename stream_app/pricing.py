@@ -24,11 +24,19 @@ def _per_mtok(input_usd: str, output_usd: str) -> Price:
 
 
 # Anthropic list prices (USD per million tokens). Longest matching prefix wins, so dated
-# model ids ("claude-sonnet-4-5-20250929") find their family.
+# model ids ("claude-sonnet-4-5-20250929") find their version, and versions released after
+# this table was written fall back to their family's current list price (the bare
+# "claude-opus" / "claude-sonnet" / "claude-haiku" rows); override with
+# BATCH_COST_PER_1K_* when a new version is priced differently.
 PRICE_TABLE: dict[str, Price] = {
+    "claude-opus": _per_mtok("5", "25"),
+    "claude-sonnet": _per_mtok("3", "15"),
+    "claude-haiku": _per_mtok("1", "5"),
+    "claude-opus-4-6": _per_mtok("5", "25"),
     "claude-opus-4-5": _per_mtok("5", "25"),
     "claude-opus-4-1": _per_mtok("15", "75"),
     "claude-opus-4": _per_mtok("15", "75"),
+    "claude-sonnet-4-6": _per_mtok("3", "15"),
     "claude-sonnet-4-5": _per_mtok("3", "15"),
     "claude-sonnet-4": _per_mtok("3", "15"),
     "claude-3-7-sonnet": _per_mtok("3", "15"),
@@ -37,7 +45,7 @@ PRICE_TABLE: dict[str, Price] = {
     "claude-3-haiku": _per_mtok("0.25", "1.25"),
 }
 # An unknown model is priced like Sonnet, the middle of the range, and said so in the log.
-FALLBACK_PRICE = PRICE_TABLE["claude-sonnet-4-5"]
+FALLBACK_PRICE = PRICE_TABLE["claude-sonnet"]
 
 
 def price_for(

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
     batch_record_retry_count: int = Field(1, ge=0, le=20)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
-    claude_model: str = "claude-sonnet-4-5"
+    claude_model: str = "claude-sonnet-4-6"
     claude_max_tokens: int = Field(1024, ge=64)
     claude_timeout_seconds: float = Field(60.0, gt=0)
     anthropic_api_key: SecretStr | None = None
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
     kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
+    # Tansu reports a high watermark of (base offset of the last batch + 1), wrong for
+    # batches of several records; Faust's table recovery then stops early or refuses to
+    # start. One record per produce batch keeps it right. On by default for the embedded
+    # broker; set it when KAFKA_BOOTSTRAP_SERVERS points at a Tansu broker.
+    kafka_one_record_per_batch: bool = False
     embedded_broker_port: int = 9092
     simulator_port: int = 8090
 

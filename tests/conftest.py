@@ -49,6 +49,9 @@ def start(
             "ANTHROPIC_API_KEY": "sk-test-secret-do-not-log",
             "ANTHROPIC_BASE_URL": simulator.base_url,
             "KAFKA_PARTITIONS": "4",
+            "KAFKA_ONE_RECORD_PER_BATCH": "true",
+            # High enough not to pace; tests about pacing set their own.
+            "CLAUDE_REQUESTS_PER_MINUTE": "6000",
             **namespace.env(),
             **{k.upper(): str(v) for k, v in env.items()},
         }

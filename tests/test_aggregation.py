@@ -6,7 +6,7 @@ from schemas import JobCreated, ResultEvent
 from stream_app.aggregation import apply_created, apply_result, result_out_of_range
 from stream_app.pricing import price_for
 
-PRICE = price_for("claude-sonnet-4-5")
+PRICE = price_for("claude-sonnet-4-6")
 
 
 def result(index: int, success: bool = True, tin: int = 100, tout: int = 20) -> ResultEvent:

@@ -48,7 +48,7 @@ async def consume(broker: str, topic: str, count: int, timeout: float = 60.0) ->
 async def test_upstream_producer_and_downstream_consumer(
     start: StartService, broker: str, namespace: Namespace
 ) -> None:
-    service = start(claude_requests_per_minute=6000)
+    service = start()
     topics = namespace.topics
     job_id = f"upstream-{uuid.uuid4().hex[:8]}"
     texts = [f"Review {i}. The delivery was late but support was kind." for i in range(12)]
@@ -77,13 +77,15 @@ async def test_upstream_producer_and_downstream_consumer(
     with service.client() as client:
         body = await asyncio.to_thread(wait_completed, client, job_id)
     assert body["completed_count"] == len(texts)
-    assert body["total_tokens_used"] == sum(p["input_tokens"] + p["output_tokens"] for p in payloads)
+    assert body["total_tokens_used"] == sum(
+        p["input_tokens"] + p["output_tokens"] for p in payloads
+    )
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic(
     start: StartService, broker: str, namespace: Namespace
 ) -> None:
-    service = start(claude_requests_per_minute=6000)
+    service = start()
     topics = namespace.topics
     job_id = f"poison-{uuid.uuid4().hex[:8]}"
     created = {"type": "created", "job_id": job_id, "total_records": 3}
@@ -113,7 +115,9 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         "invalid result event",
     ]
     assert {letter["source_topic"] for letter in letters} == {
-        topics["jobs"], topics["records"], topics["results"]
+        topics["jobs"],
+        topics["records"],
+        topics["results"],
     }
     # Records that named their job still got an outcome, so the job completes.
     with service.client() as client:

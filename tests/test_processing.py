@@ -23,7 +23,7 @@ async def make_processor(simulator: SimulatorHandle) -> AsyncIterator[object]:
         client = build_anthropic_client(api_key="sk-x", base_url=simulator.base_url, timeout=10)
         clients.append(client)
         return RecordProcessor(
-            client=InsightClient(client, model="claude-sonnet-4-5", max_tokens=512),
+            client=InsightClient(client, model="claude-sonnet-4-6", max_tokens=512),
             budget=RateBudget(6000),
             policy=RetryPolicy(retries=retries, backoff_seconds=0.01),
         )
@@ -47,7 +47,7 @@ async def test_success_carries_insight_and_exact_usage(make_processor, simulator
     assert result.output_tokens == stats["total_output_tokens_billed"]
     meta = result.response.metadata
     assert meta.tokens_used == result.input_tokens + result.output_tokens
-    assert (meta.attempts, meta.model) == (1, "claude-sonnet-4-5")
+    assert (meta.attempts, meta.model) == (1, "claude-sonnet-4-6")
 
 
 @pytest.mark.parametrize(

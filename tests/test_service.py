@@ -31,13 +31,15 @@ def assert_every_index_once(body: dict[str, Any], total: int) -> None:
 def assert_money_adds_up(body: dict[str, Any], sim: dict[str, Any]) -> None:
     """Tokens equal what the provider billed; cost is exact from the split."""
     per_record = sum(r["tokens_used"] for r in body["results"])
-    in_response = sum(r["response"]["metadata"]["tokens_used"] for r in body["results"] if r["success"])
+    in_response = sum(
+        r["response"]["metadata"]["tokens_used"] for r in body["results"] if r["success"]
+    )
     billed_in, billed_out = sim["total_input_tokens_billed"], sim["total_output_tokens_billed"]
     assert body["input_tokens"] == billed_in and body["output_tokens"] == billed_out
     assert body["total_tokens_used"] == billed_in + billed_out == per_record
     if body["failed_count"] == 0:
         assert in_response == body["total_tokens_used"]
-    expected = price_for("claude-sonnet-4-5").cost(billed_in, billed_out)
+    expected = price_for("claude-sonnet-4-6").cost(billed_in, billed_out)
     assert Decimal(str(body["estimated_cost"])) == expected
 
 
@@ -45,7 +47,7 @@ def test_batch_completes_with_exact_results_tokens_and_cost(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
     simulator.configure(latency_ms=60)
-    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=5)
+    service = start(batch_max_concurrent_llm_calls=5)
     with service.client() as client:
         job_id = submit(client, TEXTS)
         body = wait_completed(client, job_id)
@@ -60,7 +62,7 @@ def test_batch_completes_with_exact_results_tokens_and_cost(
         first_sentence = TEXTS[result["index"]].split(". ")[0]
         assert response["summary"].startswith(first_sentence[:20]), response["summary"]
         assert response["sentiment"] in {"positive", "neutral", "negative", "mixed"}
-        assert response["metadata"]["model"] == "claude-sonnet-4-5"
+        assert response["metadata"]["model"] == "claude-sonnet-4-6"
     # Five calls in flight at once: the configured per-worker cap, reached and never passed.
     assert sim["max_in_flight"] == 5
     service.stop()
@@ -88,7 +90,7 @@ def test_requests_are_paced_under_the_per_minute_budget(
 
 def test_concurrency_cap_per_worker(start: StartService, simulator: SimulatorHandle) -> None:
     simulator.configure(latency_ms=250)
-    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=3)
+    service = start(batch_max_concurrent_llm_calls=3)
     with service.client() as client:
         wait_completed(client, submit(client, TEXTS[:12]))
     assert simulator.stats()["max_in_flight"] == 3
@@ -98,7 +100,7 @@ def test_partial_results_show_while_the_job_runs(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
     simulator.configure(latency_ms=400)
-    service = start(claude_requests_per_minute=6000, batch_max_concurrent_llm_calls=2)
+    service = start(batch_max_concurrent_llm_calls=2)
     with service.client() as client:
         job_id = submit(client, TEXTS[:10])
 
@@ -125,13 +127,20 @@ def test_failing_records_are_isolated(start: StartService, simulator: SimulatorH
         "Throttled. [[sim:429-once]]",
         "Another fine record. Nothing to see.",
     ]
-    service = start(claude_requests_per_minute=6000, batch_record_retry_count=1)
+    service = start(batch_record_retry_count=1)
     with service.client() as client:
         body = wait_completed(client, submit(client, texts))
     by_index = {r["index"]: r for r in body["results"]}
     assert_every_index_once(body, len(texts))
     assert [by_index[i]["success"] for i in range(8)] == [
-        True, False, True, True, True, False, True, True
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
     ]
     assert (body["completed_count"], body["failed_count"]) == (6, 2)
     assert body["status"] == "completed"
@@ -180,7 +189,7 @@ def test_bad_http_input_gets_a_clear_4xx(start: StartService) -> None:
 
 
 def test_results_can_be_paged(start: StartService) -> None:
-    service = start(claude_requests_per_minute=6000)
+    service = start()
     with service.client() as client:
         job_id = submit(client, TEXTS[:7])
         wait_completed(client, job_id)
@@ -212,13 +221,13 @@ def test_restart_on_same_broker_and_data_loses_nothing(
     start: StartService, simulator: SimulatorHandle, tmp_path
 ) -> None:
     workdir = tmp_path / "node"
-    service = start(workdir=workdir, claude_requests_per_minute=6000)
+    service = start(workdir=workdir)
     with service.client() as client:
         job_id = submit(client, TEXTS[:6])
         before = wait_completed(client, job_id)
     assert service.stop() == 0
     calls = len(simulator.stats()["requests"])
-    again = start(workdir=workdir, claude_requests_per_minute=6000)
+    again = start(workdir=workdir)
     with again.client() as client:
         after = status(client, job_id)
         jobs = client.get("/api/v1/batch/jobs").json()["jobs"]
@@ -227,9 +236,7 @@ def test_restart_on_same_broker_and_data_loses_nothing(
     assert len(simulator.stats()["requests"]) == calls  # nothing was processed twice
 
 
-def test_sqlite_backend_mirrors_jobs_and_results(
-    start: StartService, tmp_path
-) -> None:
+def test_sqlite_backend_mirrors_jobs_and_results(start: StartService, tmp_path) -> None:
     workdir = tmp_path / "sqlite-node"
     service = start(workdir=workdir, batch_persistence_backend="sqlite")
     with service.client() as client:
