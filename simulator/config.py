@@ -1,0 +1,29 @@
+"""Runtime knobs of the simulator; every field can be changed live via POST /_sim/config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SimulatorConfig(BaseModel):
+    """Limits, latency and failure injection applied to /v1/messages.
+
+    ``None`` for a limit means unlimited. Unknown fields are rejected so a typo in a
+    test's ``configure(...)`` call fails loudly instead of silently doing nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    input_tokens_per_minute: int | None = Field(default=None, ge=1)
+    output_tokens_per_minute: int | None = Field(default=None, ge=1)
+    latency_ms: float = Field(default=0.0, ge=0)
+    latency_jitter_ms: float = Field(default=0.0, ge=0)
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+
+    def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
+        """A validated copy with ``patch`` applied (``model_copy`` would skip validation)."""
+        return SimulatorConfig.model_validate({**self.model_dump(), **patch})
