@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from decimal import Decimal
-from typing import Literal
+from enum import Enum
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -81,3 +83,98 @@ def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: 
 
 def result_out_of_range(job: JobStatus | None, result: ResultEvent) -> bool:
     return job is not None and job.total_records is not None and result.index >= job.total_records
+
+
+def result_key(job_id: str, index: int) -> str:
+    return f"{job_id}#{index}"
+
+
+class Applied(Enum):
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    OUT_OF_RANGE = "out_of_range"
+
+
+class JobLedger:
+    """Job statuses and per-record results over two mappings (Faust tables in the worker,
+    dicts in tests). Each (job, index) is counted once, whatever redelivery brings.
+
+    A result is written before its job's counters, and results never change once written,
+    so the results are the truth. After a crash the counters can fall behind them: table
+    recovery replays changelog entries newer than the last offset the store recorded, and
+    those can carry an older value of a job's counters than the store already had. The
+    events behind such a gap were not committed (Faust flushes the changelog before it
+    commits), so they are redelivered and arrive as duplicates: the first duplicate of a
+    job since the last rebalance recounts that job from its results.
+    """
+
+    def __init__(
+        self,
+        jobs: MutableMapping[str, dict[str, Any]],
+        results: MutableMapping[str, dict[str, Any]],
+        price: Price,
+    ) -> None:
+        self._jobs = jobs
+        self._results = results
+        self._price = price
+        self._recounted: set[str] = set()
+
+    def forget_recounts(self) -> None:
+        """After a rebalance, recovery may have replayed old values again."""
+        self._recounted.clear()
+
+    def job(self, job_id: str) -> JobStatus | None:
+        raw = self._jobs.get(job_id)
+        return JobStatus.model_validate(raw) if raw is not None else None
+
+    def jobs(self) -> list[JobStatus]:
+        return [JobStatus.model_validate(raw) for raw in self._jobs.values()]
+
+    def result(self, job_id: str, index: int) -> dict[str, Any] | None:
+        return self._results.get(result_key(job_id, index))
+
+    def record_created(self, event: JobCreated, now: float) -> JobStatus:
+        job = apply_created(self.job(event.job_id), event, now)
+        self._jobs[event.job_id] = job.model_dump(mode="json")
+        return job
+
+    def record_result(self, event: ResultEvent, now: float) -> tuple[Applied, JobStatus | None]:
+        key = result_key(event.job_id, event.index)
+        if key in self._results:
+            if event.job_id in self._recounted:
+                return Applied.DUPLICATE, None
+            self._recounted.add(event.job_id)
+            return Applied.DUPLICATE, self._recount(event.job_id, now)
+        job = self.job(event.job_id)
+        if result_out_of_range(job, event):
+            return Applied.OUT_OF_RANGE, job
+        job = apply_result(job, event, self._price, now)
+        self._results[key] = event.model_dump(mode="json", exclude_none=True)
+        self._jobs[event.job_id] = job.model_dump(mode="json")
+        return Applied.COUNTED, job
+
+    def _recount(self, job_id: str, now: float) -> JobStatus | None:
+        """Rebuild a job's counters from its stored results; None when nothing changed."""
+        stored = self.job(job_id)
+        if stored is None:
+            return None
+        end = stored.total_records if stored.total_records is not None else stored.highest_index + 1
+        job = stored.model_copy(
+            update={
+                "completed_count": 0,
+                "failed_count": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "estimated_cost": Decimal(0),
+                "status": "pending",
+            }
+        )
+        for index in range(end):
+            raw = self._results.get(result_key(job_id, index))
+            if raw is not None:
+                job = apply_result(job, ResultEvent.model_validate(raw), self._price, now)
+        if job.outcomes == stored.outcomes:
+            return None
+        job.updated_at = now
+        self._jobs[job_id] = job.model_dump(mode="json")
+        return job

@@ -13,27 +13,24 @@ from faust.types import EventT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
-from stream_app.aggregation import JobStatus, apply_created, apply_result, result_out_of_range
+from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
 from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
-from stream_app.processing import RecordProcessor
+from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.settings import Settings
 
 log = get_logger(__name__)
 
 JOB_TABLE = "job-status"
 RESULT_TABLE = "record-results"
+PROCESSED_TABLE = "processed-records"
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
-
-
-def result_key(job_id: str, index: int) -> str:
-    return f"{job_id}#{index}"
 
 
 def record_key(job_id: str, index: int) -> bytes:
     # Records of one job are keyed per record so that they spread over all partitions.
-    return f"{job_id}#{index}".encode()
+    return result_key(job_id, index).encode()
 
 
 def broker_urls(bootstrap_servers: str) -> str:
@@ -48,28 +45,25 @@ class Pipeline:
     records_topic: faust.TopicT
     results_topic: faust.TopicT
     dlq_topic: faust.TopicT
-    job_table: faust.Table
-    result_table: faust.Table
+    tables: list[faust.Table]
+    ledger: JobLedger
 
     @property
     def topic_partitions(self) -> dict[str, int]:
         """Every topic the service uses, with the partition count it must have."""
         s = self.settings
         names = [s.topic_jobs, s.topic_records, s.topic_results, s.topic_dlq]
-        names += [self.job_table.changelog_topic.get_topic_name()]
-        names += [self.result_table.changelog_topic.get_topic_name()]
+        names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
     def job(self, job_id: str) -> JobStatus | None:
-        raw = self.job_table.get(job_id)
-        return JobStatus.model_validate(raw) if raw is not None else None
+        return self.ledger.job(job_id)
 
     def jobs(self) -> list[JobStatus]:
-        return [JobStatus.model_validate(raw) for raw in self.job_table.values()]
+        return self.ledger.jobs()
 
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
-        value: dict[str, Any] | None = self.result_table.get(result_key(job_id, index))
-        return value
+        return self.ledger.result(job_id, index)
 
     async def publish_job(self, created: JobCreated, records: list[RecordEvent]) -> None:
         """What an upstream producer does: announce the job, then send its records."""
@@ -121,6 +115,7 @@ def build_pipeline(
     price: Price,
     mirror: SqliteMirror | None,
     canonical_url: str,
+    gate: IntakeGate,
 ) -> Pipeline:
     s = settings
     store = "memory://" if s.batch_persistence_backend == "memory" else "rocksdb://"
@@ -142,6 +137,9 @@ def build_pipeline(
         # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
         producer_max_batch_size=1 if s.kafka_one_record_per_batch else 16384,
         table_standby_replicas=0,
+        # Stopping must not wait for records held at the closed intake gate: they stay
+        # unacknowledged, so uncommitted, and are processed after the restart.
+        stream_wait_empty=False,
     )
     jobs_topic = app.topic(s.topic_jobs, partitions=s.kafka_partitions, **_RAW)
     records_topic = app.topic(s.topic_records, partitions=s.kafka_partitions, **_RAW)
@@ -151,12 +149,23 @@ def build_pipeline(
     # the same partition, and the tables' changelogs follow that partition.
     job_events = app.topic(s.topic_jobs, s.topic_results, partitions=s.kafka_partitions, **_RAW)
     table_schema = faust.Schema(
-        key_type=str, value_type=dict, key_serializer="raw", value_serializer="json"
+        key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
     )
     job_table = app.Table(JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema)
     result_table = app.Table(RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    # Keyed like batch.records and written by the process agent, so co-partitioned with it:
+    # a redelivered record whose outcome is already known is not sent to Claude again.
+    processed = app.Table(PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    ledger = JobLedger(job_table, result_table, price)
     pipeline = Pipeline(
-        s, app, jobs_topic, records_topic, results_topic, dlq_topic, job_table, result_table
+        s,
+        app,
+        jobs_topic,
+        records_topic,
+        results_topic,
+        dlq_topic,
+        [job_table, result_table, processed],
+        ledger,
     )
 
     async def dead_letter(event: EventT, reason: str, **extra: Any) -> None:
@@ -183,11 +192,31 @@ def build_pipeline(
 
     @app.agent(records_topic, concurrency=s.batch_max_concurrent_llm_calls, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            record = await _parse_record(event)
-            if record is not None:
-                result = await processor.process(record)
-                await results_topic.send(key=record.job_id.encode(), value=_dump(result))
+        # Faust acknowledges the current event even when the agent is cancelled mid-way (at
+        # stop), which would commit a record that never got its result. Acknowledge by hand,
+        # only once the result has been handed to the producer.
+        manual = stream.noack()
+        async for event in manual.events():
+            await _process_one(event)
+            await manual.ack(event)
+
+    async def _process_one(event: EventT) -> None:
+        record = await _parse_record(event)
+        if record is None:
+            return
+        key = result_key(record.job_id, record.index)
+        known = processed.get(key)
+        if known is not None:
+            # Redelivered after a crash: re-send the known outcome (the aggregate agent
+            # drops duplicates) instead of paying for the call again.
+            log.info("record already processed", job=record.job_id, index=record.index)
+            await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
+            return
+        await gate.admit()
+        async with gate.in_flight():
+            result = await processor.process(record)
+            processed[key] = result.model_dump(mode="json", exclude_none=True)
+            await results_topic.send(key=record.job_id.encode(), value=_dump(result))
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:
@@ -223,8 +252,7 @@ def build_pipeline(
         except ValidationError as exc:
             await dead_letter(event, f"invalid job event: {_validation_summary(exc)}")
             return
-        job = apply_created(pipeline.job(created.job_id), created, now)
-        job_table[created.job_id] = job.model_dump(mode="json")
+        job = ledger.record_created(created, now)
         if mirror is not None:
             mirror.save_job(job)
 
@@ -234,22 +262,23 @@ def build_pipeline(
         except ValidationError as exc:
             await dead_letter(event, f"invalid result event: {_validation_summary(exc)}")
             return
-        key = result_key(result.job_id, result.index)
-        if key in result_table:
-            return  # redelivered: each (job, index) counts once
-        job = pipeline.job(result.job_id)
-        if result_out_of_range(job, result):
+        applied, job = ledger.record_result(result, now)
+        if applied is Applied.OUT_OF_RANGE:
             await dead_letter(event, f"index {result.index} is outside the job's records")
             return
-        job = apply_result(job, result, price, now)
-        stored = result.model_dump(mode="json", exclude_none=True)
-        result_table[key] = stored
-        job_table[result.job_id] = job.model_dump(mode="json")
-        if mirror is not None:
-            mirror.save_result(result.job_id, result.index, stored)
+        if applied is Applied.DUPLICATE and job is not None:
+            log.warning("recounted job after redelivery", job=job.job_id, outcomes=job.outcomes)
+        if mirror is not None and job is not None:
+            if applied is Applied.COUNTED:
+                stored = ledger.result(result.job_id, result.index)
+                mirror.save_result(result.job_id, result.index, stored or {})
             mirror.save_job(job)
 
-    del process, aggregate  # registered on the app; nothing else calls them
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def _on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        ledger.forget_recounts()
+
+    del process, aggregate, _on_revoked  # registered on the app; nothing else calls them
     return pipeline
 
 

@@ -6,7 +6,8 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anthropic
@@ -33,6 +34,49 @@ class RetryPolicy:
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
         delay = base * (0.5 + rng.random() / 2)
         return max(delay, retry_after or 0.0)
+
+
+class IntakeGate:
+    """Admits records to the LLM until the worker drains, and counts calls in flight.
+
+    On shutdown the gate closes: calls in flight finish and their results are sent, while
+    records not yet started wait at `admit()` until Faust cancels them. Those are never
+    acknowledged, so their offsets are not committed and they are processed after restart.
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    async def admit(self) -> None:
+        if self._closed:
+            await asyncio.Event().wait()  # until cancelled by the stopping worker
+
+    @asynccontextmanager
+    async def in_flight(self) -> AsyncIterator[None]:
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> int:
+        """Close the gate and wait for calls in flight; returns how many were left."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+        return self._count
 
 
 @dataclass

@@ -20,7 +20,7 @@ from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
 from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
 from stream_app.pricing import is_known_model, price_for
-from stream_app.processing import RecordProcessor, RetryPolicy
+from stream_app.processing import IntakeGate, RecordProcessor, RetryPolicy
 from stream_app.ratelimit import RateBudget
 from stream_app.settings import Settings
 
@@ -142,6 +142,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
             backoff_seconds=settings.batch_retry_backoff_seconds,
         ),
     )
+    gate = IntakeGate()
     mirror = (
         SqliteMirror(settings.batch_sqlite_path)
         if settings.batch_persistence_backend == "sqlite"
@@ -159,6 +160,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         ),
         mirror=mirror,
         canonical_url=canonical_url,
+        gate=gate,
     )
     await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
@@ -174,6 +176,11 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
                 concurrency=settings.batch_max_concurrent_llm_calls,
             )
             yield Service(settings, pipeline, budget, mirror, admin, canonical_url)
+            # Graceful stop: take no new records, let calls in flight finish and send their
+            # results, then Faust commits what was acknowledged as it stops.
+            left = await gate.drain(settings.batch_shutdown_timeout_seconds)
+            await pipeline.app.producer.flush()
+            log.info("drained", calls_abandoned=left)
     finally:
         await admin.close()
         await anthropic_client.close()

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
     batch_record_retry_count: int = Field(1, ge=0, le=20)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
+    # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
+    batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
     claude_model: str = "claude-sonnet-4-6"
     claude_max_tokens: int = Field(1024, ge=64)
     claude_timeout_seconds: float = Field(60.0, gt=0)

@@ -157,8 +157,18 @@ def status(client: httpx.Client, job_id: str, **kwargs: Any) -> dict[str, Any]:
 def wait_completed(
     client: httpx.Client, job_id: str, timeout: float = 120.0, **kwargs: Any
 ) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        body = status(client, job_id, **kwargs)
-        return body if body["status"] == "completed" else None
+    seen: dict[str, Any] = {}
 
-    return wait_until(probe, timeout=timeout, interval=0.1, what=f"job {job_id} to complete")
+    def probe() -> dict[str, Any] | None:
+        seen.update(status(client, job_id, **kwargs))
+        return seen if seen["status"] == "completed" else None
+
+    try:
+        return wait_until(probe, timeout=timeout, interval=0.1, what=f"job {job_id} to complete")
+    except AssertionError:
+        have = {r["index"] for r in seen.get("results", [])}
+        missing = sorted(set(range(seen.get("total_records") or 0)) - have)
+        counts = {k: seen.get(k) for k in ("status", "completed_count", "failed_count")}
+        raise AssertionError(
+            f"job {job_id} did not complete: {counts}, missing {missing}"
+        ) from None

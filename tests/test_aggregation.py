@@ -3,7 +3,13 @@
 from decimal import Decimal
 
 from schemas import JobCreated, ResultEvent
-from stream_app.aggregation import apply_created, apply_result, result_out_of_range
+from stream_app.aggregation import (
+    Applied,
+    JobLedger,
+    apply_created,
+    apply_result,
+    result_out_of_range,
+)
 from stream_app.pricing import price_for
 
 PRICE = price_for("claude-sonnet-4-6")
@@ -60,3 +66,59 @@ def test_out_of_range_index_is_detected_once_total_is_known() -> None:
     assert result_out_of_range(job, result(2))
     assert not result_out_of_range(job, result(1))
     assert not result_out_of_range(None, result(50))
+
+
+def ledger() -> JobLedger:
+    return JobLedger({}, {}, PRICE)
+
+
+def test_ledger_counts_each_index_once_through_duplicates_and_reordering() -> None:
+    book = ledger()
+    events = [result(2), result(0), result(2), result(1, success=False), result(0), result(1)]
+    outcomes = [book.record_result(e, now=float(i))[0] for i, e in enumerate(events)]
+    assert outcomes == [
+        Applied.COUNTED,
+        Applied.COUNTED,
+        Applied.DUPLICATE,
+        Applied.COUNTED,
+        Applied.DUPLICATE,
+        Applied.DUPLICATE,
+    ]
+    book.record_created(JobCreated(job_id="j", total_records=3), now=9.0)
+    book.record_created(JobCreated(job_id="j", total_records=3), now=10.0)
+    job = book.job("j")
+    assert job is not None and job.status == "completed"
+    assert (job.completed_count, job.failed_count) == (2, 1)
+    assert job.input_tokens == 300 and job.output_tokens == 60
+    # The first outcome of an index wins; a later, different one is a duplicate too.
+    assert book.result("j", 1)["success"] is False
+
+
+def test_ledger_refuses_indices_beyond_the_job() -> None:
+    book = ledger()
+    book.record_created(JobCreated(job_id="j", total_records=1), now=1.0)
+    applied, job = book.record_result(result(1), now=2.0)
+    assert applied is Applied.OUT_OF_RANGE
+    assert job is not None and job.outcomes == 0 and book.result("j", 1) is None
+
+
+def test_ledger_recounts_a_job_whose_counters_were_replayed_back() -> None:
+    """After a crash, recovery can restore an older value of a job's counters while the
+    results written after it stay; the redelivered duplicate repairs the counters."""
+    jobs: dict[str, dict] = {}
+    book = JobLedger(jobs, {}, PRICE)
+    book.record_created(JobCreated(job_id="j", total_records=4), now=0.0)
+    book.record_result(result(0), now=1.0)
+    older = dict(jobs["j"])
+    for index in (1, 2, 3):
+        book.record_result(result(index, tin=10 * index), now=2.0)
+    jobs["j"] = older  # the replayed changelog entry
+    assert book.job("j").outcomes == 1
+    applied, repaired = book.record_result(result(3, tin=10 * 3), now=3.0)
+    assert applied is Applied.DUPLICATE
+    assert repaired is not None and repaired.status == "completed"
+    job = book.job("j")
+    assert (job.completed_count, job.input_tokens) == (4, 100 + 10 + 20 + 30)
+    assert job.estimated_cost == PRICE.cost(160, 80)
+    # Later duplicates of the same job do not rescan it.
+    assert book.record_result(result(2), now=4.0) == (Applied.DUPLICATE, None)
