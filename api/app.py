@@ -132,20 +132,28 @@ async def job_status(request: Request) -> Response:
     caller = _caller(request)
     service: Service = request.state.service
     job_id = request.path_params["job_id"]
+    offset = _int_param(request, "offset", 0) or 0
+    limit = _int_param(request, "limit", None)
     job = service.pipeline.job(job_id)
+
+    def lookup(index: int) -> dict[str, Any] | None:
+        return service.pipeline.result(job_id, index)
+
     if job is None:
         forwarded = await _forward_to_owner(request, service, job_id)
         if forwarded is not None:
             return forwarded
+        archived = service.archived(job_id)
+        if archived is not None:
+            job, archived_results = archived
+            lookup = archived_results.get
     if job is None or not _visible(job, caller):
         raise ApiError(404, "job_not_found", f"no job {job_id!r}")
-    offset = _int_param(request, "offset", 0) or 0
-    limit = _int_param(request, "limit", None)
     last = job.total_records if job.total_records is not None else job.highest_index + 1
     end = last if limit is None else min(last, offset + limit)
     results = []
     for index in range(offset, end):
-        stored = service.pipeline.result(job_id, index)
+        stored = lookup(index)
         if stored is not None:
             results.append(result_view(stored))
     return JSONResponse({**job_summary(job), "results": results})

@@ -75,6 +75,16 @@ class SqliteMirror:
             (job_id, index, int(bool(result.get("success"))), orjson.dumps(result).decode()),
         )
 
+    def job(self, job_id: str) -> JobStatus | None:
+        row = self._db.execute("SELECT body FROM batch_jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return JobStatus.model_validate_json(row[0]) if row is not None else None
+
+    def results(self, job_id: str) -> dict[int, dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT record_index, body FROM batch_results WHERE job_id = ?", (job_id,)
+        ).fetchall()
+        return {index: orjson.loads(body) for index, body in rows}
+
     def jobs(self) -> list[JobStatus]:
         rows = self._db.execute("SELECT body FROM batch_jobs ORDER BY created_at").fetchall()
         return [JobStatus.model_validate_json(body) for (body,) in rows]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -56,6 +58,29 @@ class Pipeline:
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
+    def discard_stale_state(self, created_topics: set[str]) -> list[str]:
+        """Drop local table files whose changelog topic did not exist until now.
+
+        That happens when the broker lost its data (the embedded broker stopped): the local
+        state could never be reconciled with an empty changelog, and Faust would refuse to
+        recover. The SQLite mirror, when configured, keeps the history.
+        """
+        tabledir = Path(self.app.conf.tabledir)
+        dropped = []
+        for table in self.tables:
+            if table.changelog_topic.get_topic_name() not in created_topics:
+                continue
+            for path in tabledir.glob(f"{table.name}-*.db"):
+                shutil.rmtree(path)
+                dropped.append(path.name)
+        if dropped:
+            log.warning(
+                "changelog topics are new but local table state existed: the broker lost its "
+                "data; discarded the local state",
+                dropped=",".join(sorted(dropped)),
+            )
+        return dropped
+
     def job(self, job_id: str) -> JobStatus | None:
         return self.ledger.job(job_id)
 
@@ -79,8 +104,9 @@ def _dump(model: Any) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
 
 
-async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> None:
+async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> set[str]:
     """Create missing topics with explicit partition counts; refuse mismatched ones.
+    Returns the names of the topics it created.
 
     Tansu auto-creates unknown topics with its own partition count, and a table's changelog
     must match its source topic, so everything is declared before any agent starts.
@@ -105,6 +131,7 @@ async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> None:
                     )
     finally:
         await admin.close()
+    return {topic.name for topic in missing}
 
 
 def build_pipeline(

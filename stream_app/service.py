@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
@@ -67,6 +68,13 @@ class Service:
             return str(self.pipeline.app.router.key_store(JOB_TABLE, job_id)).rstrip("/")
         except (KeyError, ValueError, AttributeError):
             return None
+
+    def archived(self, job_id: str) -> tuple[JobStatus, dict[int, dict[str, Any]]] | None:
+        """A job known only to the SQLite mirror (its broker state is gone)."""
+        if self.mirror is None:
+            return None
+        job = self.mirror.job(job_id)
+        return (job, self.mirror.results(job_id)) if job is not None else None
 
     def list_jobs(self) -> list[JobStatus]:
         if self.mirror is not None:
@@ -162,7 +170,8 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         canonical_url=canonical_url,
         gate=gate,
     )
-    await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
+    created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
+    pipeline.discard_stale_state(created)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:

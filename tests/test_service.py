@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 
 from simulator.testing import SimulatorHandle
 from stream_app.pricing import price_for
@@ -217,17 +218,18 @@ def test_api_keys_authenticate_and_scope_jobs(start: StartService) -> None:
         assert client.get("/api/v1/health").status_code == 200
 
 
+@pytest.mark.parametrize("backend", ["memory", "rocksdb", "sqlite"])
 def test_restart_on_same_broker_and_data_loses_nothing(
-    start: StartService, simulator: SimulatorHandle, tmp_path
+    start: StartService, simulator: SimulatorHandle, tmp_path, backend: str
 ) -> None:
     workdir = tmp_path / "node"
-    service = start(workdir=workdir)
+    service = start(workdir=workdir, batch_persistence_backend=backend)
     with service.client() as client:
         job_id = submit(client, TEXTS[:6])
         before = wait_completed(client, job_id)
     assert service.stop() == 0
     calls = len(simulator.stats()["requests"])
-    again = start(workdir=workdir)
+    again = start(workdir=workdir, batch_persistence_backend=backend)
     with again.client() as client:
         after = status(client, job_id)
         jobs = client.get("/api/v1/batch/jobs").json()["jobs"]
@@ -252,6 +254,43 @@ def test_sqlite_backend_mirrors_jobs_and_results(start: StartService, tmp_path) 
     assert row == [("completed", 5, 5, body["total_tokens_used"])]
     indices = db.execute("SELECT record_index FROM batch_results ORDER BY 1").fetchall()
     assert [i for (i,) in indices] == [0, 1, 2, 3, 4]
+
+
+def test_sqlite_mirror_survives_the_loss_of_the_broker(start: StartService, tmp_path) -> None:
+    from stream_app.embedded import free_port, start_broker
+
+    workdir = tmp_path / "node"
+    port = free_port()
+    first_broker = start_broker(port, tmp_path / "broker-1.log")
+    try:
+        service = start(
+            workdir=workdir,
+            batch_persistence_backend="sqlite",
+            kafka_bootstrap_servers=f"127.0.0.1:{port}",
+        )
+        with service.client() as client:
+            job_id = submit(client, TEXTS[:3])
+            before = wait_completed(client, job_id)
+        service.stop()
+    finally:
+        first_broker.stop()  # an ephemeral broker: every topic and changelog is gone
+    second_broker = start_broker(port, tmp_path / "broker-2.log")
+    try:
+        again = start(
+            workdir=workdir,
+            batch_persistence_backend="sqlite",
+            kafka_bootstrap_servers=f"127.0.0.1:{port}",
+        )
+        with again.client() as client:
+            assert status(client, job_id) == before
+            listed = client.get("/api/v1/batch/jobs").json()["jobs"]
+            assert [j["job_id"] for j in listed] == [job_id]
+            # And the new, empty broker takes new work.
+            assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
+        assert "discarded the local state" in again.logs()
+        again.stop()
+    finally:
+        second_broker.stop()
 
 
 def test_readiness_reports_the_broker(start: StartService, tmp_path, simulator) -> None:
