@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
@@ -23,6 +25,7 @@ from stream_app.service import Service, running_service
 from stream_app.settings import Settings
 
 _FORWARDED = "x-insight-stream-forwarded"
+_VISIBLE_WITHIN_SECONDS = 5.0
 
 
 class State(TypedDict):
@@ -115,9 +118,41 @@ async def submit_batch(request: Request) -> Response:
             raise ApiError(
                 422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
             )
-    job = await service.submit(batch.records, owner=caller)
-    accepted = BatchAccepted(job_id=job.job_id, status=job.status, total_records=len(batch.records))
+    job_id = await service.submit(batch.records, owner=caller)
+    await _await_visible(request, service, job_id)
+    accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
     return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+async def _await_visible(request: Request, service: Service, job_id: str) -> None:
+    """Read-your-writes: after the 202, a status request to any worker finds the job.
+    Waits (briefly) until the worker owning the job has seen its "created" event."""
+    http: httpx.AsyncClient = request.state.http
+    owner = service.owner_url(job_id)
+    deadline = time.monotonic() + _VISIBLE_WITHIN_SECONDS
+    while time.monotonic() < deadline:
+        if service.is_local(owner):
+            if service.pipeline.job(job_id) is not None:
+                return
+        else:
+            try:
+                reply = await http.get(
+                    f"{owner}/api/v1/batch/{job_id}/status",
+                    params={"limit": "0"},
+                    headers=_forward_headers(request),
+                )
+                if reply.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        await asyncio.sleep(0.02)
+
+
+def _forward_headers(request: Request) -> dict[str, str]:
+    headers = {_FORWARDED: "1"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    return headers
 
 
 def _describe(exc: ValidationError) -> str:
@@ -164,15 +199,14 @@ async def _forward_to_owner(request: Request, service: Service, job_id: str) -> 
     if request.headers.get(_FORWARDED):
         return None
     owner = service.owner_url(job_id)
-    if owner is None or owner == service.canonical_url:
+    if service.is_local(owner):
         return None
     http: httpx.AsyncClient = request.state.http
-    headers = {_FORWARDED: "1"}
-    if "authorization" in request.headers:
-        headers["authorization"] = request.headers["authorization"]
     try:
         reply = await http.get(
-            f"{owner}{request.url.path}", params=dict(request.query_params), headers=headers
+            f"{owner}{request.url.path}",
+            params=dict(request.query_params),
+            headers=_forward_headers(request),
         )
     except httpx.HTTPError:
         raise ApiError(
@@ -195,7 +229,11 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     service: Service = request.state.service
     readiness = await service.readiness()
-    body = {"ready": readiness.ready, "checks": readiness.checks}
+    body = {
+        "ready": readiness.ready,
+        "checks": readiness.checks,
+        "partitions": sorted(service.budget.owned),
+    }
     return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
 

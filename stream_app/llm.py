@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ INSIGHT_OUTPUT_FORMAT: dict[str, Any] = {
 }
 
 
+_SCHEMA_CHARS = len(orjson.dumps(INSIGHT_OUTPUT_FORMAT))
+
+
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int
@@ -36,14 +40,16 @@ class Usage:
 class Analysis:
     insight: Insight
     usage: Usage
+    headers: Mapping[str, str]
 
 
 class InvalidOutputWithUsage(InvalidModelOutput):
     """The call was billed, but its output did not validate."""
 
-    def __init__(self, message: str, usage: Usage) -> None:
+    def __init__(self, message: str, usage: Usage, headers: Mapping[str, str]) -> None:
         super().__init__(message)
         self.usage = usage
+        self.headers = headers
 
 
 class InsightClient:
@@ -54,23 +60,33 @@ class InsightClient:
         self.model = model
         self._max_tokens = max_tokens
 
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def request_chars(self, record: BatchRecord) -> int:
+        """Characters the request sends, for estimating its input tokens before it goes."""
+        return len(SYSTEM_PROMPT) + len(record.text) + _SCHEMA_CHARS
+
     async def analyze(self, record: BatchRecord) -> Analysis:
-        message = await self._client.messages.create(
+        # The raw response carries the provider's rate-limit headers for the budget.
+        raw = await self._client.messages.with_raw_response.create(
             model=self.model,
             max_tokens=self._max_tokens,
             system=SYSTEM_PROMPT,
             messages=[{"role": "user", "content": record.text}],
             output_config={"format": INSIGHT_OUTPUT_FORMAT},  # type: ignore[typeddict-item]
         )
+        message = await raw.parse()
         usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
         text = "".join(block.text for block in message.content if block.type == "text")
         try:
             insight = Insight.model_validate(orjson.loads(text))
         except (orjson.JSONDecodeError, ValidationError) as exc:
             raise InvalidOutputWithUsage(
-                f"structured output did not validate: {_first_line(exc)}", usage
+                f"structured output did not validate: {_first_line(exc)}", usage, raw.headers
             ) from exc
-        return Analysis(insight, usage)
+        return Analysis(insight, usage, raw.headers)
 
 
 def _first_line(exc: Exception) -> str:

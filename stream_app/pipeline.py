@@ -49,6 +49,8 @@ class Pipeline:
     dlq_topic: faust.TopicT
     tables: list[faust.Table]
     ledger: JobLedger
+    # Where the job-status table lives: which worker owns a job follows its partitions.
+    job_changelog: str
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -193,6 +195,7 @@ def build_pipeline(
         dlq_topic,
         [job_table, result_table, processed],
         ledger,
+        job_table.changelog_topic.get_topic_name(),
     )
 
     async def dead_letter(event: EventT, reason: str, **extra: Any) -> None:
@@ -304,8 +307,23 @@ def build_pipeline(
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def _on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ledger.forget_recounts()
+        # Until the new assignment, this worker owns no share of the provider budget.
+        processor.budget.assign(())
 
-    del process, aggregate, _on_revoked  # registered on the app; nothing else calls them
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def _on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        owned = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_records
+        )
+        processor.budget.assign(owned)
+        log.info(
+            "budget share",
+            partitions=f"{len(owned)}/{s.kafka_partitions}",
+            cluster_rpm=processor.budget.requests_per_minute,
+        )
+
+    # Registered on the app; nothing else calls them.
+    del process, aggregate, _on_revoked, _on_assigned
     return pipeline
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import anthropic
 
 from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent
-from stream_app.llm import InsightClient, InvalidOutputWithUsage
+from stream_app.llm import Analysis, InsightClient, InvalidOutputWithUsage, Usage
 from stream_app.logs import get_logger
 from stream_app.ratelimit import RateBudget
 
@@ -91,53 +91,47 @@ class RecordProcessor:
 
     async def process(self, event: RecordEvent) -> ResultEvent:
         started = time.monotonic()
+        chars = self.client.request_chars(event.record)
         input_tokens = output_tokens = attempts = failures = 0
         while True:
-            await self.budget.acquire()
+            grant = await self.budget.acquire(
+                self.budget.estimate_input_tokens(chars),
+                self.budget.estimate_output_tokens(self.client.max_tokens),
+            )
             attempts += 1
+            billed = Usage(0, 0)
+            headers: Mapping[str, str] = {}
             try:
                 analysis = await self.client.analyze(event.record)
+                billed, headers = analysis.usage, analysis.headers
             except anthropic.RateLimitError as exc:
                 # Not the record's fault: it does not use up a retry.
-                self.budget.throttled(retry_after_seconds(exc.response.headers))
+                headers = exc.response.headers
+                self.budget.throttled(retry_after_seconds(headers))
                 log.info("provider throttled", job=event.job_id, index=event.index)
                 continue
             except InvalidOutputWithUsage as exc:
-                input_tokens += exc.usage.input_tokens
-                output_tokens += exc.usage.output_tokens
+                billed, headers = exc.usage, exc.headers
                 error, retry_after = str(exc), None
             except anthropic.APIStatusError as exc:
+                headers = exc.response.headers
                 error = describe_status_error(exc)
-                retry_after = retry_after_seconds(exc.response.headers)
+                retry_after = retry_after_seconds(headers)
                 if not is_retryable_status(exc.status_code):
                     return self._failed(event, error, input_tokens, output_tokens, attempts)
             except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
                 error, retry_after = f"{type(exc).__name__}: {exc}", None
             else:
-                input_tokens += analysis.usage.input_tokens
-                output_tokens += analysis.usage.output_tokens
-                response = InsightResponse(
-                    **analysis.insight.model_dump(),
-                    metadata=ResponseMetadata(
-                        tokens_used=input_tokens + output_tokens,
-                        input_tokens=input_tokens,
-                        output_tokens=output_tokens,
-                        model=self.client.model,
-                        attempts=attempts,
-                        latency_ms=int((time.monotonic() - started) * 1000),
-                    ),
+                input_tokens += billed.input_tokens
+                output_tokens += billed.output_tokens
+                return self._succeeded(
+                    event, analysis, input_tokens, output_tokens, attempts, started
                 )
-                return ResultEvent(
-                    job_id=event.job_id,
-                    index=event.index,
-                    success=True,
-                    response=response,
-                    record_id=event.record.id,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    attempts=attempts,
-                    finished_at=time.time(),
-                )
+            finally:
+                self.budget.settle(grant, chars, billed.input_tokens, billed.output_tokens)
+                self.budget.observe_headers(headers)
+            input_tokens += billed.input_tokens
+            output_tokens += billed.output_tokens
             failures += 1
             if failures > self.policy.retries:
                 return self._failed(event, error, input_tokens, output_tokens, attempts)
@@ -151,6 +145,38 @@ class RecordProcessor:
                 delay=round(delay, 3),
             )
             await self.sleep(delay)
+
+    def _succeeded(
+        self,
+        event: RecordEvent,
+        analysis: Analysis,
+        input_tokens: int,
+        output_tokens: int,
+        attempts: int,
+        started: float,
+    ) -> ResultEvent:
+        response = InsightResponse(
+            **analysis.insight.model_dump(),
+            metadata=ResponseMetadata(
+                tokens_used=input_tokens + output_tokens,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                model=self.client.model,
+                attempts=attempts,
+                latency_ms=int((time.monotonic() - started) * 1000),
+            ),
+        )
+        return ResultEvent(
+            job_id=event.job_id,
+            index=event.index,
+            success=True,
+            response=response,
+            record_id=event.record.id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            attempts=attempts,
+            finished_at=time.time(),
+        )
 
     @staticmethod
     def _failed(

@@ -27,7 +27,7 @@ from stream_app.settings import Settings
 
 log = get_logger(__name__)
 
-_READY_CACHE_SECONDS = 1.0
+_BROKER_CHECK_TTL = 1.0
 
 
 @dataclass
@@ -44,30 +44,32 @@ class Service:
     mirror: SqliteMirror | None
     admin: AIOKafkaAdminClient
     canonical_url: str
-    _ready_cache: tuple[float, Readiness] | None = field(default=None, repr=False)
+    _broker_check: tuple[float, str] | None = field(default=None, repr=False)
 
-    async def submit(self, records: list[BatchRecord], owner: str | None) -> JobStatus:
+    async def submit(self, records: list[BatchRecord], owner: str | None) -> str:
+        """Publish a job and its records, as an upstream producer would; returns its id."""
         job_id = uuid.uuid4().hex
         created = JobCreated(
             job_id=job_id, total_records=len(records), created_at=time.time(), owner=owner
         )
         events = [RecordEvent(job_id=job_id, index=i, record=r) for i, r in enumerate(records)]
         await self.pipeline.publish_job(created, events)
-        # Read-your-writes on this instance: wait briefly until the aggregate agent has seen it.
-        if self.owner_url(job_id) == self.canonical_url:
-            deadline = time.monotonic() + 5.0
-            while self.pipeline.job(job_id) is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        return self.pipeline.job(job_id) or JobStatus(
-            job_id=job_id, total_records=len(records), created_at=created.created_at, owner=owner
-        )
+        return job_id
+
+    def is_local(self, owner_url: str | None) -> bool:
+        return owner_url is None or owner_url == self.canonical_url
 
     def owner_url(self, job_id: str) -> str | None:
         """The API address of the worker whose partitions hold this job's state."""
-        try:
-            return str(self.pipeline.app.router.key_store(JOB_TABLE, job_id)).rstrip("/")
-        except (KeyError, ValueError, AttributeError):
-            return None
+        # Faust's router.key_store() hashes the key as the table's changelog serializes it,
+        # which is not how batch.jobs was partitioned; hash it as it was published instead.
+        app = self.pipeline.app
+        partition = app.producer.key_partition(self.settings.topic_jobs, job_id.encode()).partition
+        changelog = self.pipeline.job_changelog
+        for url, topics in app.router.table_metadata(JOB_TABLE).items():
+            if partition in topics.get(changelog, ()):
+                return str(url).rstrip("/")
+        return None
 
     def archived(self, job_id: str) -> tuple[JobStatus, dict[int, dict[str, Any]]] | None:
         """A job known only to the SQLite mirror (its broker state is gone)."""
@@ -82,19 +84,23 @@ class Service:
         return sorted(self.pipeline.jobs(), key=lambda job: job.created_at or 0.0)
 
     async def readiness(self) -> Readiness:
-        now = time.monotonic()
-        if self._ready_cache is not None and now - self._ready_cache[0] < _READY_CACHE_SECONDS:
-            return self._ready_cache[1]
         checks = {
             "broker": await self._check_broker(),
             "assignment": self._check_assignment(),
             "storage": self._check_storage(),
         }
-        result = Readiness(all(v == "ok" for v in checks.values()), checks)
-        self._ready_cache = (now, result)
-        return result
+        return Readiness(all(v == "ok" for v in checks.values()), checks)
 
     async def _check_broker(self) -> str:
+        # A round trip to the broker per probe is wasteful under frequent polling.
+        now = time.monotonic()
+        if self._broker_check is not None and now - self._broker_check[0] < _BROKER_CHECK_TTL:
+            return self._broker_check[1]
+        result = await self._ask_broker()
+        self._broker_check = (now, result)
+        return result
+
+    async def _ask_broker(self) -> str:
         try:
             await asyncio.wait_for(self.admin.describe_cluster(), timeout=2.0)
         except Exception as exc:  # any failure means "not reachable"; the reason is reported
@@ -139,7 +145,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         base_url=settings.anthropic_base_url,
         timeout=settings.claude_timeout_seconds,
     )
-    budget = RateBudget(settings.claude_requests_per_minute)
+    budget = RateBudget(
+        settings.claude_requests_per_minute,
+        partitions=settings.kafka_partitions,
+        input_tokens_per_minute=settings.claude_input_tokens_per_minute,
+        output_tokens_per_minute=settings.claude_output_tokens_per_minute,
+    )
     processor = RecordProcessor(
         client=InsightClient(
             anthropic_client, model=settings.claude_model, max_tokens=settings.claude_max_tokens

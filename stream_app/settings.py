@@ -17,6 +17,8 @@ class Settings(BaseSettings):
 
     # Provider budget and worker concurrency.
     claude_requests_per_minute: int = Field(50, ge=1)
+    claude_input_tokens_per_minute: int | None = Field(None, ge=1)
+    claude_output_tokens_per_minute: int | None = Field(None, ge=1)
     batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
     batch_record_retry_count: int = Field(1, ge=0, le=20)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
@@ -72,6 +74,8 @@ class Settings(BaseSettings):
         "anthropic_base_url",
         "api_keys",
         "advertised_url",
+        "claude_input_tokens_per_minute",
+        "claude_output_tokens_per_minute",
         "batch_cost_per_1k_input_tokens",
         "batch_cost_per_1k_output_tokens",
         mode="before",

@@ -117,6 +117,7 @@ def start_service(env: dict[str, str], workdir: Path, *, wait: bool = True) -> S
         "PYTHONPATH": str(ROOT),
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        "ADVERTISED_URL": f"http://127.0.0.1:{port}",
         "BATCH_JOB_STORAGE_PATH": str(workdir / "state"),
         "BATCH_SQLITE_PATH": str(workdir / "batch.db"),
         "BATCH_RETRY_BACKOFF_SECONDS": "0.05",

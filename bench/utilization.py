@@ -1,0 +1,489 @@
+"""How much of the provider's request budget the cluster uses when that budget binds.
+
+`python -m bench.utilization` runs one scenario per worker count (1 and 2 by default). Each
+scenario gets a fresh Claude simulator that enforces the provider's real limit (`--rpm`), a
+fresh Kafka namespace on one shared embedded broker, and N `python -m stream_app` workers
+that all claim the same CLAUDE_REQUESTS_PER_MINUTE. One oversized batch keeps the budget
+binding; everything is measured from what the simulator saw, so the service is a black box.
+
+Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import httpx
+
+from simulator import SimulatorConfig
+from simulator.testing import SimulatorHandle, max_in_window, run_simulator
+from stream_app.embedded import free_port, start_broker
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+# Fixed by the brief so runs on different machines and commits compare.
+CONCURRENCY = 8
+PARTITIONS = 8
+LATENCY_MS = 40.0
+# Submit this much more than the measured period can accept, so supply never runs out.
+OVERSUPPLY = 1.3
+READY_TIMEOUT_S = 120.0
+# Readiness is cached ~1 s by the service; 2 s of "all ready" spans several fresh checks,
+# so a rebalance that is still moving partitions is not mistaken for a settled cluster.
+SETTLE_S = 2.0
+STOP_TIMEOUT_S = 20.0
+# Variables of the caller's shell that would silently change the workers' settings.
+SERVICE_PREFIXES = ("ANTHROPIC_", "KAFKA_", "CLAUDE_", "BATCH_", "TOPIC_", "API_KEYS")
+
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float, interval: float, what: str) -> T:
+    """Poll `probe` until it returns something truthy; raise TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: tuple[int, ...]
+    rpm: int
+    seconds: float
+    warmup: float
+    json: bool
+
+    @property
+    def records(self) -> int:
+        return math.ceil(self.rpm * (self.seconds + self.warmup) / 60 * OVERSUPPLY)
+
+
+def parse_workers(raw: str) -> tuple[int, ...]:
+    counts = tuple(int(part) for part in raw.split(",") if part.strip())
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("expected positive counts like 1,2")
+    return counts
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.utilization", description=__doc__)
+    parser.add_argument("--workers", type=parse_workers, default=(1, 2), help="e.g. 1,2")
+    parser.add_argument("--rpm", type=int, default=300, help="provider requests per minute")
+    parser.add_argument("--seconds", type=float, default=40.0, help="measured period")
+    parser.add_argument("--warmup", type=float, default=10.0, help="ignored start of the run")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    return Options(args.workers, args.rpm, args.seconds, args.warmup, args.json)
+
+
+@dataclass
+class Worker:
+    """One `python -m stream_app` child, started exactly as `make run` would start it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def ensure_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"worker on port {self.port} exited with {self.process.returncode}:\n"
+                f"{self.log_tail()}"
+            )
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/api/v1/ready", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def worker_env(shared: dict[str, str], port: int, workdir: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_PREFIXES)}
+    return {
+        **inherited,
+        "PYTHONPATH": str(ROOT),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        # Status reads are forwarded to the job's owner at this address.
+        "ADVERTISED_URL": f"http://127.0.0.1:{port}",
+        "BATCH_JOB_STORAGE_PATH": str(workdir / "state"),
+        "BATCH_SQLITE_PATH": str(workdir / "batch.db"),
+        # Bounds the stop of a worker whose job did not finish; a finished one drains at once.
+        "BATCH_SHUTDOWN_TIMEOUT_SECONDS": "5",
+        "LOG_LEVEL": "INFO",
+        **shared,
+    }
+
+
+def start_worker(shared: dict[str, str], workdir: Path) -> Worker:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / "service.log"
+    with open(log_path, "ab") as out:
+        # cwd is the private workdir so a developer's `.env` in the repo is not picked up.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_app"],
+            cwd=workdir,
+            env=worker_env(shared, port, workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Worker(process, port, log_path)
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    """SIGTERM all at once (they drain in parallel), then kill whatever outlives the deadline."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for worker in workers:
+        try:
+            worker.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            progress(f"worker on port {worker.port} ignored SIGTERM; killing it")
+            worker.process.kill()
+            worker.process.wait()
+
+
+def wait_cluster_ready(workers: list[Worker]) -> None:
+    """All workers ready at the same time, and still so after SETTLE_S (rebalance done)."""
+    since: list[float] = []
+
+    def settled() -> bool:
+        for worker in workers:
+            worker.ensure_alive()
+        if not all(worker.is_ready() for worker in workers):
+            since.clear()
+            return False
+        if not since:
+            since.append(time.monotonic())
+        return time.monotonic() - since[0] >= SETTLE_S
+
+    wait_for(settled, timeout=READY_TIMEOUT_S, interval=0.2, what="all workers ready")
+
+
+def submit(worker: Worker, count: int) -> str:
+    texts = [
+        f"Record {i}: the quarterly report for region {i % 7} notes steady growth, "
+        f"two supplier delays and a hiring plan for {10 + i % 20} engineers."
+        for i in range(count)
+    ]
+    reply = httpx.post(
+        f"{worker.base_url}/api/v1/batch",
+        json={"records": [{"text": t} for t in texts]},
+        timeout=120.0,
+    )
+    if reply.status_code != 202:
+        raise RuntimeError(f"submit failed: {reply.status_code} {reply.text[:500]}")
+    job_id: str = reply.json()["job_id"]
+    return job_id
+
+
+def job_status(worker: Worker, job_id: str) -> dict[str, Any] | None:
+    try:
+        # limit=0: counters only; the results list would grow with every poll.
+        reply = httpx.get(
+            f"{worker.base_url}/api/v1/batch/{job_id}/status", params={"limit": 0}, timeout=10.0
+        )
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def wait_job(workers: list[Worker], job_id: str, timeout: float) -> tuple[dict[str, Any], int]:
+    """The job's last status and which worker gave it: completed, or as far as it got.
+
+    Every worker is asked, the submitting one first: a non-owner should forward to the
+    job's owner, but if it does not, completion must still be observed (and is reported).
+    """
+    last: dict[str, Any] = {}
+    answered = [-1]
+
+    def completed() -> bool:
+        for index, worker in enumerate(workers):
+            worker.ensure_alive()
+            body = job_status(worker, job_id)
+            if body is not None:
+                last.update(body)
+                answered[0] = index
+                break
+        return last.get("status") == "completed"
+
+    try:
+        wait_for(completed, timeout=timeout, interval=0.5, what=f"job {job_id}")
+    except TimeoutError:
+        progress(f"job {job_id} not completed after {timeout:.0f} s: {last.get('status')}")
+    if answered[0] > 0:
+        progress(f"status came from worker {answered[0]}; the submitting worker had none")
+    return last, answered[0]
+
+
+@dataclass
+class Result:
+    workers: int
+    rpm: int
+    measure_s: float
+    warmup_s: float
+    records: int
+    accepted: int
+    utilization: float
+    calls: int
+    rate_limited: int
+    rate_limited_share: float
+    max_60s: int
+    # All attempts, not only 200s: the simulator caps 200s at rpm, so overshoot shows here.
+    max_attempts_60s: int
+    max_5s: int
+    bound_5s: int
+    window_covered: bool
+    completed: bool
+    completed_count: int
+    failed_count: int
+    by_status: dict[str, int]
+    # Index of the worker whose API reported the job (0 = the one it was submitted to).
+    status_from: int
+    startup_s: float
+    run_s: float
+
+
+def measure(stats: dict[str, Any], opts: Options) -> dict[str, Any]:
+    """Utilization and burst numbers from one simulator snapshot (arrival times `t`)."""
+    requests = stats["requests"]
+    if not requests:
+        raise RuntimeError("the simulator saw no requests")
+    arrivals = [r["t"] for r in requests]
+    ok = [r["t"] for r in requests if r["status"] == 200]
+    start = min(arrivals) + opts.warmup
+    end = start + opts.seconds
+    accepted = sum(1 for t in ok if start <= t <= end)
+    rate_limited = sum(1 for r in requests if r["status"] == 429)
+    # Same function SimulatorHandle.max_requests_in_window uses, on the same snapshot.
+    return {
+        "accepted": accepted,
+        "utilization": accepted / (opts.rpm * opts.seconds / 60),
+        "calls": len(requests),
+        "rate_limited": rate_limited,
+        "rate_limited_share": rate_limited / len(requests),
+        "max_60s": max_in_window(ok, 60),
+        "max_attempts_60s": max_in_window(arrivals, 60),
+        "max_5s": max_in_window(ok, 5),
+        "bound_5s": math.ceil(opts.rpm * 5 / 60) + 1,
+        # False means supply ran out before the window ended: utilization is understated.
+        "window_covered": max(arrivals) >= end,
+        "by_status": stats["by_status"],
+    }
+
+
+def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[str, str]:
+    """Settings every worker of one scenario shares: one app id, one topic set, one budget."""
+    app_id = f"bench{uuid.uuid4().hex[:10]}"
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": broker,
+        "KAFKA_PARTITIONS": str(PARTITIONS),
+        "KAFKA_ONE_RECORD_PER_BATCH": "true",  # required with Tansu
+        "KAFKA_APP_ID": app_id,
+        "TOPIC_JOBS": f"{app_id}.jobs",
+        "TOPIC_RECORDS": f"{app_id}.records",
+        "TOPIC_RESULTS": f"{app_id}.results",
+        "TOPIC_DLQ": f"{app_id}.dlq",
+        "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",
+        "ANTHROPIC_BASE_URL": simulator.base_url,
+        "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
+        "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
+    }
+
+
+def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Result:
+    config = SimulatorConfig(requests_per_minute=opts.rpm, latency_ms=LATENCY_MS)
+    with ExitStack() as stack:
+        simulator = stack.enter_context(run_simulator(config))
+        env = shared_env(opts, broker, simulator)
+        workers: list[Worker] = []
+        # Registered before the first start so a failure halfway still stops the rest.
+        stack.callback(stop_workers, workers)
+        began = time.monotonic()
+        for i in range(count):
+            workers.append(start_worker(env, workdir / f"worker{i}"))
+        progress(f"{count} worker(s) started; waiting for all to be ready and settled")
+        wait_cluster_ready(workers)
+        startup = time.monotonic() - began
+        progress(f"ready after {startup:.1f} s; submitting {opts.records} records")
+
+        began = time.monotonic()
+        job_id = submit(workers[0], opts.records)
+        # Expected drain time at the budget, plus room for a slow machine.
+        timeout = opts.records / (opts.rpm / 60) * 1.5 + 30
+        final, status_from = wait_job(workers, job_id, timeout)
+        run = time.monotonic() - began
+        progress(f"job {final.get('status')} after {run:.1f} s")
+        numbers = measure(simulator.stats(), opts)
+
+    return Result(
+        workers=count,
+        rpm=opts.rpm,
+        measure_s=opts.seconds,
+        warmup_s=opts.warmup,
+        records=opts.records,
+        completed=final.get("status") == "completed",
+        completed_count=int(final.get("completed_count") or 0),
+        failed_count=int(final.get("failed_count") or 0),
+        status_from=status_from,
+        startup_s=round(startup, 1),
+        run_s=round(run, 1),
+        **numbers,
+    )
+
+
+def machine() -> dict[str, str | int]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        # What `nproc` prints: the CPUs this process may run on, not all the host has.
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def failed_cell(result: Result) -> str:
+    if result.completed:
+        return str(result.failed_count)
+    done = result.completed_count + result.failed_count
+    return f"{result.failed_count} (incomplete {done}/{result.records})"
+
+
+def table(results: list[Result], host: dict[str, str | int]) -> str:
+    header = [
+        "workers",
+        "rpm",
+        "measured s",
+        "accepted",
+        "utilization %",
+        "429s (share)",
+        "max/60s",
+        "max/5s (bound)",
+        "failed",
+    ]
+    rows = [
+        [
+            str(r.workers),
+            str(r.rpm),
+            f"{r.measure_s:g}",
+            str(r.accepted),
+            f"{r.utilization * 100:.1f}" + ("" if r.window_covered else " (short)"),
+            f"{r.rate_limited} ({r.rate_limited_share * 100:.1f}%)",
+            str(r.max_60s),
+            f"{r.max_5s} ({r.bound_5s})",
+            failed_cell(r),
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    head = " | ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))
+    rule = "-+-".join("-" * w for w in widths)
+    footer = (
+        f"machine: nproc={host['nproc']} cpu={host['cpu']} python={host['python']} "
+        f"date={host['date']}"
+    )
+    return "\n".join([head, rule, *lines, *notes(results), footer])
+
+
+def notes(results: list[Result]) -> list[str]:
+    """Caveats a reader of the bare numbers would otherwise miss."""
+    found = []
+    for r in results:
+        if not r.window_covered:
+            found.append(f"note: {r.workers}w: requests stopped before the window ended")
+        if r.status_from > 0:
+            found.append(
+                f"note: {r.workers}w: the submitting worker never reported the job; "
+                f"worker {r.status_from} did (status forwarding to the owner did not happen)"
+            )
+    return found
+
+
+def run(opts: Options) -> list[Result]:
+    results: list[Result] = []
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-util-")))
+        port = free_port()
+        broker = start_broker(port, workdir / "tansu.log")
+        stack.callback(broker.stop)
+        progress(f"broker on 127.0.0.1:{port}; {opts.records} records per scenario")
+        for n, count in enumerate(opts.workers):
+            scenario_dir = workdir / f"scenario{n}-{count}w"
+            results.append(run_scenario(count, opts, f"127.0.0.1:{port}", scenario_dir))
+    return results
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # Unwinds through every ExitStack, so workers, simulator and broker are all stopped.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        results = run(opts)
+    except KeyboardInterrupt:
+        progress("interrupted; children stopped")
+        return 130
+    host = machine()
+    if opts.json:
+        print(json.dumps({"results": [asdict(r) for r in results], "machine": host}, indent=2))
+    else:
+        print(table(results, host))
+    progress(f"total {time.monotonic() - _started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
