@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anthropic
 import orjson
+from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
 from schemas import BatchRecord, Insight
@@ -21,7 +21,7 @@ SYSTEM_PROMPT = (
 )
 # Structured outputs take a JSON schema; the SDK rewrites pydantic's schema into the
 # subset the API accepts (constraints move into descriptions).
-INSIGHT_OUTPUT_FORMAT: dict[str, Any] = {
+INSIGHT_OUTPUT_FORMAT: JSONOutputFormatParam = {
     "type": "json_schema",
     "schema": anthropic.transform_schema(Insight),
 }
@@ -75,7 +75,7 @@ class InsightClient:
             max_tokens=self._max_tokens,
             system=SYSTEM_PROMPT,
             messages=[{"role": "user", "content": record.text}],
-            output_config={"format": INSIGHT_OUTPUT_FORMAT},  # type: ignore[typeddict-item]
+            output_config={"format": INSIGHT_OUTPUT_FORMAT},
         )
         message = await raw.parse()
         usage = Usage(message.usage.input_tokens, message.usage.output_tokens)

@@ -6,12 +6,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from faust.types import EventT
+from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
@@ -27,12 +27,16 @@ log = get_logger(__name__)
 JOB_TABLE = "job-status"
 RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
-_RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 
 
 def record_key(job_id: str, index: int) -> bytes:
     # Records of one job are keyed per record so that they spread over all partitions.
     return result_key(job_id, index).encode()
+
+
+def _raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
+    """Topics carry plain bytes: payloads are public JSON contracts, not Faust records."""
+    return app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
 
 def broker_urls(bootstrap_servers: str) -> str:
@@ -47,7 +51,7 @@ class Pipeline:
     records_topic: faust.TopicT
     results_topic: faust.TopicT
     dlq_topic: faust.TopicT
-    tables: list[faust.Table]
+    tables: list[TableT]
     ledger: JobLedger
     # Where the job-status table lives: which worker owns a job follows its partitions.
     job_changelog: str
@@ -170,14 +174,14 @@ def build_pipeline(
         # unacknowledged, so uncommitted, and are processed after the restart.
         stream_wait_empty=False,
     )
-    jobs_topic = app.topic(s.topic_jobs, partitions=s.kafka_partitions, **_RAW)
-    records_topic = app.topic(s.topic_records, partitions=s.kafka_partitions, **_RAW)
-    results_topic = app.topic(s.topic_results, partitions=s.kafka_partitions, **_RAW)
-    dlq_topic = app.topic(s.topic_dlq, partitions=s.kafka_partitions, **_RAW)
+    jobs_topic = _raw_topic(app, s.topic_jobs, partitions=s.kafka_partitions)
+    records_topic = _raw_topic(app, s.topic_records, partitions=s.kafka_partitions)
+    results_topic = _raw_topic(app, s.topic_results, partitions=s.kafka_partitions)
+    dlq_topic = _raw_topic(app, s.topic_dlq, partitions=s.kafka_partitions)
     # batch.jobs and batch.results share key (job_id) and partition count, so both land on
     # the same partition, and the tables' changelogs follow that partition.
-    job_events = app.topic(s.topic_jobs, s.topic_results, partitions=s.kafka_partitions, **_RAW)
-    table_schema = faust.Schema(
+    job_events = _raw_topic(app, s.topic_jobs, s.topic_results, partitions=s.kafka_partitions)
+    table_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
     )
     job_table = app.Table(JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema)
@@ -225,7 +229,7 @@ def build_pipeline(
         # Faust acknowledges the current event even when the agent is cancelled mid-way (at
         # stop), which would commit a record that never got its result. Acknowledge by hand,
         # only once the result has been handed to the producer.
-        manual = stream.noack()
+        manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
             await _process_one(event)
             await manual.ack(event)
@@ -250,12 +254,12 @@ def build_pipeline(
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:
-            return RecordEvent.model_validate_json(event.message.value)
+            return RecordEvent.model_validate_json(_payload(event))
         except ValidationError as exc:
             reason = f"invalid record event: {_validation_summary(exc)}"
         await dead_letter(event, reason)
         # A record that names its job and index still gets an outcome, so the job completes.
-        ident = _job_and_index(event.message.value)
+        ident = _job_and_index(_payload(event))
         if ident is not None:
             failed = ResultEvent(
                 job_id=ident[0],
@@ -278,7 +282,7 @@ def build_pipeline(
 
     async def _apply_job_event(event: EventT, now: float) -> None:
         try:
-            created = JobCreated.model_validate_json(event.message.value)
+            created = JobCreated.model_validate_json(_payload(event))
         except ValidationError as exc:
             await dead_letter(event, f"invalid job event: {_validation_summary(exc)}")
             return
@@ -288,7 +292,7 @@ def build_pipeline(
 
     async def _apply_result_event(event: EventT, now: float) -> None:
         try:
-            result = ResultEvent.model_validate_json(event.message.value)
+            result = ResultEvent.model_validate_json(_payload(event))
         except ValidationError as exc:
             await dead_letter(event, f"invalid result event: {_validation_summary(exc)}")
             return
@@ -304,13 +308,14 @@ def build_pipeline(
                 mirror.save_result(result.job_id, result.index, stored or {})
             mirror.save_job(job)
 
-    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    # Faust's Signal.connect stub does not accept async receivers with named arguments.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ledger.forget_recounts()
         # Until the new assignment, this worker owns no share of the provider budget.
         processor.budget.assign(())
 
-    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         owned = sorted(
             tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_records
@@ -325,6 +330,13 @@ def build_pipeline(
     # Registered on the app; nothing else calls them.
     del process, aggregate, _on_revoked, _on_assigned
     return pipeline
+
+
+def _payload(event: EventT) -> bytes:
+    # A tombstone (null value) is not a valid event either: it fails validation and is
+    # dead-lettered like any other unreadable message.
+    value = event.message.value
+    return value if isinstance(value, bytes) else b""
 
 
 def _validation_summary(exc: ValidationError) -> str:

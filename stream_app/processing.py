@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anthropic
 
@@ -202,7 +203,8 @@ def is_retryable_status(status: int) -> bool:
 def describe_status_error(exc: anthropic.APIStatusError) -> str:
     """`HTTP 400 invalid_request_error: <provider message>`: the provider's words, no secrets."""
     body = exc.body if isinstance(exc.body, dict) else {}
-    detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    detail: dict[str, Any] = error if isinstance(error, dict) else {}
     kind = detail.get("type") or type(exc).__name__
     message = detail.get("message") or exc.message
     return f"HTTP {exc.status_code} {kind}: {message}"

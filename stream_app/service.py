@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
+from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated, RecordEvent
 from stream_app.aggregation import JobStatus
@@ -111,7 +112,7 @@ class Service:
         app = self.pipeline.app
         if app.rebalancing:
             return "rebalancing"
-        if not app.tables.recovery.completed.is_set():
+        if not cast(TableManager, app.tables).recovery.completed.is_set():
             return "recovering table state"
         records = self.settings.topic_records
         if not any(tp.topic == records for tp in app.consumer.assignment()):

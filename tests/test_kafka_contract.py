@@ -14,7 +14,7 @@ from tests.conftest import StartService
 from tests.support import Namespace, status, wait_completed, wait_until
 
 
-async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker)
     await producer.start()
     try:
@@ -53,7 +53,7 @@ async def test_upstream_producer_and_downstream_consumer(
     job_id = f"upstream-{uuid.uuid4().hex[:8]}"
     texts = [f"Review {i}. The delivery was late but support was kind." for i in range(12)]
     created = {"type": "created", "job_id": job_id, "total_records": len(texts)}
-    messages: list[tuple[str, bytes | None, bytes]] = [
+    messages: list[tuple[str, bytes | None, bytes | None]] = [
         (topics["jobs"], job_id.encode(), orjson.dumps(created))
     ]
     for i, text in enumerate(texts):
@@ -98,17 +98,19 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
             (topics["jobs"], job_id.encode(), orjson.dumps(created)),
             (topics["jobs"], b"junk", b"\xff\xfe not json"),
             (topics["records"], None, b"{{{"),
+            (topics["records"], b"tombstone", None),
             (topics["records"], None, orjson.dumps(good)),
             (topics["records"], None, orjson.dumps(blank)),
             (topics["records"], None, orjson.dumps(wrong)),
             (topics["results"], job_id.encode(), b'{"job_id": 5}'),
         ],
     )
-    letters = [orjson.loads(m.value) for m in await consume(broker, topics["dlq"], 5)]
-    assert len(letters) == 5
+    letters = [orjson.loads(m.value) for m in await consume(broker, topics["dlq"], 6)]
+    assert len(letters) == 6
     reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
     assert reasons == [
         "invalid job event",
+        "invalid record event",
         "invalid record event",
         "invalid record event",
         "invalid record event",
