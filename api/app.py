@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
@@ -170,7 +170,11 @@ async def job_status(request: Request) -> Response:
     offset = _int_param(request, "offset", 0) or 0
     limit = _int_param(request, "limit", None)
     job = service.pipeline.job(job_id)
-    archived_results: dict[int, dict[str, Any]] | None = None
+
+    def live_result(index: int) -> dict[str, Any] | None:
+        return service.pipeline.result(job_id, index)
+
+    lookup: Callable[[int], dict[str, Any] | None] = live_result
     if job is None:
         forwarded = await _forward_to_owner(request, service, job_id)
         if forwarded is not None:
@@ -178,17 +182,14 @@ async def job_status(request: Request) -> Response:
         archived = service.archived(job_id)
         if archived is not None:
             job, archived_results = archived
+            lookup = archived_results.get
     if job is None or not _visible(job, caller):
         raise ApiError(404, "job_not_found", f"no job {job_id!r}")
     last = job.total_records if job.total_records is not None else job.highest_index + 1
     end = last if limit is None else min(last, offset + limit)
     results = []
     for index in range(offset, end):
-        stored = (
-            service.pipeline.result(job_id, index)
-            if archived_results is None
-            else archived_results.get(index)
-        )
+        stored = lookup(index)
         if stored is not None:
             results.append(result_view(stored))
     return JSONResponse({**job_summary(job), "results": results})
