@@ -23,21 +23,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, max_in_window, run_simulator
 from stream_app.embedded import free_port, start_broker
-
-ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
+from stream_app.testing import ServiceProcess, start_service, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
 CONCURRENCY = 8
@@ -50,26 +48,12 @@ READY_TIMEOUT_S = 120.0
 # so a rebalance that is still moving partitions is not mistaken for a settled cluster.
 SETTLE_S = 2.0
 STOP_TIMEOUT_S = 20.0
-# Variables of the caller's shell that would silently change the workers' settings.
-SERVICE_PREFIXES = ("ANTHROPIC_", "KAFKA_", "CLAUDE_", "BATCH_", "TOPIC_", "API_KEYS")
 
 _started = time.monotonic()
 
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def wait_for(probe: Callable[[], T | None], *, timeout: float, interval: float, what: str) -> T:
-    """Poll `probe` until it returns something truthy; raise TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)
@@ -103,70 +87,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     return Options(args.workers, args.rpm, args.seconds, args.warmup, args.json)
 
 
-@dataclass
-class Worker:
-    """One `python -m stream_app` child, started exactly as `make run` would start it."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def ensure_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"worker on port {self.port} exited with {self.process.returncode}:\n"
-                f"{self.log_tail()}"
-            )
-
-    def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/api/v1/ready", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+def start_worker(shared: dict[str, str], workdir: Path) -> ServiceProcess:
+    # Bounds the stop of a worker whose job did not finish; a finished one drains at once.
+    return start_service({**shared, "BATCH_SHUTDOWN_TIMEOUT_SECONDS": "5"}, workdir, wait=False)
 
 
-def worker_env(shared: dict[str, str], port: int, workdir: Path) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_PREFIXES)}
-    return {
-        **inherited,
-        "PYTHONPATH": str(ROOT),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        # Status reads are forwarded to the job's owner at this address.
-        "ADVERTISED_URL": f"http://127.0.0.1:{port}",
-        "BATCH_JOB_STORAGE_PATH": str(workdir / "state"),
-        "BATCH_SQLITE_PATH": str(workdir / "batch.db"),
-        # Bounds the stop of a worker whose job did not finish; a finished one drains at once.
-        "BATCH_SHUTDOWN_TIMEOUT_SECONDS": "5",
-        "LOG_LEVEL": "INFO",
-        **shared,
-    }
-
-
-def start_worker(shared: dict[str, str], workdir: Path) -> Worker:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = workdir / "service.log"
-    with open(log_path, "ab") as out:
-        # cwd is the private workdir so a developer's `.env` in the repo is not picked up.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stream_app"],
-            cwd=workdir,
-            env=worker_env(shared, port, workdir),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Worker(process, port, log_path)
-
-
-def stop_workers(workers: list[Worker]) -> None:
+def stop_workers(workers: list[ServiceProcess]) -> None:
     """SIGTERM all at once (they drain in parallel), then kill whatever outlives the deadline."""
     for worker in workers:
         if worker.process.poll() is None:
@@ -181,7 +107,7 @@ def stop_workers(workers: list[Worker]) -> None:
             worker.process.wait()
 
 
-def wait_cluster_ready(workers: list[Worker]) -> None:
+def wait_cluster_ready(workers: list[ServiceProcess]) -> None:
     """All workers ready at the same time, and still so after SETTLE_S (rebalance done)."""
     since: list[float] = []
 
@@ -195,10 +121,10 @@ def wait_cluster_ready(workers: list[Worker]) -> None:
             since.append(time.monotonic())
         return time.monotonic() - since[0] >= SETTLE_S
 
-    wait_for(settled, timeout=READY_TIMEOUT_S, interval=0.2, what="all workers ready")
+    wait_until(settled, timeout=READY_TIMEOUT_S, interval=0.2, what="all workers ready")
 
 
-def submit(worker: Worker, count: int) -> str:
+def submit(worker: ServiceProcess, count: int) -> str:
     texts = [
         f"Record {i}: the quarterly report for region {i % 7} notes steady growth, "
         f"two supplier delays and a hiring plan for {10 + i % 20} engineers."
@@ -215,7 +141,7 @@ def submit(worker: Worker, count: int) -> str:
     return job_id
 
 
-def job_status(worker: Worker, job_id: str) -> dict[str, Any] | None:
+def job_status(worker: ServiceProcess, job_id: str) -> dict[str, Any] | None:
     try:
         # limit=0: counters only; the results list would grow with every poll.
         reply = httpx.get(
@@ -229,7 +155,9 @@ def job_status(worker: Worker, job_id: str) -> dict[str, Any] | None:
     return body
 
 
-def wait_job(workers: list[Worker], job_id: str, timeout: float) -> tuple[dict[str, Any], int]:
+def wait_job(
+    workers: list[ServiceProcess], job_id: str, timeout: float
+) -> tuple[dict[str, Any], int]:
     """The job's last status and which worker gave it: completed, or as far as it got.
 
     Every worker is asked, the submitting one first: a non-owner should forward to the
@@ -249,7 +177,7 @@ def wait_job(workers: list[Worker], job_id: str, timeout: float) -> tuple[dict[s
         return last.get("status") == "completed"
 
     try:
-        wait_for(completed, timeout=timeout, interval=0.5, what=f"job {job_id}")
+        wait_until(completed, timeout=timeout, interval=0.5, what=f"job {job_id}")
     except TimeoutError:
         progress(f"job {job_id} not completed after {timeout:.0f} s: {last.get('status')}")
     if answered[0] > 0:
@@ -337,7 +265,7 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
     with ExitStack() as stack:
         simulator = stack.enter_context(run_simulator(config))
         env = shared_env(opts, broker, simulator)
-        workers: list[Worker] = []
+        workers: list[ServiceProcess] = []
         # Registered before the first start so a failure halfway still stops the rest.
         stack.callback(stop_workers, workers)
         began = time.monotonic()

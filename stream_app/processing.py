@@ -167,33 +167,36 @@ class RecordProcessor:
                 latency_ms=int((time.monotonic() - started) * 1000),
             ),
         )
-        return ResultEvent(
-            job_id=event.job_id,
-            index=event.index,
-            success=True,
-            response=response,
-            record_id=event.record.id,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            attempts=attempts,
-            finished_at=time.time(),
-        )
+        return _outcome(event, input_tokens, output_tokens, attempts, response=response)
 
     @staticmethod
     def _failed(
         event: RecordEvent, error: str, input_tokens: int, output_tokens: int, attempts: int
     ) -> ResultEvent:
-        return ResultEvent(
-            job_id=event.job_id,
-            index=event.index,
-            success=False,
-            error=error,
-            record_id=event.record.id,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            attempts=attempts,
-            finished_at=time.time(),
-        )
+        return _outcome(event, input_tokens, output_tokens, attempts, error=error)
+
+
+def _outcome(
+    event: RecordEvent,
+    input_tokens: int,
+    output_tokens: int,
+    attempts: int,
+    *,
+    response: InsightResponse | None = None,
+    error: str | None = None,
+) -> ResultEvent:
+    return ResultEvent(
+        job_id=event.job_id,
+        index=event.index,
+        success=response is not None,
+        response=response,
+        error=error,
+        record_id=event.record.id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        attempts=attempts,
+        finished_at=time.time(),
+    )
 
 
 def is_retryable_status(status: int) -> bool:

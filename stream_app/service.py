@@ -62,8 +62,9 @@ class Service:
 
     def owner_url(self, job_id: str) -> str | None:
         """The API address of the worker whose partitions hold this job's state."""
-        # Faust's router.key_store() hashes the key as the table's changelog serializes it,
-        # which is not how batch.jobs was partitioned; hash it as it was published instead.
+        # Faust's router.key_store() hashes the key as the changelog topic serializes it (as
+        # JSON, whatever the table schema says), not as batch.jobs was partitioned (raw
+        # bytes); hash it as it was published instead.
         app = self.pipeline.app
         partition = app.producer.key_partition(self.settings.topic_jobs, job_id.encode()).partition
         changelog = self.pipeline.job_changelog

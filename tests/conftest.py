@@ -52,6 +52,7 @@ def start(
             "KAFKA_ONE_RECORD_PER_BATCH": "true",
             # High enough not to pace; tests about pacing set their own.
             "CLAUDE_REQUESTS_PER_MINUTE": "6000",
+            "BATCH_RETRY_BACKOFF_SECONDS": "0.05",
             **namespace.env(),
             **{k.upper(): str(v) for k, v in env.items()},
         }
