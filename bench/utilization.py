@@ -44,8 +44,9 @@ LATENCY_MS = 40.0
 # Submit this much more than the measured period can accept, so supply never runs out.
 OVERSUPPLY = 1.3
 READY_TIMEOUT_S = 120.0
-# Readiness is cached ~1 s by the service; 2 s of "all ready" spans several fresh checks,
-# so a rebalance that is still moving partitions is not mistaken for a settled cluster.
+# A worker can report ready just before the next worker's join revokes its partitions;
+# 2 s of "all ready" spans several checks, so a rebalance still under way is not mistaken
+# for a settled cluster.
 SETTLE_S = 2.0
 STOP_TIMEOUT_S = 20.0
 
