@@ -26,6 +26,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Callable[[int], ChildProcess]]:
+    """Brokers of this test alone, for tests that stop or lose one: `private_broker(port)`."""
+    started: list[ChildProcess] = []
+
+    def _start(port: int) -> ChildProcess:
+        child = start_broker(port, tmp_path / f"broker-{len(started)}.log")
+        started.append(child)
+        return child
+
+    yield _start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
 def simulator() -> Iterator[SimulatorHandle]:
     with run_simulator(SimulatorConfig()) as handle:
         yield handle

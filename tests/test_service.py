@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import signal
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from simulator.testing import SimulatorHandle
+from stream_app.embedded import ChildProcess, free_port
 from stream_app.pricing import price_for
 from tests.conftest import StartService
 from tests.support import status, submit, wait_completed, wait_until
@@ -256,64 +257,51 @@ def test_sqlite_backend_mirrors_jobs_and_results(start: StartService, tmp_path) 
     assert [i for (i,) in indices] == [0, 1, 2, 3, 4]
 
 
-def test_sqlite_mirror_survives_the_loss_of_the_broker(start: StartService, tmp_path) -> None:
-    from stream_app.embedded import free_port, start_broker
-
-    workdir = tmp_path / "node"
+def test_sqlite_mirror_survives_the_loss_of_the_broker(
+    start: StartService, private_broker: Callable[[int], ChildProcess], tmp_path
+) -> None:
     port = free_port()
-    first_broker = start_broker(port, tmp_path / "broker-1.log")
-    try:
-        service = start(
-            workdir=workdir,
-            batch_persistence_backend="sqlite",
-            kafka_bootstrap_servers=f"127.0.0.1:{port}",
-        )
-        with service.client() as client:
-            job_id = submit(client, TEXTS[:3])
-            before = wait_completed(client, job_id)
-        service.stop()
-    finally:
-        first_broker.stop()  # an ephemeral broker: every topic and changelog is gone
-    second_broker = start_broker(port, tmp_path / "broker-2.log")
-    try:
-        again = start(
-            workdir=workdir,
-            batch_persistence_backend="sqlite",
-            kafka_bootstrap_servers=f"127.0.0.1:{port}",
-        )
-        with again.client() as client:
-            assert status(client, job_id) == before
-            listed = client.get("/api/v1/batch/jobs").json()["jobs"]
-            assert [j["job_id"] for j in listed] == [job_id]
-            # And the new, empty broker takes new work.
-            assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
-        assert "discarded the local state" in again.logs()
-        again.stop()
-    finally:
-        second_broker.stop()
+    node = {
+        "workdir": tmp_path / "node",
+        "batch_persistence_backend": "sqlite",
+        "kafka_bootstrap_servers": f"127.0.0.1:{port}",
+    }
+    first_broker = private_broker(port)
+    service = start(**node)
+    with service.client() as client:
+        job_id = submit(client, TEXTS[:3])
+        before = wait_completed(client, job_id)
+    service.stop()
+    first_broker.stop()  # an ephemeral broker: every topic and changelog is gone
+
+    private_broker(port)
+    again = start(**node)
+    with again.client() as client:
+        assert status(client, job_id) == before
+        listed = client.get("/api/v1/batch/jobs").json()["jobs"]
+        assert [j["job_id"] for j in listed] == [job_id]
+        # And the new, empty broker takes new work.
+        assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
+    assert "discarded the local state" in again.logs()
 
 
-def test_readiness_reports_the_broker(start: StartService, tmp_path, simulator) -> None:
-    from stream_app.embedded import free_port, start_broker
-
+def test_readiness_reports_the_broker(
+    start: StartService, private_broker: Callable[[int], ChildProcess]
+) -> None:
     port = free_port()
-    own_broker = start_broker(port, tmp_path / "own-broker.log")
-    try:
-        service = start(kafka_bootstrap_servers=f"127.0.0.1:{port}")
-        with service.client() as client:
-            ready = client.get("/api/v1/ready")
-            assert ready.status_code == 200
-            assert ready.json()["checks"] == {"broker": "ok", "assignment": "ok", "storage": "ok"}
-            own_broker.stop()
-
-            def not_ready() -> httpx.Response | None:
-                reply = client.get("/api/v1/ready")
-                return reply if reply.status_code == 503 else None
-
-            reply = wait_until(not_ready, timeout=30, what="/ready to turn 503")
-            assert reply.json()["ready"] is False
-            assert reply.json()["checks"]["broker"].startswith("unreachable")
-            assert client.get("/api/v1/health").status_code == 200
-        service.stop(signal.SIGKILL)
-    finally:
+    own_broker = private_broker(port)
+    service = start(kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    with service.client() as client:
+        ready = client.get("/api/v1/ready")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"broker": "ok", "assignment": "ok", "storage": "ok"}
         own_broker.stop()
+
+        def not_ready() -> httpx.Response | None:
+            reply = client.get("/api/v1/ready")
+            return reply if reply.status_code == 503 else None
+
+        reply = wait_until(not_ready, timeout=30, what="/ready to turn 503")
+        assert reply.json()["ready"] is False
+        assert reply.json()["checks"]["broker"].startswith("unreachable")
+        assert client.get("/api/v1/health").status_code == 200
