@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from schemas import ResultEvent
 from stream_app.aggregation import JobStatus
 
 _SCHEMA = """
@@ -68,11 +69,16 @@ class SqliteMirror:
             ),
         )
 
-    def save_result(self, job_id: str, index: int, result: dict[str, Any]) -> None:
+    def save_result(self, result: ResultEvent) -> None:
         # Results are immutable once written: a redelivered one changes nothing.
         self._db.execute(
             "INSERT OR IGNORE INTO batch_results VALUES (?,?,?,?)",
-            (job_id, index, int(bool(result.get("success"))), orjson.dumps(result).decode()),
+            (
+                result.job_id,
+                result.index,
+                int(result.success),
+                result.model_dump_json(exclude_none=True),
+            ),
         )
 
     def job(self, job_id: str) -> JobStatus | None:

@@ -249,8 +249,9 @@ def build_pipeline(
         await gate.admit()
         async with gate.in_flight():
             result = await processor.process(record)
-            processed[key] = result.model_dump(mode="json", exclude_none=True)
-            await results_topic.send(key=record.job_id.encode(), value=_dump(result))
+            outcome = result.model_dump(mode="json", exclude_none=True)
+            processed[key] = outcome
+            await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(outcome))
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:
@@ -304,8 +305,7 @@ def build_pipeline(
             log.warning("recounted job after redelivery", job=job.job_id, outcomes=job.outcomes)
         if mirror is not None and job is not None:
             if applied is Applied.COUNTED:
-                stored = ledger.result(result.job_id, result.index)
-                mirror.save_result(result.job_id, result.index, stored or {})
+                mirror.save_result(result)
             mirror.save_job(job)
 
     # Faust's Signal.connect stub does not accept async receivers with named arguments.
