@@ -16,10 +16,12 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from stream_app.llm import first_line
 from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
+from stream_app.provider_answers import redact
 from stream_app.settings import Settings
 
 log = get_logger(__name__)
@@ -231,10 +233,42 @@ def build_pipeline(
         # only once the result has been handed to the producer.
         manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
-            await _process_one(event)
-            await manual.ack(event)
+            if await _process_one(event):
+                await manual.ack(event)
 
-    async def _process_one(event: EventT) -> None:
+    async def _process_one(event: EventT) -> bool:
+        """The record's boundary: whatever goes wrong, the record gets an outcome (the
+        processor already turns its own failures into one; this catches the rest). False
+        only when not even a failed outcome could be sent: the record then stays
+        unacknowledged, and its job shows as stalled."""
+        try:
+            await _handle_record(event)
+            return True
+        except Exception as exc:
+            log.exception(
+                "internal error at a record's boundary",
+                topic=event.message.topic,
+                partition=event.message.partition,
+                offset=event.message.offset,
+            )
+            error = f"internal error: {type(exc).__name__}: {redact(first_line(exc))}"
+        try:
+            ident = _job_and_index(_payload(event))
+            if ident is None:
+                await dead_letter(event, error)
+                return True
+            failed = ResultEvent(
+                job_id=ident[0], index=ident[1], success=False, error=error, finished_at=time.time()
+            )
+            outcome = failed.model_dump(mode="json", exclude_none=True)
+            processed[result_key(*ident)] = outcome
+            await results_topic.send(key=ident[0].encode(), value=orjson.dumps(outcome))
+            return True
+        except Exception:
+            log.exception("could not send the failed outcome; the record stays unacknowledged")
+            return False
+
+    async def _handle_record(event: EventT) -> None:
         record = await _parse_record(event)
         if record is None:
             return

@@ -17,6 +17,7 @@ from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated, RecordEvent
 from stream_app.aggregation import JobStatus
+from stream_app.breaker import ProviderBreaker
 from stream_app.llm import InsightClient, build_anthropic_client
 from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
@@ -42,6 +43,7 @@ class Service:
     settings: Settings
     pipeline: Pipeline
     budget: RateBudget
+    breaker: ProviderBreaker
     mirror: SqliteMirror | None
     admin: AIOKafkaAdminClient
     canonical_url: str
@@ -153,17 +155,28 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         input_tokens_per_minute=settings.claude_input_tokens_per_minute,
         output_tokens_per_minute=settings.claude_output_tokens_per_minute,
     )
+    breaker = ProviderBreaker(
+        threshold=settings.batch_breaker_threshold,
+        probe_base_seconds=settings.batch_probe_base_seconds,
+        probe_max_seconds=settings.batch_probe_max_seconds,
+    )
+    gate = IntakeGate()
     processor = RecordProcessor(
         client=InsightClient(
-            anthropic_client, model=settings.claude_model, max_tokens=settings.claude_max_tokens
+            anthropic_client,
+            model=settings.claude_model,
+            max_tokens=settings.claude_max_tokens,
+            max_tokens_ceiling=settings.claude_max_tokens_ceiling,
         ),
         budget=budget,
         policy=RetryPolicy(
             retries=settings.batch_record_retry_count,
             backoff_seconds=settings.batch_retry_backoff_seconds,
+            retry_after_cap_seconds=settings.batch_retry_after_cap_seconds,
         ),
+        breaker=breaker,
+        gate=gate,
     )
-    gate = IntakeGate()
     mirror = (
         SqliteMirror(settings.batch_sqlite_path)
         if settings.batch_persistence_backend == "sqlite"
@@ -197,7 +210,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
                 rpm=settings.claude_requests_per_minute,
                 concurrency=settings.batch_max_concurrent_llm_calls,
             )
-            yield Service(settings, pipeline, budget, mirror, admin, canonical_url)
+            yield Service(settings, pipeline, budget, breaker, mirror, admin, canonical_url)
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)
