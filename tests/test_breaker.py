@@ -38,7 +38,8 @@ def breaker(clock: FakeClock, **kwargs: object) -> ProviderBreaker:
 
 
 async def fail(b: ProviderBreaker, key: str, retry_after: float | None = None) -> bool:
-    return b.provider_failed(await b.admit(key), "HTTP 529 overloaded_error: Overloaded", retry_after)
+    admission = await b.admit(key)
+    return b.provider_failed(admission, "HTTP 529 overloaded_error: Overloaded", retry_after)
 
 
 async def open_it(b: ProviderBreaker) -> None:
