@@ -158,10 +158,10 @@ def pick_fault(markers: Markers, attempt: int) -> Fault | None:
         return Fault.API_ERROR
     if attempt <= markers.overloaded:
         return Fault.OVERLOADED
-    if markers.unreadable < 0 or attempt <= markers.unreadable:
-        return Fault.UNREADABLE
     if attempt <= markers.bad_json:
         return Fault.BAD_JSON
+    if markers.unreadable < 0 or attempt <= markers.unreadable:
+        return Fault.UNREADABLE
     return None
 
 
