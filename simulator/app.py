@@ -150,11 +150,6 @@ class Simulator:
             return _error(400, str(exc), request_id)
         if config.models is not None and parsed.model not in config.models:
             return _error(404, f"model: {parsed.model}", request_id)
-        if config.force_status is not None:
-            status = config.force_status
-            message = config.force_message or _FORCED_MESSAGES.get(status, "Simulated error.")
-            return _error(status, message, request_id)
-
         now = time.time()
         if self._memory.rate_limit_now(parsed.user_text, markers):
             headers = _throttle_headers(markers.throttle, now)
@@ -173,6 +168,11 @@ class Simulator:
         attempt = self._memory.attempt(parsed.user_text, markers)
 
         await asyncio.sleep(self._delay_seconds(markers))
+        # Read after the latency: a call in flight when an outage begins fails too.
+        if self.config.force_status is not None:
+            status = self.config.force_status
+            message = self.config.force_message or _FORCED_MESSAGES.get(status, "Simulated error.")
+            return _error(status, message, request_id)
         fault = pick_fault(markers, attempt) or self._random_fault()
         if fault is Fault.UNREADABLE:
             return Response(_UNREADABLE_BODY, status_code=200, media_type="text/plain")

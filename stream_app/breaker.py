@@ -138,7 +138,7 @@ class ProviderBreaker:
                 now = self.clock()
                 if first and not self._probing and now >= self._stop.next_probe_at:
                     self._probing = True
-                    log.info("probing the provider", record=key, state=self._stop.kind.value)
+                    log.debug("probing the provider", record=key, state=self._stop.kind.value)
                     return self._enter(key, probe=True)
                 due = self._stop.next_probe_at - now if first and not self._probing else None
                 await self._wait_for_change(due)
