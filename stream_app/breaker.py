@@ -86,6 +86,8 @@ class ProviderBreaker:
     _in_flight: Counter[str] = field(default_factory=Counter, init=False)
     _refuted: set[str] = field(default_factory=set, init=False)
     _answers: int = field(default=0, init=False)
+    # Calls the provider did not serve (5xx, 529, timeouts, configuration faults) since start.
+    _refused_total: int = field(default=0, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
@@ -106,12 +108,14 @@ class ProviderBreaker:
         """The provider's state as the ready body and job status show it."""
         stop = self._stop
         if stop is None:
-            return {"state": "available"}
+            return {"state": "available", "refused_calls_total": self._refused_total}
         return {
             "state": stop.kind.value,
             "since": _iso(stop.since),
             "message": stop.message,
+            # Calls refused since this stop began, probes included; and since the worker started.
             "refused_calls": stop.refused_calls,
+            "refused_calls_total": self._refused_total,
             "failed_probes": stop.failed_probes,
             "next_probe_at": _iso(stop.next_probe_at),
         }
@@ -147,6 +151,11 @@ class ProviderBreaker:
             self._waiters.remove(ticket)
             self._pulse()
 
+    def still_admits(self, admission: Admission) -> bool:
+        """Whether a call admitted earlier may still go out: not when the breaker opened
+        since (while it waited for its budget slot), unless it is the probe."""
+        return self._stop is None or admission.probe
+
     def answered(self, admission: Admission) -> None:
         """The provider answered this call (a result, or a fault of the record's own)."""
         if not self._leave(admission):
@@ -173,6 +182,7 @@ class ProviderBreaker:
         against the record's retries (only when the trouble is the record's alone)."""
         if not self._leave(admission):
             return False
+        self._refused_total += 1
         now = self.clock()
         stop = self._stop
         if stop is not None:
@@ -212,6 +222,7 @@ class ProviderBreaker:
             self._refuted.discard(admission.key)
             self._pulse()
             return True
+        self._refused_total += 1
         now = self.clock()
         stop = self._stop
         if stop is None:

@@ -173,10 +173,13 @@ class RecordProcessor:
         while True:
             admission = await self._admit(key)
             try:
-                answer = await self._call(run, max_tokens)
+                answer = await self._call(run, max_tokens, admission)
             except BaseException:
                 self.breaker.release(admission)
                 raise
+            if answer is None:  # the breaker opened while it waited for its slot
+                self.breaker.release(admission)
+                continue
             if isinstance(answer, Succeeded):
                 self.breaker.answered(admission)
                 return self._succeeded(run, answer.insight)
@@ -235,18 +238,21 @@ class RecordProcessor:
         async with self.gate.parked():
             return await self.breaker.admit(key)
 
-    async def _call(self, run: _Run, max_tokens: int) -> Answer:
-        """One attempt: a budget slot, the call, and what its answer means."""
+    async def _call(self, run: _Run, max_tokens: int, admission: Admission) -> Answer | None:
+        """One attempt: a budget slot, the call, and what its answer means; None when the
+        call did not go out after all."""
         record = run.event.record
         chars = self.client.request_chars(record)
         grant = await self.budget.acquire(
             self.budget.estimate_input_tokens(chars),
             self.budget.estimate_output_tokens(max_tokens),
         )
-        run.attempts += 1
         billed = Usage()
         headers: Mapping[str, str] = {}
         try:
+            if not self.breaker.still_admits(admission):
+                return None
+            run.attempts += 1
             try:
                 reply: Reply = await self.client.analyze(record, max_tokens)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:

@@ -53,7 +53,7 @@ async def test_one_records_failures_use_its_retries_and_never_open_it(clock: Fak
     assert [await fail(b, "a") for _ in range(5)] == [True] * 5
     assert not b.is_open and b.is_isolated("a") and not b.is_isolated("b")
     b.answered(await b.admit("b"))
-    assert b.is_isolated("a") and b.report() == {"state": "available"}
+    assert b.is_isolated("a") and b.report() == {"state": "available", "refused_calls_total": 5}
 
 
 async def test_failures_of_several_records_open_it_and_use_no_retries(clock: FakeClock) -> None:
@@ -66,7 +66,8 @@ async def test_failures_of_several_records_open_it_and_use_no_retries(clock: Fak
     report = b.report()
     assert report["state"] == "unavailable"
     assert report["message"] == "HTTP 529 overloaded_error: Overloaded"
-    assert report["refused_calls"] == 3 and report["failed_probes"] == 0
+    assert report["refused_calls"] == 3 == report["refused_calls_total"]
+    assert report["failed_probes"] == 0
     assert report["since"].startswith("1970-01-12T13:46:40")  # the fake clock's "now"
 
 
@@ -109,7 +110,7 @@ async def test_while_open_calls_wait_and_single_probes_go_out_with_backoff(
         ("b", 23.0, True),
     ]
     assert sorted(admitted[5:]) == [("a", 23.0, False), ("c", 23.0, False)]
-    assert not b.is_open and b.report() == {"state": "available"}
+    assert not b.is_open and b.report() == {"state": "available", "refused_calls_total": 7}
 
 
 async def test_a_probe_honours_the_providers_retry_after(clock: FakeClock) -> None:
@@ -236,3 +237,13 @@ async def test_next_answer_wakes_on_any_answer(clock: FakeClock) -> None:
 def test_threshold_needs_two_records() -> None:
     with pytest.raises(ValueError):
         ProviderBreaker(threshold=1)
+
+
+async def test_a_call_admitted_before_it_opened_does_not_go_out_after(clock: FakeClock) -> None:
+    b = breaker(clock)
+    late = await b.admit("z")  # admitted, still waiting for its budget slot...
+    await open_it(b)  # ...when the breaker opens
+    assert not b.still_admits(late)
+    b.release(late)
+    probe = await b.admit("z")
+    assert probe.probe and b.still_admits(probe)

@@ -140,7 +140,7 @@ def test_stop_reasons_and_content_faults_each_get_their_outcome(
     assert results[1]["response"]["metadata"]["output_tokens"] == 512 + 800
     assert_job_money(body, sim, price_for(MODEL))
     # All of these are the records' own: the provider stayed available throughout.
-    assert ready["provider"] == {"state": "available"}
+    assert ready["provider"] == {"state": "available", "refused_calls_total": 0}
     service.stop()
     assert "provider unavailable" not in service.logs()
     assert SECRET not in service.logs()
