@@ -105,9 +105,13 @@ class IntakeGate:
             self._count += 1
             self._idle.clear()
 
+    def close(self) -> None:
+        """No record starts from now on (calls in flight go on)."""
+        self._closed = True
+
     async def drain(self, timeout: float) -> int:
         """Close the gate and wait for calls in flight; returns how many were left."""
-        self._closed = True
+        self.close()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
