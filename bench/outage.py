@@ -61,10 +61,13 @@ class Outcome:
     records: int
     outage_s: float
     rpm: int
+    completed: bool  # every record got an outcome
     completed_count: int
     failed_count: int
+    stalled: bool  # the job reported no progress for BATCH_STALL_AFTER_SECONDS
     paid_calls: int  # HTTP 200s: one per record means nobody was paid twice
-    calls_during_outage: int
+    refused_calls: int  # 529s, calls in flight when the outage began included
+    calls_during_outage: int  # calls that arrived while it lasted
     probes_during_outage: int
     noticed_after_s: float | None
     ready_always_200: bool
@@ -135,7 +138,10 @@ def measure(opts: Options, worker: ServiceProcess, sim: Any) -> Outcome:
             final.update(_status(http, job_id))
             return final["status"] == "completed"
 
-        wait_until(completed, timeout=opts.records / (opts.rpm / 60) * 3 + 300, interval=0.2)
+        try:
+            wait_until(completed, timeout=opts.records / (opts.rpm / 60) * 3 + 300, interval=0.2)
+        except TimeoutError:
+            progress(f"job not completed: {final.get('completed_count')} of {opts.records}")
         done = time.time()
     stats = sim.stats()
     during = [r for r in stats["requests"] if outage_began <= r["t"] <= outage_ended]
@@ -147,9 +153,12 @@ def measure(opts: Options, worker: ServiceProcess, sim: Any) -> Outcome:
         records=opts.records,
         outage_s=round(outage_ended - outage_began, 1),
         rpm=opts.rpm,
+        completed=final["status"] == "completed",
         completed_count=int(final["completed_count"]),
         failed_count=int(final["failed_count"]),
+        stalled=bool(final.get("stalled")),
         paid_calls=int(stats["by_status"].get("200", 0)),
+        refused_calls=int(stats["by_status"].get("529", 0)),
         calls_during_outage=len(during),
         probes_during_outage=len(probes),
         noticed_after_s=round(since - outage_began, 2) if since is not None else None,
@@ -192,8 +201,13 @@ def report(outcome: Outcome, host: dict[str, str | int]) -> str:
     rows = [
         ("records", f"{outcome.records} ({outcome.rpm} requests/minute)"),
         ("outage (every call 529)", f"{outcome.outage_s} s, from half of the job"),
-        ("records failed", f"{outcome.failed_count} (completed {outcome.completed_count})"),
+        ("records failed", f"{outcome.failed_count} (succeeded {outcome.completed_count})"),
+        (
+            "job completed",
+            "yes" if outcome.completed else f"NO (stalled: {outcome.stalled})",
+        ),
         ("paid calls (HTTP 200)", str(outcome.paid_calls)),
+        ("calls refused (529)", f"{outcome.refused_calls} (in flight at the start included)"),
         ("calls during the outage", str(outcome.calls_during_outage)),
         ("  of which single probes", str(outcome.probes_during_outage)),
         ("worker noticed after", f"{outcome.noticed_after_s} s"),
