@@ -291,3 +291,8 @@ def _wait_for_metadata(port: int, child: ChildProcess, timeout: float) -> None:
             pass
         time.sleep(0.1)
     raise BrokerUnavailable(f"kafka on port {port} did not answer within {timeout} s")
+
+
+if __name__ == "__main__":
+    # `python -m stream_app.kafka_local`: fetch the jars now (make kafka), print where.
+    print(fetch())
