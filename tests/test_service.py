@@ -42,7 +42,8 @@ def assert_money_adds_up(body: dict[str, Any], sim: dict[str, Any]) -> None:
     if body["failed_count"] == 0:
         assert in_response == body["total_tokens_used"]
     expected = price_for("claude-sonnet-4-6").cost(billed_in, billed_out)
-    assert Decimal(str(body["estimated_cost"])) == expected
+    assert Decimal(body["estimated_cost_usd"]) == expected
+    assert body["estimated_cost"] == float(round(expected, 8))
 
 
 def test_batch_completes_with_exact_results_tokens_and_cost(
