@@ -311,6 +311,8 @@ async def test_fail_400_marker_fails_every_time(sim: SimulatorHandle) -> None:
         ("overloaded-twice", 529, "overloaded_error", 2),
         ("429-once", 429, "rate_limit_error", 1),
         ("429-twice", 429, "rate_limit_error", 2),
+        ("fail-408-once", 408, "api_error", 1),
+        ("fail-409-twice", 409, "api_error", 2),
     ],
 )
 async def test_repeat_limited_markers_fail_then_succeed(
