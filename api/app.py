@@ -226,6 +226,12 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """Liveness: 200 `{"status": "ok"}`, or 503 with the reason when the worker crashed or
+    gave up (it is then stopping, exit code 1, to be restarted)."""
+    service: Service = request.state.service
+    alive = service.liveness()
+    if alive != "ok":
+        return JSONResponse({"status": "failing", "reason": alive}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -246,6 +252,9 @@ def create_api(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with running_service(settings) as service:
+            # At the stop signal, before uvicorn's graceful HTTP phase: no record starts.
+            app.state.on_signal.append(service.stop_intake)
+            service.on_fatal = lambda reason: setattr(app.state, "fatal", reason)
             async with httpx.AsyncClient(timeout=10.0) as http:
                 yield {"service": service, "http": http, "api_keys": api_keys}
 
@@ -256,8 +265,13 @@ def create_api(settings: Settings) -> Starlette:
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/api/v1/ready", ready, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
+    # Hooks the server calls at SIGTERM/SIGINT (stream_app.server), and the reason the
+    # worker gave up, if it did (the process then exits non-zero).
+    app.state.on_signal = []
+    app.state.fatal = None
+    return app

@@ -34,7 +34,8 @@ import httpx
 
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, max_in_window, run_simulator
-from stream_app.embedded import free_port, start_broker
+from stream_app.embedded import free_port
+from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
 from stream_app.testing import ServiceProcess, start_service, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
@@ -248,7 +249,6 @@ def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[s
     return {
         "KAFKA_BOOTSTRAP_SERVERS": broker,
         "KAFKA_PARTITIONS": str(PARTITIONS),
-        "KAFKA_ONE_RECORD_PER_BATCH": "true",  # required with Tansu
         "KAFKA_APP_ID": app_id,
         "TOPIC_JOBS": f"{app_id}.jobs",
         "TOPIC_RECORDS": f"{app_id}.records",
@@ -383,9 +383,11 @@ def run(opts: Options) -> list[Result]:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-util-")))
         port = free_port()
-        broker = start_broker(port, workdir / "tansu.log")
+        broker = LocalKafka(workdir / "kafka").start(port)
         stack.callback(broker.stop)
-        progress(f"broker on 127.0.0.1:{port}; {opts.records} records per scenario")
+        progress(
+            f"Apache Kafka {KAFKA_VERSION} on 127.0.0.1:{port}; {opts.records} records per scenario"
+        )
         for n, count in enumerate(opts.workers):
             scenario_dir = workdir / f"scenario{n}-{count}w"
             results.append(run_scenario(count, opts, f"127.0.0.1:{port}", scenario_dir))

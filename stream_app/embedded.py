@@ -1,7 +1,15 @@
-"""Child processes for the offline defaults: the Tansu broker and the Claude simulator."""
+"""Child processes for the offline defaults: the embedded broker and the Claude simulator.
+
+Children run in their own session, so a Ctrl-C in the terminal reaches only the launcher,
+which stops them in order after the worker has drained; and they get SIGTERM from the
+kernel if the launcher dies without stopping them (Linux PR_SET_PDEATHSIG), so a killed
+launcher leaves no broker holding its data directory.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
 import sys
@@ -37,27 +45,61 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -
     raise BrokerUnavailable(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the launcher's own stop() still stops the child
+
+
 class ChildProcess:
     """A child we started and must stop: terminate, then kill if it lingers."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path | None = None,
+        *,
+        stop_timeout: float = 10.0,
+    ) -> None:
         self.name = name
+        self.stop_timeout = stop_timeout
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Set between fork and exec; the launcher starts its children before any thread.
+            preexec_fn=_die_with_parent,
+        )
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds (default: the child's own)."""
         if self.process.poll() is not None:
             return
         self.process.terminate()
         try:
-            self.process.wait(timeout)
+            self.process.wait(self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
+            log.warning("child did not stop in time; killed", name=self.name)
             self.process.kill()
             self.process.wait()
         log.info("stopped child", name=self.name, pid=self.process.pid)
 
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would (for tests)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
-def start_broker(port: int, log_path: Path | None = None) -> ChildProcess:
+
+def start_tansu(port: int, log_path: Path | None = None) -> ChildProcess:
     """Tansu with memory storage: a real Kafka protocol endpoint, gone when it stops."""
     url = f"tcp://127.0.0.1:{port}"
     child = ChildProcess(

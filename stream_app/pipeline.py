@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
@@ -65,26 +65,29 @@ class Pipeline:
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
+    @property
+    def tabledir(self) -> Path:
+        return Path(self.app.conf.tabledir)
+
+    @property
+    def changelogs(self) -> dict[str, str]:
+        """table name -> changelog topic."""
+        return {table.name: table.changelog_topic.get_topic_name() for table in self.tables}
+
     def discard_stale_state(self, created_topics: set[str]) -> list[str]:
         """Drop local table files whose changelog topic did not exist until now.
 
-        That happens when the broker lost its data (the embedded broker stopped): the local
-        state could never be reconciled with an empty changelog, and Faust would refuse to
-        recover. The SQLite mirror, when configured, keeps the history.
+        That happens when the broker lost its data (the embedded Tansu broker stopped):
+        the local state could never be reconciled with an empty changelog, and Faust would
+        refuse to recover. The SQLite mirror, when configured, keeps the history.
         """
-        tabledir = Path(self.app.conf.tabledir)
-        dropped = []
-        for table in self.tables:
-            if table.changelog_topic.get_topic_name() not in created_topics:
-                continue
-            for path in tabledir.glob(f"{table.name}-*.db"):
-                shutil.rmtree(path)
-                dropped.append(path.name)
+        lost = [name for name, topic in self.changelogs.items() if topic in created_topics]
+        dropped = discard_tables(self.tabledir, lost)
         if dropped:
             log.warning(
                 "changelog topics are new but local table state existed: the broker lost its "
                 "data; discarded the local state",
-                dropped=",".join(sorted(dropped)),
+                dropped=",".join(dropped),
             )
         return dropped
 

@@ -70,9 +70,13 @@ class IntakeGate:
             if self._count == 0:
                 self._idle.set()
 
+    def close(self) -> None:
+        """No record starts from now on (calls in flight go on)."""
+        self._closed = True
+
     async def drain(self, timeout: float) -> int:
         """Close the gate and wait for calls in flight; returns how many were left."""
-        self._closed = True
+        self.close()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from faust.tables.manager import TableManager
 from schemas import BatchRecord, JobCreated, RecordEvent
 from stream_app.aggregation import JobStatus
 from stream_app.llm import InsightClient, build_anthropic_client
+from stream_app.local_state import drop_unreconcilable
 from stream_app.logs import get_logger
 from stream_app.mirror import SqliteMirror
 from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
@@ -46,7 +49,69 @@ class Service:
     mirror: SqliteMirror | None
     admin: AIOKafkaAdminClient
     canonical_url: str
+    gate: IntakeGate
+    # Called once with the reason when the worker gives up (it then stops, exit code 1).
+    on_fatal: Callable[[str], None] = lambda reason: None
+    fatal: str | None = None
     _broker_check: tuple[float, str] | None = field(default=None, repr=False)
+    # Since when (monotonic seconds) the assignment check has not been ok, while the
+    # broker answers.
+    _unassigned_since: float | None = field(default=None, repr=False)
+
+    def stop_intake(self) -> None:
+        """No record starts from now on; calls in flight finish (at SIGTERM/SIGINT)."""
+        self.gate.close()
+
+    def liveness(self) -> str:
+        """ "ok", or why this worker is not alive in a way a restart would fix."""
+        if self.fatal is not None:
+            return self.fatal
+        crashed = self._crashed()
+        if crashed is not None:
+            return crashed
+        return "ok"
+
+    def _crashed(self) -> str | None:
+        app = self.pipeline.app
+        tables = cast(TableManager, app.tables)
+        for name, part in (
+            ("app", app),
+            ("tables", tables),
+            ("table recovery", tables.recovery),
+            ("consumer", app.consumer),
+        ):
+            reason = part.crash_reason
+            if reason is not None:
+                return f"{name} crashed: {type(reason).__name__}: {reason}"
+        return None
+
+    async def watch(self, deadline_seconds: float, interval: float = 1.0) -> None:
+        """Give up (exit non-zero, to be restarted) when Faust crashed, or when partitions
+        stay unassigned or unrecovered for `deadline_seconds` while the broker answers.
+        A worker that can never become ready must not idle with a healthy liveness."""
+        while self.fatal is None:
+            await asyncio.sleep(interval)
+            reason = self._crashed()
+            assignment = self._check_assignment()
+            now = time.monotonic()
+            # Holding no partition is a legitimate idle state (more workers than partitions);
+            # a rebalance or a recovery that never ends is not.
+            stuck = assignment in ("rebalancing", "recovering table state")
+            if not stuck or await self._check_broker() != "ok":
+                self._unassigned_since = None
+            elif self._unassigned_since is None:
+                self._unassigned_since = now
+            elif now - self._unassigned_since > deadline_seconds:
+                reason = f"not ready for {deadline_seconds:.0f} s: {assignment}"
+            if reason is not None:
+                self.give_up(reason)
+
+    def give_up(self, reason: str) -> None:
+        log.error("worker cannot become ready; stopping so it is restarted", reason=reason)
+        self.fatal = reason
+        self.on_fatal(reason)
+        # The server's own signal handling stops it in the usual order.
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def submit(self, records: list[BatchRecord], owner: str | None) -> str:
         """Publish a job and its records, as an upstream producer would; returns its id."""
@@ -195,6 +260,10 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
     pipeline.discard_stale_state(created)
+    if settings.batch_persistence_backend != "memory" and settings.batch_heal_local_state:
+        await drop_unreconcilable(
+            pipeline.tabledir, pipeline.changelogs, settings.kafka_bootstrap_servers
+        )
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -207,7 +276,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
                 rpm=settings.claude_requests_per_minute,
                 concurrency=settings.batch_max_concurrent_llm_calls,
             )
-            yield Service(settings, pipeline, budget, mirror, admin, canonical_url)
+            service = Service(settings, pipeline, budget, mirror, admin, canonical_url, gate)
+            watchdog = asyncio.create_task(service.watch(settings.batch_ready_deadline_seconds))
+            try:
+                yield service
+            finally:
+                watchdog.cancel()
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)

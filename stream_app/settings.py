@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PersistenceBackend = Literal["memory", "rocksdb", "sqlite"]
+EmbeddedBroker = Literal["auto", "kafka", "tansu"]
 
 
 class Settings(BaseSettings):
@@ -24,6 +25,12 @@ class Settings(BaseSettings):
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
     # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
     batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
+    # A worker whose partitions stay unassigned or unrecovered this long while the broker
+    # answers (or whose Faust app crashed) exits non-zero, so it is restarted.
+    batch_ready_deadline_seconds: float = Field(180.0, gt=0)
+    # At start, drop local table stores that claim more than their changelog holds (they
+    # are rebuilt from it). Off: such a worker fails recovery and exits non-zero instead.
+    batch_heal_local_state: bool = True
     claude_model: str = "claude-sonnet-4-6"
     claude_max_tokens: int = Field(1024, ge=64)
     claude_timeout_seconds: float = Field(60.0, gt=0)
@@ -55,7 +62,13 @@ class Settings(BaseSettings):
     # start. One record per produce batch keeps it right. On by default for the embedded
     # broker; set it when KAFKA_BOOTSTRAP_SERVERS points at a Tansu broker.
     kafka_one_record_per_batch: bool = False
+    # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
+    # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
+    embedded_broker: EmbeddedBroker = "auto"
     embedded_broker_port: int = 9092
+    embedded_kafka_data: Path = Path("data/kafka")
+    embedded_kafka_cache: Path = Path.home() / ".cache" / "insight-stream" / "kafka"
+    embedded_kafka_heap: str = "512m"
     simulator_port: int = 8090
 
     # HTTP.

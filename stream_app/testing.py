@@ -70,9 +70,14 @@ class ServiceProcess:
     def wait_ready(self, timeout: float = 90.0) -> None:
         wait_until(self.is_ready, timeout=timeout, interval=0.1, what="/api/v1/ready")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0, *, group: bool = False) -> int:
+        """Send `sig` and wait for the exit code. `group=True` signals the whole process
+        group, as a Ctrl-C in a terminal does (the service runs in a session of its own)."""
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            if group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -110,6 +115,8 @@ def start_service(env: dict[str, str], workdir: Path, *, wait: bool = True) -> S
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Its own process group, like a command started from a terminal.
+            start_new_session=True,
         )
     service = ServiceProcess(process, port, log_path)
     if wait:

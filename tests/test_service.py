@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -13,8 +12,8 @@ import orjson
 import pytest
 
 from simulator.testing import SimulatorHandle
-from stream_app.embedded import ChildProcess, free_port
-from tests.conftest import StartService
+from stream_app.embedded import free_port
+from tests.conftest import PrivateBroker, StartService
 from tests.support import (
     status,
     submit,
@@ -295,7 +294,7 @@ def test_sqlite_backend_mirrors_jobs_and_results(start: StartService, tmp_path) 
 
 
 def test_sqlite_mirror_survives_the_loss_of_the_broker(
-    start: StartService, private_broker: Callable[[int], ChildProcess], tmp_path
+    start: StartService, private_broker: PrivateBroker, tmp_path
 ) -> None:
     port = free_port()
     node = {
@@ -322,9 +321,7 @@ def test_sqlite_mirror_survives_the_loss_of_the_broker(
     assert "discarded the local state" in again.logs()
 
 
-def test_readiness_reports_the_broker(
-    start: StartService, private_broker: Callable[[int], ChildProcess]
-) -> None:
+def test_readiness_reports_the_broker(start: StartService, private_broker: PrivateBroker) -> None:
     port = free_port()
     own_broker = private_broker(port)
     service = start(kafka_bootstrap_servers=f"127.0.0.1:{port}")

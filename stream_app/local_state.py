@@ -1,0 +1,103 @@
+"""Local table state (RocksDB, one folder per table partition) against its changelog.
+
+The changelog in Kafka is the truth; a partition's local store is a cache of it that
+records the offset it has applied. When the two cannot be reconciled, Faust's recovery
+refuses to start (ConsistencyError: the persisted offset is above the changelog's high
+watermark) and the worker would wait forever. Dropping that partition's folder is always
+safe: recovery then rebuilds it from the changelog.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rocksdict import AccessType, Options, Rdict
+
+from stream_app.logs import get_logger
+
+log = get_logger(__name__)
+
+# Where Faust's RocksDB store keeps the last changelog offset applied to a partition
+# (faust/stores/rocksdb.py, Store.offset_key).
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+_PARTITION_DIR = re.compile(r"^(?P<table>.+)-(?P<partition>\d+)\.db$")
+
+
+def partition_stores(tabledir: Path, table: str) -> dict[int, Path]:
+    """partition -> folder of `table`'s local RocksDB stores under `tabledir`."""
+    found: dict[int, Path] = {}
+    for path in tabledir.glob(f"{table}-*.db"):
+        match = _PARTITION_DIR.match(path.name)
+        if match and match["table"] == table:
+            found[int(match["partition"])] = path
+    return found
+
+
+def persisted_offset(store: Path) -> int | None:
+    """The changelog offset a Faust RocksDB partition store says it has applied."""
+    db = Rdict(str(store), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(FAUST_OFFSET_KEY)
+    finally:
+        db.close()
+    return int(raw) if raw is not None else None
+
+
+def discard_tables(tabledir: Path, tables: Iterable[str]) -> list[str]:
+    """Drop every local partition store of `tables`; returns the folder names dropped."""
+    dropped = []
+    for table in tables:
+        for path in partition_stores(tabledir, table).values():
+            shutil.rmtree(path)
+            dropped.append(path.name)
+    return sorted(dropped)
+
+
+async def drop_unreconcilable(
+    tabledir: Path, changelogs: dict[str, str], bootstrap_servers: str
+) -> list[str]:
+    """Drop local partition stores whose persisted offset the changelog cannot have.
+
+    `changelogs` maps table name -> changelog topic. A store that applied offset N needs
+    a changelog whose end offset is above N; when it is not (the broker lost data, a topic
+    was recreated, the file was damaged), Faust would refuse to recover. Returns the
+    folder names dropped, each logged. Run before the Faust app opens its stores.
+    """
+    stores = {
+        (table, partition): path
+        for table in changelogs
+        for partition, path in partition_stores(tabledir, table).items()
+    }
+    if not stores:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = {key: TopicPartition(changelogs[key[0]], key[1]) for key in stores}
+        ends = await consumer.end_offsets(list(tps.values()))
+    finally:
+        await consumer.stop()
+    dropped = []
+    for key, path in sorted(stores.items()):
+        end = ends.get(tps[key])
+        try:
+            offset = persisted_offset(path)
+        except Exception as exc:  # an unreadable store is as good as lost: rebuild it
+            log.warning("local table store unreadable", store=path.name, error=str(exc))
+            offset, end = 0, 0
+        if offset is None or end is None or offset < end:
+            continue
+        log.warning(
+            "local table store is ahead of its changelog; dropped it, recovery rebuilds it "
+            "from the changelog",
+            store=path.name,
+            persisted_offset=offset,
+            changelog_end_offset=end,
+        )
+        shutil.rmtree(path)
+        dropped.append(path.name)
+    return dropped
