@@ -52,8 +52,9 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "output_tokens": job.output_tokens,
         "cache_creation_input_tokens": job.cache_creation_input_tokens,
         "cache_read_input_tokens": job.cache_read_input_tokens,
-        # 10 decimals: a cache read of a cheap model costs fractions of a micro-dollar.
-        "estimated_cost": float(round(job.estimated_cost, 10)),
+        # The float is rounded to 8 decimals for JSON clients; the string is exact.
+        "estimated_cost": float(round(job.estimated_cost, 8)),
+        "estimated_cost_usd": format(job.estimated_cost, "f"),
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
     }
@@ -259,7 +260,7 @@ async def ready(request: Request) -> Response:
     body = {
         "ready": readiness.ready,
         "checks": readiness.checks,
-        "partitions": sorted(service.budget.owned),
+        "partitions": service.owned_partitions(),
         # Not a readiness check: the worker stays ready (status can be read) while the
         # provider is unavailable or refuses the configuration; this says which and since when.
         "provider": service.breaker.report(),

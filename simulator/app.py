@@ -42,6 +42,8 @@ _FAULT_ANSWERS: dict[Fault, tuple[int, str]] = {
         400,
         "Simulated invalid request: the user text carries [[sim:fail-400]].",
     ),
+    Fault.REQUEST_TIMEOUT: (408, "Request timeout (simulated)."),
+    Fault.CONFLICT: (409, "Conflict (simulated)."),
     Fault.API_ERROR: (500, "Internal server error (simulated)."),
     Fault.OVERLOADED: (529, "Overloaded (simulated)."),
     Fault.PROMPT_TOO_LONG: (400, "prompt is too long: 210345 tokens > 200000 maximum"),

@@ -6,7 +6,8 @@ request (same text) succeeds after the first one or two attempts.
 
 Errors and their repetition:
 - ``fail-400``, ``fail-500-always``: 400 invalid_request_error / 500 api_error, every time.
-- ``fail-500-once/-twice``, ``overloaded-once/-twice``: 500 / 529 the first one or two times.
+- ``fail-500-once/-twice``, ``overloaded-once/-twice``: 500 / 529 the first one or two times;
+  ``fail-408-...`` / ``fail-409-...`` likewise with 408 / 409.
 - ``bad-json-once/-twice``: structured output that does not validate, then valid.
 - ``prompt-too-long``, ``413``: 400 "prompt is too long: ..." / 413 request_too_large.
 - ``unreadable``, ``unreadable-once``: 200 with a text/plain body that is not a message.
@@ -42,7 +43,7 @@ from simulator.protocol import InvalidRequest
 
 _MARKER = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _REPEATS = {"once": 1, "twice": 2}
-_REPEATABLE = ("fail-500", "overloaded", "bad-json", "429", "unreadable")
+_REPEATABLE = ("fail-500", "overloaded", "bad-json", "429", "unreadable", "fail-408", "fail-409")
 _FLAGS = ("fail-400", "fail-500-always", "usage-nulls", "unreadable")
 _STOPS = ("max-tokens", "refusal", "empty", "pause-turn", "context-window")
 _ERRORS = ("prompt-too-long", "413")
@@ -61,6 +62,8 @@ class Fault(Enum):
     """What an admitted request should suffer instead of (or, for BAD_JSON, within) a reply."""
 
     BAD_REQUEST = 400
+    REQUEST_TIMEOUT = 408
+    CONFLICT = 409
     API_ERROR = 500
     OVERLOADED = 529
     BAD_JSON = 200
@@ -89,6 +92,8 @@ class Markers:
     cache_write_1h: int = 0
     cache_read: int = 0
     usage_nulls: bool = False
+    fail_408: int = 0
+    fail_409: int = 0
 
 
 def parse_markers(text: str) -> Markers:
@@ -136,6 +141,8 @@ def parse_markers(text: str) -> Markers:
         cache_write_1h=counts.get("cache-write-1h", 0),
         cache_read=counts.get("cache-read", 0),
         usage_nulls="usage-nulls" in flags,
+        fail_408=repeats.get("fail-408", 0),
+        fail_409=repeats.get("fail-409", 0),
     )
 
 
@@ -160,6 +167,10 @@ def pick_fault(markers: Markers, attempt: int) -> Fault | None:
         return Fault.OVERLOADED
     if attempt <= markers.bad_json:
         return Fault.BAD_JSON
+    if attempt <= markers.fail_408:
+        return Fault.REQUEST_TIMEOUT
+    if attempt <= markers.fail_409:
+        return Fault.CONFLICT
     if markers.unreadable < 0 or attempt <= markers.unreadable:
         return Fault.UNREADABLE
     return None
@@ -185,7 +196,14 @@ class MarkerMemory:
         Only texts with repeat-limited faults are remembered, so a long-running simulator
         serving ordinary traffic does not accumulate every prompt it has seen.
         """
-        if not (markers.fail_500 or markers.overloaded or markers.bad_json or markers.unreadable):
+        if not (
+            markers.fail_500
+            or markers.overloaded
+            or markers.bad_json
+            or markers.fail_408
+            or markers.fail_409
+            or markers.unreadable
+        ):
             return 1
         self._admissions[text] += 1
         return self._admissions[text]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,12 @@ def build_pipeline(
             if await _process_one(event):
                 await manual.ack(event)
 
+    # Records this worker is processing now, by key. The consumer can deliver a record
+    # again while its first copy is still with Claude (it re-reads from the last committed
+    # offset, e.g. when a restarted worker's fetch is reset after table recovery); the
+    # copy then waits for that outcome instead of paying for a second call.
+    running: dict[str, asyncio.Future[None]] = {}
+
     async def _process_one(event: EventT) -> bool:
         """The record's boundary: whatever goes wrong, the record gets an outcome (the
         processor already turns its own failures into one; this catches the rest). False
@@ -276,6 +283,9 @@ def build_pipeline(
         if record is None:
             return
         key = result_key(record.job_id, record.index)
+        first = running.get(key)
+        if first is not None and processed.get(key) is None:
+            await asyncio.wait([first])  # returns also when the first copy was cancelled
         known = processed.get(key)
         if known is not None:
             # Redelivered after a crash: re-send the known outcome (the aggregate agent
@@ -284,11 +294,18 @@ def build_pipeline(
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
             return
         await gate.admit()
-        async with gate.in_flight():
-            result = await processor.process(record)
-            outcome = result.model_dump(mode="json", exclude_none=True)
-            processed[key] = outcome
-            await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(outcome))
+        done = running[key] = asyncio.get_running_loop().create_future()
+        try:
+            async with gate.in_flight():
+                result = await processor.process(record)
+                outcome = result.model_dump(mode="json", exclude_none=True)
+                processed[key] = outcome
+                await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(outcome))
+        finally:
+            if running.get(key) is done:
+                del running[key]
+            if not done.done():
+                done.set_result(None)
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:

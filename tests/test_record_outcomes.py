@@ -62,7 +62,7 @@ def assert_job_money(body: dict[str, Any], sim: dict[str, Any], price: Price) ->
     assert {name: body[name] for name in split} == split
     assert body["total_tokens_used"] == sum(split.values())
     assert body["total_tokens_used"] == sum(r["tokens_used"] for r in body["results"])
-    assert Decimal(str(body["estimated_cost"])) == expected_cost(sim, price)
+    assert Decimal(body["estimated_cost_usd"]) == expected_cost(sim, price)
 
 
 def test_stop_reasons_and_content_faults_each_get_their_outcome(
@@ -167,7 +167,7 @@ def test_cache_tokens_are_counted_and_priced_with_an_input_price_override(
     # The cache tokens are priced at 1.25x, 2x and 0.1x of the overridden input price.
     plain = price.cost(sim["total_input_tokens_billed"], sim["total_output_tokens_billed"])
     cache = Decimal("1000") * Decimal("0.0125") + 300 * Decimal("0.02") + 2000 * Decimal("0.001")
-    assert Decimal(str(body["estimated_cost"])) == plain + cache / 1000
+    assert Decimal(body["estimated_cost_usd"]) == plain + cache / 1000
     results = {r["index"]: r for r in body["results"]}
     seen = requests_by_tag(sim)
     for index in range(4):
