@@ -38,6 +38,8 @@ class ResultEvent(BaseModel):
     success: bool
     response: InsightResponse | None = None
     error: str | None = None
+    # True when the record was not processed because its job was cancelled first.
+    skipped: bool | None = None
     record_id: str | None = None
     # Every billed attempt of this record, successful or not.
     input_tokens: int = Field(0, ge=0)
