@@ -31,9 +31,13 @@ _RETRY_SECONDS = 1.0
 class CancelListener:
     """Feeds `CancelledJobs` from `batch.jobs` until stopped."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, cancelled: CancelledJobs) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, partitions: int, cancelled: CancelledJobs
+    ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
+        # The service declared the topic with this many partitions before starting.
+        self._partitions = partitions
         self._cancelled = cancelled
         self._task: asyncio.Task[None] | None = None
 
@@ -66,12 +70,7 @@ class CancelListener:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self._topic)
-            while not partitions:
-                await asyncio.sleep(0.2)
-                await consumer.topics()
-                partitions = consumer.partitions_for_topic(self._topic)
-            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
             ends = await consumer.end_offsets(assigned)

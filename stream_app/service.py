@@ -273,7 +273,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     await admin.start()
     # Every worker reads every cancel (records wait until it has caught up).
     cancel_listener = CancelListener(
-        settings.kafka_bootstrap_servers, settings.topic_jobs, cancelled
+        settings.kafka_bootstrap_servers, settings.topic_jobs, settings.kafka_partitions, cancelled
     )
     await cancel_listener.start()
     try:

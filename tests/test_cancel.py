@@ -1,0 +1,151 @@
+"""Cancelling a running job, on the real service, broker and simulator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from simulator.testing import SimulatorHandle
+from tests.conftest import StartService
+from tests.support import ServiceProcess, status, submit, wait_until
+
+TOTAL = 80
+
+
+def texts(tag: str, count: int = TOTAL) -> list[str]:
+    return [
+        f"{tag} note {i}: the customer reports that the mobile app logs them out after every "
+        f"update and asks for a fix before the weekend."
+        for i in range(count)
+    ]
+
+
+def calls_for(simulator: SimulatorHandle, tag: str) -> list[dict[str, Any]]:
+    return [r for r in simulator.stats()["requests"] if r["text"].startswith(f"{tag} note")]
+
+
+def wait_settled(client: httpx.Client, job_id: str, total: int) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        body = status(client, job_id)
+        done = body["completed_count"] + body["failed_count"] + body["skipped_count"]
+        return body if done == total else None
+
+    return wait_until(settled, timeout=60, interval=0.1, what="every record to have an outcome")
+
+
+def cancel_while_running(
+    client: httpx.Client, job_id: str, started: int
+) -> tuple[dict[str, Any], float, float]:
+    wait_until(
+        lambda: status(client, job_id, params={"limit": "0"})["completed_count"] >= started,
+        timeout=60,
+        interval=0.02,
+        what=f"{started} records done",
+    )
+    sent = time.time()
+    reply = client.post(f"/api/v1/batch/{job_id}/cancel")
+    answered = time.time()
+    assert reply.status_code == 200, reply.text
+    return reply.json(), sent, answered
+
+
+def check_cancelled_job(
+    body: dict[str, Any], calls: list[dict[str, Any]], total: int, answered: float
+) -> None:
+    # Every index has exactly one outcome; each call made produced one outcome, and no
+    # skipped record was sent to the provider.
+    assert body["status"] == "cancelled"
+    assert sorted(r["index"] for r in body["results"]) == list(range(total))
+    skipped = [r for r in body["results"] if r.get("skipped")]
+    assert len(skipped) == body["skipped_count"] > 0
+    assert all(r["success"] is False and r["tokens_used"] == 0 for r in skipped)
+    assert all(r["attempts"] == 0 for r in skipped)
+    assert body["completed_count"] + body["failed_count"] == len(calls)
+    assert body["completed_count"] == len(calls) and body["failed_count"] == 0
+    # No call for the job started after the cancel answered.
+    late = [c["t"] - answered for c in calls if c["t"] > answered]
+    assert late == [], f"calls started after the cancel answered (s after): {late}"
+
+
+def test_cancel_skips_records_not_started_and_keeps_calls_in_flight(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(latency_ms=300)
+    service = start(batch_max_concurrent_llm_calls=4)
+    with service.client() as client:
+        job_id = submit(client, texts("solo"))
+        summary, sent, answered = cancel_while_running(client, job_id, started=8)
+        assert summary["status"] == "cancelled" and summary["job_id"] == job_id
+        body = wait_settled(client, job_id, TOTAL)
+        calls = calls_for(simulator, "solo")
+        check_cancelled_job(body, calls, TOTAL, answered)
+        last = max(c["t"] for c in calls)
+        print(
+            f"1 worker: last call started {1000 * (last - sent):.1f} ms after the cancel was sent"
+        )
+        # Calls in flight at the cancel finished, and their results are kept.
+        assert body["completed_count"] >= 8
+        assert body["input_tokens"] == simulator.stats()["total_input_tokens_billed"]
+
+        # Idempotent: the same answer, no second event needed.
+        again = client.post(f"/api/v1/batch/{job_id}/cancel")
+        assert again.status_code == 200 and again.json()["status"] == "cancelled"
+        assert again.json()["skipped_count"] == body["skipped_count"]
+    service.stop()
+
+
+def test_cancel_finished_job_is_409_and_unknown_is_404(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    service = start()
+    with service.client() as client:
+        job_id = submit(client, texts("done", 3))
+        wait_until(
+            lambda: status(client, job_id)["status"] == "completed", timeout=30, what="completed"
+        )
+        reply = client.post(f"/api/v1/batch/{job_id}/cancel")
+        assert reply.status_code == 409
+        assert reply.json()["error"]["code"] == "job_finished"
+        missing = client.post("/api/v1/batch/nope/cancel")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "job_not_found"
+    assert len(calls_for(simulator, "done")) == 3
+
+
+def start_pair(start: StartService, tmp_path: Path, **env: object) -> list[ServiceProcess]:
+    workers = [start(workdir=tmp_path / f"w{i}", **env) for i in range(2)]
+
+    def split() -> bool:
+        owned = [
+            set(httpx.get(f"{w.base_url}/api/v1/ready", timeout=2).json()["partitions"])
+            for w in workers
+        ]
+        return sorted(owned[0] | owned[1]) == [0, 1, 2, 3] and not owned[0] & owned[1]
+
+    wait_until(split, timeout=60, interval=0.2, what="two workers with half the partitions each")
+    return workers
+
+
+def test_cancel_reaches_every_worker(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    simulator.configure(latency_ms=300)
+    workers = start_pair(start, tmp_path, batch_max_concurrent_llm_calls=3)
+    with workers[0].client() as first, workers[1].client() as second:
+        job_id = submit(first, texts("pair"))
+        # Asked of the worker that does not own the job (or does: either way it must work).
+        summary, sent, answered = cancel_while_running(second, job_id, started=6)
+        assert summary["status"] == "cancelled"
+        body = wait_settled(first, job_id, TOTAL)
+        calls = calls_for(simulator, "pair")
+        check_cancelled_job(body, calls, TOTAL, answered)
+        last = max(c["t"] for c in calls)
+        print(
+            f"2 workers: last call started {1000 * (last - sent):.1f} ms after the cancel was sent"
+        )
+    # Both workers made calls for the job, and both skipped records of it.
+    for worker in workers:
+        assert "job cancelled: its records that have not started are skipped" in worker.logs()
