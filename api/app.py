@@ -101,6 +101,12 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
 
 
 async def submit_batch(request: Request) -> Response:
+    # Streams of records (NDJSON, CSV) are read line by line (api.intake).
+    from api import intake
+
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in intake.STREAMED_TYPES:
+        return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
     body = await request.body()
