@@ -48,7 +48,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -229,19 +229,31 @@ def status(
 def jobs(ctx: typer.Context) -> None:
     """Every job the service holds (that your key may see)."""
     body = _client(ctx).jobs()
-    table = Table("job", "status", "done", "failed", "skipped", "tokens", "cost $", "created")
+    header = ("job", "status", "done", "failed", "skipped", "tokens", "cost $", "created")
+    rows = []
     for job in body["jobs"]:
         done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
-        table.add_row(
-            job["job_id"],
-            job["status"],
-            f"{done}/{job['total_records']}",
-            str(job["failed_count"]),
-            str(job["skipped_count"]),
-            f"{job['total_tokens_used']:,}",
-            f"{job['estimated_cost']:.6f}",
-            (job["created_at"] or "")[:19],
+        rows.append(
+            (
+                job["job_id"],
+                job["status"],
+                f"{done}/{job['total_records']}",
+                str(job["failed_count"]),
+                str(job["skipped_count"]),
+                str(job["total_tokens_used"]),
+                f"{job['estimated_cost']:.6f}",
+                (job["created_at"] or "")[:19],
+            )
         )
+    if not out.is_terminal:
+        # Piped: tab-separated lines, for grep, cut and spreadsheets.
+        for row in (header, *rows):
+            typer.echo("\t".join(row))
+        return
+    table = Table(*header)
+    table.columns[0].no_wrap = True
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
     out.print(f"{body['count']} jobs")
 
