@@ -59,7 +59,7 @@ def _valid(path: Path, line: int, data: Any) -> dict[str, Any]:
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:
         for number, line in enumerate(_decoded(path, lines), 1):
             if not line.strip():
                 continue
@@ -73,7 +73,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _text(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:
         for number, line in enumerate(_decoded(path, lines), 1):
             text = line.rstrip("\r\n")
             if text.strip():
@@ -81,7 +81,7 @@ def _text(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _csv(path: Path, text_column: str, id_column: str | None) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open("rb") as handle:
         reader = csv.reader(_decoded(path, handle), strict=True)
         try:
             header = next(reader)
@@ -122,11 +122,11 @@ def _csv(path: Path, text_column: str, id_column: str | None) -> Iterator[dict[s
             yield _valid(path, start, record)
 
 
-def _decoded(path: Path, lines: Iterator[str]) -> Iterator[str]:
-    """The file's lines; a file that is not UTF-8 text is a BadInput, not a traceback."""
-    number = 0
-    try:
-        for number, line in enumerate(lines, 1):  # noqa: B007 (number is read below)
-            yield line
-    except UnicodeDecodeError:
-        raise BadInput(path, number + 1, "not UTF-8 text") from None
+def _decoded(path: Path, lines: Iterator[bytes]) -> Iterator[str]:
+    """The file's lines as text, decoded one by one: a line that is not UTF-8 is a
+    BadInput naming it, not a traceback."""
+    for number, line in enumerate(lines, 1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(path, number, "not UTF-8 text") from None

@@ -5,9 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 import httpx
+import httpx2
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas import RecordEvent, ResultEvent
 from simulator.testing import SimulatorHandle
+from stream_app.cancellation import skipped_outcome
+from stream_app.metrics import MeteredTransport, WorkerMetrics
 from tests.conftest import StartService
 from tests.support import Namespace, submit, wait_completed, wait_until
 
@@ -81,3 +86,55 @@ def test_counters_equal_the_jobs_numbers(
     assert value(samples, "insight_jobs", state="running") == 0
     assert value(samples, "insight_budget_share") == 1.0
     assert value(samples, "insight_budget_requests_per_minute") == 6000
+
+
+def counter(metrics: WorkerMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    assert found is not None, (name, labels)
+    return found
+
+
+def test_outcomes_are_counted_by_kind() -> None:
+    metrics = WorkerMetrics()
+    metrics.outcome(
+        ResultEvent(
+            job_id="j", index=0, success=True, input_tokens=10, output_tokens=4, attempts=3
+        ),
+        Decimal("0.25"),
+    )
+    metrics.outcome(
+        skipped_outcome(
+            RecordEvent.model_validate({"job_id": "j", "index": 1, "record": {"text": "t"}})
+        ),
+        Decimal(0),
+    )
+    assert counter(metrics, "insight_records_total", outcome="succeeded") == 1
+    assert counter(metrics, "insight_records_total", outcome="skipped") == 1
+    assert counter(metrics, "insight_records_retried_total") == 1
+    assert counter(metrics, "insight_record_retry_calls_total") == 2
+    assert counter(metrics, "insight_tokens_total", kind="input_tokens") == 10
+    assert counter(metrics, "insight_tokens_total", kind="cache_read_input_tokens") == 0
+    assert counter(metrics, "insight_cost_usd_total") == 0.25
+
+
+async def test_the_transport_counts_calls_by_status() -> None:
+    metrics = WorkerMetrics()
+    answers = iter([httpx2.Response(200), httpx2.Response(429)])
+
+    def provider(request: httpx2.Request) -> httpx2.Response:
+        assert counter(metrics, "insight_provider_calls_in_flight") == 1
+        if request.url.path == "/down/v1/messages":
+            raise httpx2.ConnectError("refused")
+        return next(answers)
+
+    transport = MeteredTransport(httpx2.MockTransport(provider), metrics)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://p") as client:
+        await client.post("/v1/messages")
+        await client.post("/v1/messages")
+        with pytest.raises(httpx2.ConnectError):
+            await client.post("/down/v1/messages")
+    assert counter(metrics, "insight_provider_calls_total", status="200") == 1
+    assert counter(metrics, "insight_provider_calls_total", status="429") == 1
+    assert counter(metrics, "insight_provider_calls_total", status="error") == 1
+    assert counter(metrics, "insight_llm_latency_seconds_count") == 2
+    assert counter(metrics, "insight_provider_calls_in_flight") == 0
