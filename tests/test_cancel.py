@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 
 from simulator.testing import SimulatorHandle
 from tests.conftest import StartService
+from tests.sse import collect
 from tests.support import ServiceProcess, status, submit, wait_until
 
 TOTAL = 80
@@ -74,7 +76,8 @@ def test_cancel_skips_records_not_started_and_keeps_calls_in_flight(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
     simulator.configure(latency_ms=300)
-    service = start(batch_max_concurrent_llm_calls=4)
+    # Logs go to a file: JSON lines (LOG_FORMAT=auto), checked below.
+    service = start(batch_max_concurrent_llm_calls=4, log_format="auto")
     with service.client() as client:
         job_id = submit(client, texts("solo"))
         summary, sent, answered = cancel_while_running(client, job_id, started=8)
@@ -94,7 +97,26 @@ def test_cancel_skips_records_not_started_and_keeps_calls_in_flight(
         again = client.post(f"/api/v1/batch/{job_id}/cancel")
         assert again.status_code == 200 and again.json()["status"] == "cancelled"
         assert again.json()["skipped_count"] == body["skipped_count"]
+
+        # This worker produced every outcome: its counters say the same.
+        metrics = client.get("/metrics").text
+        assert (
+            f'insight_records_total{{outcome="skipped"}} {float(body["skipped_count"])}' in metrics
+        )
+        succeeded = float(body["completed_count"])
+        assert f'insight_records_total{{outcome="succeeded"}} {succeeded}' in metrics
+        assert f'insight_provider_calls_total{{status="200"}} {float(len(calls))}' in metrics
     service.stop()
+
+    # Structured log lines: JSON objects with the job's id, no secret, no record text.
+    lines = [json.loads(line) for line in service.logs().splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    heard = [line for line in lines if line["msg"].startswith("job cancelled")]
+    assert [line["job_id"] for line in heard] == [job_id]
+    applied = [line for line in lines if line["msg"] == "job status cancelled"]
+    assert applied[0]["job_id"] == job_id and isinstance(applied[0]["partition"], int)
+    assert "sk-test-secret-do-not-log" not in service.logs()
+    assert "solo note" not in service.logs()
 
 
 def test_cancel_finished_job_is_409_and_unknown_is_404(
@@ -146,6 +168,22 @@ def test_cancel_reaches_every_worker(
         print(
             f"2 workers: last call started {1000 * (last - sent):.1f} ms after the cancel was sent"
         )
-    # Both workers made calls for the job, and both skipped records of it.
+        # The events stream answers from either worker (one owns the job, the other
+        # forwards), and ends once every record has its outcome.
+        for client in (first, second):
+            events, ended = collect(client, job_id)
+            assert ended and events[-1].json()["status"] == "cancelled"
+            indices = sorted(e.json()["index"] for e in events if e.event == "result")
+            assert indices == list(range(TOTAL))
+    # Every worker read the cancel from batch.jobs, and both had records of the job: the
+    # skipped outcomes came from both.
     for worker in workers:
         assert "job cancelled: its records that have not started are skipped" in worker.logs()
+    skipped_by = [
+        float(line.split()[-1])
+        for worker in workers
+        for line in httpx.get(f"{worker.base_url}/metrics").text.splitlines()
+        if line.startswith('insight_records_total{outcome="skipped"}')
+    ]
+    assert len(skipped_by) == 2 and all(count > 0 for count in skipped_by)
+    assert sum(skipped_by) == body["skipped_count"]
