@@ -48,7 +48,10 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or logged (no terminal), the final progress line gets room for every column.
+err = Console(
+    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
