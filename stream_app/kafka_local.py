@@ -25,9 +25,10 @@ from stream_app.logs import get_logger
 
 log = get_logger(__name__)
 
-# The newest Apache Kafka that faust-streaming 0.15 + aiokafka 0.14 were tried on here
-# (the whole suite); keep in step with kafka/pom.xml and docker-compose.yml.
-KAFKA_VERSION = "4.1.1"
+# The newest Apache Kafka release, tried here with faust-streaming 0.15 + aiokafka 0.14
+# (the suite passes on it and on 4.1.1); keep in step with kafka/pom.xml and
+# docker-compose.yml (tests/test_deployment.py checks).
+KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
 DEFAULT_CACHE = Path.home() / ".cache" / "insight-stream" / "kafka"
 _COMPLETE = ".complete"
@@ -291,3 +292,8 @@ def _wait_for_metadata(port: int, child: ChildProcess, timeout: float) -> None:
             pass
         time.sleep(0.1)
     raise BrokerUnavailable(f"kafka on port {port} did not answer within {timeout} s")
+
+
+if __name__ == "__main__":
+    # `python -m stream_app.kafka_local`: fetch the jars now (make kafka), print where.
+    print(fetch())

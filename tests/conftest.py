@@ -9,7 +9,7 @@ import pytest
 
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, run_simulator
-from stream_app.embedded import ChildProcess, free_port
+from stream_app.embedded import ChildProcess, free_port, start_tansu
 from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
 from tests.support import Namespace, ServiceProcess, start_service
 
@@ -17,6 +17,8 @@ StartService = Callable[..., ServiceProcess]
 
 
 PrivateBroker = Callable[..., ChildProcess]
+# `TEST_BROKER=tansu make test` runs the shared-broker tests on Tansu instead, to compare.
+TEST_BROKER = os.environ.get("TEST_BROKER", "kafka")
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +27,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     topic names and consumer group (tests.support.Namespace). The jars come from Maven
     Central on first use (stream_app.kafka_local.fetch)."""
     port = free_port()
-    # TEST_KAFKA_VERSION runs the suite on another Apache Kafka release (fetched on demand).
-    version = os.environ.get("TEST_KAFKA_VERSION", KAFKA_VERSION)
-    child = LocalKafka(tmp_path_factory.mktemp("kafka"), version=version).start(port)
+    if TEST_BROKER == "tansu":
+        child = start_tansu(port, tmp_path_factory.mktemp("tansu") / "tansu.log")
+    else:
+        # TEST_KAFKA_VERSION runs the suite on another Apache Kafka release (fetched once).
+        version = os.environ.get("TEST_KAFKA_VERSION", KAFKA_VERSION)
+        child = LocalKafka(tmp_path_factory.mktemp("kafka"), version=version).start(port)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -78,6 +83,7 @@ def start(
             # High enough not to pace; tests about pacing set their own.
             "CLAUDE_REQUESTS_PER_MINUTE": "6000",
             "BATCH_RETRY_BACKOFF_SECONDS": "0.05",
+            **({"KAFKA_ONE_RECORD_PER_BATCH": "true"} if TEST_BROKER == "tansu" else {}),
             **namespace.env(),
             **{k.upper(): str(v) for k, v in env.items()},
         }
