@@ -14,7 +14,7 @@ from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
-from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_result, result_key
 from stream_app.cancellation import (
     CancelledBeforeCall,
     CancelledJobs,
@@ -292,7 +292,8 @@ def build_pipeline(
         outcome = result.model_dump(mode="json", exclude_none=True)
         processed[key] = outcome
         await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
-        metrics.outcome(result, price.cost(result.input_tokens, result.output_tokens))
+        # Priced by the same fold as the job's status, so the counters add up to its cost.
+        metrics.outcome(result, apply_result(None, result, price, 0.0).estimated_cost)
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:

@@ -15,7 +15,7 @@ from api.openapi import openapi_document
 from simulator.testing import SimulatorHandle
 from stream_app.settings import Settings
 from tests.conftest import StartService
-from tests.support import submit, wait_completed
+from tests.support import status, submit, wait_completed, wait_until
 
 
 def check(spec: dict[str, Any], model: str, body: Any) -> None:
@@ -51,8 +51,14 @@ def test_document_is_valid_and_answers_fit_it(
         check(spec, "ResultsPage", client.get(f"/api/v1/batch/{job_id}/results").json())
         check(spec, "Health", client.get("/api/v1/health").json())
         check(spec, "Readiness", client.get("/api/v1/ready").json())
-        running = submit(client, ["Export hangs. [[sim:slow=3000]]"] * 2)
+        running = submit(client, ["Export hangs. [[sim:slow=1500]]"] * 2)
         check(spec, "JobSummary", client.post(f"/api/v1/batch/{running}/cancel").json())
+
+        def settled() -> bool:  # calls in flight finish before the simulator stops
+            body = status(client, running)
+            return body["completed_count"] + body["skipped_count"] == 2
+
+        wait_until(settled, timeout=30, what="both records to have an outcome")
 
         errors = [
             client.get("/api/v1/batch/nope/status"),
