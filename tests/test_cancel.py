@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from simulator.testing import SimulatorHandle
+from stream_app.pipeline import ensure_topics
 from tests.conftest import StartService
 from tests.sse import collect
-from tests.support import ServiceProcess, status, submit, wait_until
+from tests.support import Namespace, ServiceProcess, status, submit, wait_completed, wait_until
 
 TOTAL = 80
 
@@ -187,3 +190,48 @@ def test_cancel_reaches_every_worker(
     ]
     assert len(skipped_by) == 2 and all(count > 0 for count in skipped_by)
     assert sum(skipped_by) == body["skipped_count"]
+
+
+async def _publish_upstream(broker: str, topics: dict[str, str]) -> None:
+    """What an upstream producer does, before any worker runs: a job, its records, then
+    its cancel; and a second job that is not cancelled."""
+    await ensure_topics(broker, {topic: 4 for topic in topics.values()})
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+    await producer.start()
+    try:
+        for job_id, count in (("upstream-cancelled", 20), ("upstream-kept", 5)):
+            created = {"type": "created", "job_id": job_id, "total_records": count}
+            await producer.send_and_wait(
+                topics["jobs"], json.dumps(created).encode(), job_id.encode()
+            )
+            for index in range(count):
+                record = {
+                    "job_id": job_id,
+                    "index": index,
+                    "record": {"text": f"{job_id} note {index}: late parcel."},
+                }
+                key = f"{job_id}#{index}".encode()
+                await producer.send_and_wait(topics["records"], json.dumps(record).encode(), key)
+        cancelled = {"type": "cancelled", "job_id": "upstream-cancelled"}
+        await producer.send_and_wait(
+            topics["jobs"], json.dumps(cancelled).encode(), b"upstream-cancelled"
+        )
+    finally:
+        await producer.stop()
+
+
+def test_a_worker_started_after_the_cancel_skips_every_record(
+    start: StartService, simulator: SimulatorHandle, namespace: Namespace, broker: str
+) -> None:
+    """A worker that starts (or restarts, or takes over partitions after a rebalance) reads
+    every earlier cancel before it judges a record."""
+    asyncio.run(_publish_upstream(broker, namespace.topics))
+    service = start()
+    with service.client() as client:
+        kept = wait_completed(client, "upstream-kept")
+        body = wait_settled(client, "upstream-cancelled", 20)
+    assert kept["completed_count"] == 5
+    assert body["status"] == "cancelled" and body["skipped_count"] == 20
+    assert all(r.get("skipped") for r in body["results"])
+    texts = [r["text"] for r in simulator.stats()["requests"]]
+    assert len(texts) == 5 and all(t.startswith("upstream-kept") for t in texts)
