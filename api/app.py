@@ -51,7 +51,9 @@ def job_summary(job: JobStatus) -> dict[str, Any]:
         "total_tokens_used": job.total_tokens_used,
         "input_tokens": job.input_tokens,
         "output_tokens": job.output_tokens,
+        # The float is rounded to 8 decimals for JSON clients; the string is exact.
         "estimated_cost": float(round(job.estimated_cost, 8)),
+        "estimated_cost_usd": format(job.estimated_cost, "f"),
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "cancelled_at": _iso(job.cancelled_at),
@@ -249,7 +251,7 @@ async def ready(request: Request) -> Response:
     body = {
         "ready": readiness.ready,
         "checks": readiness.checks,
-        "partitions": sorted(service.budget.owned),
+        "partitions": service.owned_partitions(),
     }
     return JSONResponse(body, status_code=200 if readiness.ready else 503)
 

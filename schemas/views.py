@@ -56,6 +56,7 @@ class JobSummary(BaseModel):
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     estimated_cost: float = Field(ge=0, description="USD, rounded to 8 decimals.")
+    estimated_cost_usd: str = Field(description='The exact cost, a decimal string ("0.001234").')
     created_at: str | None
     updated_at: str | None
     cancelled_at: str | None = None

@@ -34,6 +34,8 @@ from simulator.stats import TEXT_PREVIEW_CHARS, RequestRecord, Stats
 
 _FAULT_MESSAGES: dict[Fault, str] = {
     Fault.BAD_REQUEST: "Simulated invalid request: the user text carries [[sim:fail-400]].",
+    Fault.REQUEST_TIMEOUT: "Request timeout (simulated).",
+    Fault.CONFLICT: "Conflict (simulated).",
     Fault.API_ERROR: "Internal server error (simulated).",
     Fault.OVERLOADED: "Overloaded (simulated).",
 }

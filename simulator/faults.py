@@ -16,13 +16,15 @@ from simulator.protocol import InvalidRequest
 
 _MARKER = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _REPEATS = {"once": 1, "twice": 2}
-_REPEATABLE = ("fail-500", "overloaded", "bad-json", "429")
+_REPEATABLE = ("fail-500", "overloaded", "bad-json", "429", "fail-408", "fail-409")
 
 
 class Fault(Enum):
     """What an admitted request should suffer instead of (or, for BAD_JSON, within) a reply."""
 
     BAD_REQUEST = 400
+    REQUEST_TIMEOUT = 408
+    CONFLICT = 409
     API_ERROR = 500
     OVERLOADED = 529
     BAD_JSON = 200
@@ -38,6 +40,8 @@ class Markers:
     bad_json: int = 0
     rate_limited: int = 0
     slow_ms: float = 0.0
+    fail_408: int = 0
+    fail_409: int = 0
 
 
 def parse_markers(text: str) -> Markers:
@@ -63,6 +67,8 @@ def parse_markers(text: str) -> Markers:
         bad_json=repeats.get("bad-json", 0),
         rate_limited=repeats.get("429", 0),
         slow_ms=slow_ms,
+        fail_408=repeats.get("fail-408", 0),
+        fail_409=repeats.get("fail-409", 0),
     )
 
 
@@ -83,6 +89,10 @@ def pick_fault(markers: Markers, attempt: int) -> Fault | None:
         return Fault.OVERLOADED
     if attempt <= markers.bad_json:
         return Fault.BAD_JSON
+    if attempt <= markers.fail_408:
+        return Fault.REQUEST_TIMEOUT
+    if attempt <= markers.fail_409:
+        return Fault.CONFLICT
     return None
 
 
@@ -106,7 +116,13 @@ class MarkerMemory:
         Only texts with repeat-limited faults are remembered, so a long-running simulator
         serving ordinary traffic does not accumulate every prompt it has seen.
         """
-        if not (markers.fail_500 or markers.overloaded or markers.bad_json):
+        if not (
+            markers.fail_500
+            or markers.overloaded
+            or markers.bad_json
+            or markers.fail_408
+            or markers.fail_409
+        ):
             return 1
         self._admissions[text] += 1
         return self._admissions[text]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,11 +264,20 @@ def build_pipeline(
             await _process_one(event)
             await manual.ack(event)
 
+    # Records this worker is processing now, by key. The consumer can deliver a record
+    # again while its first copy is still with Claude (it re-reads from the last committed
+    # offset, e.g. when a restarted worker's fetch is reset after table recovery); the
+    # copy then waits for that outcome instead of paying for a second call.
+    running: dict[str, asyncio.Future[None]] = {}
+
     async def _process_one(event: EventT) -> None:
         record = await _parse_record(event)
         if record is None:
             return
         key = result_key(record.job_id, record.index)
+        first = running.get(key)
+        if first is not None and processed.get(key) is None:
+            await asyncio.wait([first])  # returns also when the first copy was cancelled
         known = processed.get(key)
         if known is not None:
             # Redelivered after a crash: re-send the known outcome (the aggregate agent
@@ -275,18 +285,26 @@ def build_pipeline(
             log.info("record already processed", job=record.job_id, index=record.index)
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
             return
-        if await cancelled.should_skip(record.job_id):
-            await _send_outcome(key, skipped_outcome(record))
-            return
-        await gate.admit()
-        async with gate.in_flight():
-            try:
-                with record_scope(record.job_id):
-                    result = await processor.process(record)
-            except CancelledBeforeCall:
-                # Its job was cancelled while it waited for the rate budget.
-                result = skipped_outcome(record)
-            await _send_outcome(key, result)
+        # Registered before any wait, so a redelivered copy waits for this one's outcome.
+        done = running[key] = asyncio.get_running_loop().create_future()
+        try:
+            if await cancelled.should_skip(record.job_id):
+                await _send_outcome(key, skipped_outcome(record))
+                return
+            await gate.admit()
+            async with gate.in_flight():
+                try:
+                    with record_scope(record.job_id):
+                        result = await processor.process(record)
+                except CancelledBeforeCall:
+                    # Its job was cancelled while it waited for the rate budget.
+                    result = skipped_outcome(record)
+                await _send_outcome(key, result)
+        finally:
+            if running.get(key) is done:
+                del running[key]
+            if not done.done():
+                done.set_result(None)
 
     async def _send_outcome(key: str, result: ResultEvent) -> None:
         outcome = result.model_dump(mode="json", exclude_none=True)

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
+from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated, RecordEvent
@@ -178,15 +179,24 @@ class Service:
             return f"unreachable: {type(exc).__name__}"
         return "ok"
 
+    def owned_partitions(self) -> list[int]:
+        """The `batch.records` partitions the consumer holds now: empty before the first
+        assignment and between revocation and the next one."""
+        try:
+            assignment = self.pipeline.app.consumer.assignment()
+        except ConsumerNotStarted:
+            return []
+        records = self.settings.topic_records
+        return sorted(tp.partition for tp in assignment if tp.topic == records)
+
     def _check_assignment(self) -> str:
         app = self.pipeline.app
         if app.rebalancing:
             return "rebalancing"
         if not cast(TableManager, app.tables).recovery.completed.is_set():
             return "recovering table state"
-        records = self.settings.topic_records
-        if not any(tp.topic == records for tp in app.consumer.assignment()):
-            return f"no {records} partitions assigned"
+        if not self.owned_partitions():
+            return f"no {self.settings.topic_records} partitions assigned"
         return "ok"
 
     def _check_storage(self) -> str:

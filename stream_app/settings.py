@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PersistenceBackend = Literal["memory", "rocksdb", "sqlite"]
@@ -83,22 +83,14 @@ class Settings(BaseSettings):
     # json: one JSON object a line; text: for people; auto: JSON unless stderr is a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
 
-    @field_validator(
-        "kafka_bootstrap_servers",
-        "anthropic_api_key",
-        "anthropic_base_url",
-        "api_keys",
-        "advertised_url",
-        "claude_input_tokens_per_minute",
-        "claude_output_tokens_per_minute",
-        "batch_cost_per_1k_input_tokens",
-        "batch_cost_per_1k_output_tokens",
-        mode="before",
-    )
+    @model_validator(mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `FOO=` in a .env file or compose's `${FOO:-}` means "not set".
-        return None if isinstance(value, str) and not value.strip() else value
+    def _empty_is_unset(cls, data: Any) -> Any:
+        # `FOO=` in a .env file or compose's `${FOO:-}` means "not set": the default applies,
+        # for every setting alike.
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
 
     @field_validator("batch_persistence_backend", mode="before")
     @classmethod

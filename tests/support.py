@@ -7,10 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from aiokafka.partitioner import murmur2
 
 from stream_app.testing import ServiceProcess, start_service, wait_until
 
-__all__ = ["Namespace", "ServiceProcess", "start_service", "status", "submit", "wait_until"]
+__all__ = [
+    "Namespace",
+    "ServiceProcess",
+    "partition_of",
+    "start_service",
+    "status",
+    "submit",
+    "submit_on_every_partition",
+    "wait_until",
+]
 
 
 @dataclass
@@ -46,6 +56,23 @@ def submit(client: httpx.Client, texts: list[str], **kwargs: Any) -> str:
     assert body["total_records"] == len(texts)
     job_id: str = body["job_id"]
     return job_id
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the service's producer (Kafka's default partitioner) gives `key`."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def submit_on_every_partition(client: httpx.Client, partitions: int, **kwargs: Any) -> list[str]:
+    """Jobs of four records each, submitted until their records together sit on every
+    `batch.records` partition (a record's key is `<job_id>#<index>`)."""
+    jobs: list[str] = []
+    covered: set[int] = set()
+    while len(covered) < partitions:
+        job_id = submit(client, [f"Sentinel {i}. Nothing to report." for i in range(4)], **kwargs)
+        jobs.append(job_id)
+        covered |= {partition_of(f"{job_id}#{i}", partitions) for i in range(4)}
+    return jobs
 
 
 def status(client: httpx.Client, job_id: str, **kwargs: Any) -> dict[str, Any]:

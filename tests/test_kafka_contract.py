@@ -11,7 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.conftest import StartService
-from tests.support import Namespace, status, wait_completed, wait_until
+from tests.support import Namespace, status, wait_completed
 
 
 async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
@@ -48,11 +48,13 @@ async def consume(broker: str, topic: str, count: int, timeout: float = 60.0) ->
 async def test_upstream_producer_and_downstream_consumer(
     start: StartService, broker: str, namespace: Namespace
 ) -> None:
-    service = start()
+    # With API_KEYS set, an upstream job is visible to the client its `owner` names.
+    service = start(api_keys="alice:alice-secret,bob:bob-secret")
+    alice = {"authorization": "Bearer alice-secret"}
     topics = namespace.topics
     job_id = f"upstream-{uuid.uuid4().hex[:8]}"
     texts = [f"Review {i}. The delivery was late but support was kind." for i in range(12)]
-    created = {"type": "created", "job_id": job_id, "total_records": len(texts)}
+    created = {"type": "created", "job_id": job_id, "total_records": len(texts), "owner": "alice"}
     messages: list[tuple[str, bytes | None, bytes | None]] = [
         (topics["jobs"], job_id.encode(), orjson.dumps(created))
     ]
@@ -75,7 +77,10 @@ async def test_upstream_producer_and_downstream_consumer(
         assert set(payload["response"]) >= {"summary", "insights", "sentiment", "metadata"}
 
     with service.client() as client:
-        body = await asyncio.to_thread(wait_completed, client, job_id)
+        body = await asyncio.to_thread(wait_completed, client, job_id, headers=alice)
+        bob = {"authorization": "Bearer bob-secret"}
+        reply = client.get(f"/api/v1/batch/{job_id}/status", headers=bob)
+        assert (reply.status_code, reply.json()["error"]["code"]) == (404, "job_not_found")
     assert body["completed_count"] == len(texts)
     assert body["total_tokens_used"] == sum(
         p["input_tokens"] + p["output_tokens"] for p in payloads
@@ -128,11 +133,9 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         failed = {r["index"]: r["error"] for r in body["results"] if not r["success"]}
         assert set(failed) == {1, 2} and all("invalid record event" in e for e in failed.values())
 
-        # And the service keeps working.
-        def accepted() -> str | None:
-            reply = client.post("/api/v1/batch", json={"records": [{"text": "After. Fine."}]})
-            return reply.json()["job_id"] if reply.status_code == 202 else None
-
-        new_job = wait_until(accepted, timeout=10)
+        # And the service keeps working: the very next request is accepted.
+        reply = client.post("/api/v1/batch", json={"records": [{"text": "After. Fine."}]})
+        assert reply.status_code == 202, reply.text
+        new_job = reply.json()["job_id"]
         assert (await asyncio.to_thread(wait_completed, client, new_job))["completed_count"] == 1
         assert status(client, job_id)["failed_count"] == 2

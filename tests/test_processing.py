@@ -51,7 +51,14 @@ async def test_success_carries_insight_and_exact_usage(make_processor, simulator
 
 
 @pytest.mark.parametrize(
-    "marker", ["[[sim:fail-500-once]]", "[[sim:overloaded-once]]", "[[sim:bad-json-once]]"]
+    "marker",
+    [
+        "[[sim:fail-500-once]]",
+        "[[sim:overloaded-once]]",
+        "[[sim:bad-json-once]]",
+        "[[sim:fail-408-once]]",
+        "[[sim:fail-409-once]]",
+    ],
 )
 async def test_transient_failure_is_retried_once(make_processor, simulator, marker) -> None:
     result = await make_processor(retries=1).process(event(f"{TEXT} {marker}"))
