@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from stream_app.faust_fixes import guard_stale_acks
 from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
@@ -383,6 +384,7 @@ def build_pipeline(
 
     # Registered on the app; nothing else calls them.
     del process, aggregate, _on_revoked, _on_assigned
+    guard_stale_acks(app)
     return pipeline
 
 
