@@ -40,8 +40,8 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat()
 
 
-def job_summary(job: JobStatus) -> dict[str, Any]:
-    return {
+def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any]:
+    summary: dict[str, Any] = {
         "job_id": job.job_id,
         "status": job.status,
         "total_records": job.total_records,
@@ -51,6 +51,8 @@ def job_summary(job: JobStatus) -> dict[str, Any]:
         "total_tokens_used": job.total_tokens_used,
         "input_tokens": job.input_tokens,
         "output_tokens": job.output_tokens,
+        "cache_creation_input_tokens": job.cache_creation_input_tokens,
+        "cache_read_input_tokens": job.cache_read_input_tokens,
         # The float is rounded to 8 decimals for JSON clients; the string is exact.
         "estimated_cost": float(round(job.estimated_cost, 8)),
         "estimated_cost_usd": format(job.estimated_cost, "f"),
@@ -58,6 +60,23 @@ def job_summary(job: JobStatus) -> dict[str, Any]:
         "updated_at": _iso(job.updated_at),
         "cancelled_at": _iso(job.cancelled_at),
     }
+    if service is not None and job.status in ("pending", "running"):
+        # What this worker's calls to Claude meet now, and whether the job moves at all.
+        summary["provider"] = service.breaker.report()
+        summary["stalled"] = job.stalled(time.time(), service.settings.batch_stall_after_seconds)
+    return summary
+
+
+def _tokens_used(stored: dict[str, Any]) -> int:
+    return sum(
+        stored.get(name, 0)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    )
 
 
 def result_view(stored: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +89,7 @@ def result_view(stored: dict[str, Any]) -> dict[str, Any]:
         view["skipped"] = True
     if stored.get("record_id") is not None:
         view["record_id"] = stored["record_id"]
-    view["tokens_used"] = stored.get("input_tokens", 0) + stored.get("output_tokens", 0)
+    view["tokens_used"] = _tokens_used(stored)
     view["attempts"] = stored.get("attempts", 0)
     return view
 
@@ -204,7 +223,7 @@ async def job_status(request: Request) -> Response:
         stored = lookup(index)
         if stored is not None:
             results.append(result_view(stored))
-    return JSONResponse({**job_summary(job), "results": results})
+    return JSONResponse({**job_summary(job, service), "results": results})
 
 
 async def _forward_to_owner(request: Request, service: Service, job_id: str) -> Response | None:
@@ -231,7 +250,7 @@ async def _forward_to_owner(request: Request, service: Service, job_id: str) -> 
 async def list_jobs(request: Request) -> Response:
     caller = _caller(request)
     service: Service = request.state.service
-    jobs = [job_summary(job) for job in service.list_jobs() if _visible(job, caller)]
+    jobs = [job_summary(job, service) for job in service.list_jobs() if _visible(job, caller)]
     return JSONResponse({"jobs": jobs, "count": len(jobs)})
 
 
@@ -252,6 +271,9 @@ async def ready(request: Request) -> Response:
         "ready": readiness.ready,
         "checks": readiness.checks,
         "partitions": service.owned_partitions(),
+        # Not a readiness check: the worker stays ready (status can be read) while the
+        # provider is unavailable or refuses the configuration; this says which and since when.
+        "provider": service.breaker.report(),
     }
     return JSONResponse(body, status_code=200 if readiness.ready else 503)
 

@@ -64,8 +64,9 @@ async def job_events(request: Request) -> Response:
     )
 
 
-def _progress(job: JobStatus) -> ServerSentEvent:
-    return ServerSentEvent(data=_json(job_summary(job)), event="progress", retry=RETRY_MS)
+def _progress(job: JobStatus, service: Service | None = None) -> ServerSentEvent:
+    summary = job_summary(job, service)
+    return ServerSentEvent(data=_json(summary), event="progress", retry=RETRY_MS)
 
 
 def _result(stored: dict[str, Any]) -> ServerSentEvent:
@@ -120,7 +121,7 @@ async def _live(
     with pipeline.feed.subscribe(job_id) as subscription:
         job = pipeline.job(job_id) or found.job
         sent = after if after is not None else -1
-        yield _progress(job)
+        yield _progress(job, service)
         for count, stored in enumerate(await _stored_after(found, after), 1):
             yield _result(stored)
             sent = max(sent, stored.get("offset", -1))
@@ -136,7 +137,7 @@ async def _live(
                     return  # the job moved to another worker
                 if current.updated_at != job.updated_at:
                     job = current
-                    yield _progress(job)
+                    yield _progress(job, service)
                 continue
             for change in changes:
                 job = change.job
@@ -144,5 +145,5 @@ async def _live(
                 if counted is not None and counted.get("offset", -1) > sent:
                     yield _result(counted)
                     sent = counted["offset"]
-            yield _progress(job)
+            yield _progress(job, service)
         yield _end(job)

@@ -41,15 +41,26 @@ class ResultEvent(BaseModel):
     # True when the record was not processed because its job was cancelled first.
     skipped: bool | None = None
     record_id: str | None = None
-    # Every billed attempt of this record, successful or not.
+    # Every billed attempt of this record, successful or not. Cache writes and reads are
+    # billed apart from input_tokens; cache_creation_1h_input_tokens is the part of the
+    # writes that went to the 1-hour cache (priced 2x input instead of 1.25x).
     input_tokens: int = Field(0, ge=0)
     output_tokens: int = Field(0, ge=0)
+    cache_creation_input_tokens: int = Field(0, ge=0)
+    cache_read_input_tokens: int = Field(0, ge=0)
+    cache_creation_1h_input_tokens: int = Field(0, ge=0)
     attempts: int = Field(0, ge=0)
     finished_at: float | None = None
 
     @property
     def tokens_used(self) -> int:
-        return self.input_tokens + self.output_tokens
+        """Every billed token: input, output, cache writes and cache reads."""
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
 
 
 class DeadLetter(BaseModel):

@@ -23,9 +23,12 @@ class Insight(BaseModel):
 
 
 class ResponseMetadata(BaseModel):
+    # Every billed token of the record (cache writes and reads included).
     tokens_used: int
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
     model: str
     attempts: int
     latency_ms: int

@@ -3,7 +3,7 @@ generated from these and the request models in schemas.http)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -55,11 +55,19 @@ class JobSummary(BaseModel):
     total_tokens_used: int = Field(ge=0)
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
+    cache_creation_input_tokens: int = Field(0, ge=0)
+    cache_read_input_tokens: int = Field(0, ge=0)
     estimated_cost: float = Field(ge=0, description="USD, rounded to 8 decimals.")
     estimated_cost_usd: str = Field(description='The exact cost, a decimal string ("0.001234").')
     created_at: str | None
     updated_at: str | None
     cancelled_at: str | None = None
+    provider: dict[str, Any] | None = Field(
+        None, description="While pending or running: the provider's state, as in /ready."
+    )
+    stalled: bool | None = Field(
+        None, description="While pending or running: no outcome for BATCH_STALL_AFTER_SECONDS."
+    )
 
 
 class JobStatusResponse(JobSummary):
@@ -90,3 +98,4 @@ class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str] = Field(description='broker, assignment, storage: "ok" or why not.')
     partitions: list[int] = Field(description="The batch.records partitions this worker owns.")
+    provider: dict[str, Any] | None = Field(None, description="The provider's state.")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import math
 import random
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from simulator.config import SimulatorConfig
 from simulator.faults import Fault, MarkerMemory, Markers, parse_markers, pick_fault
 from simulator.protocol import (
+    CacheUsage,
     InvalidRequest,
     build_reply,
     error_body,
@@ -32,13 +36,31 @@ from simulator.protocol import (
 from simulator.ratelimit import RateLimiter
 from simulator.stats import TEXT_PREVIEW_CHARS, RequestRecord, Stats
 
-_FAULT_MESSAGES: dict[Fault, str] = {
-    Fault.BAD_REQUEST: "Simulated invalid request: the user text carries [[sim:fail-400]].",
-    Fault.REQUEST_TIMEOUT: "Request timeout (simulated).",
-    Fault.CONFLICT: "Conflict (simulated).",
-    Fault.API_ERROR: "Internal server error (simulated).",
-    Fault.OVERLOADED: "Overloaded (simulated).",
+# Error answers of the markers: (HTTP status, message), messages as the real API words them.
+_FAULT_ANSWERS: dict[Fault, tuple[int, str]] = {
+    Fault.BAD_REQUEST: (
+        400,
+        "Simulated invalid request: the user text carries [[sim:fail-400]].",
+    ),
+    Fault.REQUEST_TIMEOUT: (408, "Request timeout (simulated)."),
+    Fault.CONFLICT: (409, "Conflict (simulated)."),
+    Fault.API_ERROR: (500, "Internal server error (simulated)."),
+    Fault.OVERLOADED: (529, "Overloaded (simulated)."),
+    Fault.PROMPT_TOO_LONG: (400, "prompt is too long: 210345 tokens > 200000 maximum"),
+    Fault.TOO_LARGE: (413, "Request exceeds the maximum allowed number of bytes."),
 }
+# Messages of a forced status (config force_status without force_message).
+_FORCED_MESSAGES: dict[int, str] = {
+    400: "output_config.format.schema: the schema is not supported (simulated).",
+    401: "invalid x-api-key",
+    402: "Your credit balance is too low to access the Anthropic API (simulated).",
+    403: "Your API key does not have permission to use the specified resource.",
+    404: "Not found (simulated).",
+    500: "Internal server error (simulated).",
+    503: "Service unavailable (simulated).",
+    529: "Overloaded (simulated).",
+}
+_UNREADABLE_BODY = b"<html><body>502 upstream proxy: no message (simulated)</body></html>"
 
 
 def create_app(config: SimulatorConfig | None = None) -> Starlette:
@@ -70,6 +92,9 @@ class _Billing:
     text: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    cache: CacheUsage | None = None
+    max_tokens: int | None = None
+    stop_reason: str | None = None
 
 
 class Simulator:
@@ -106,43 +131,72 @@ class Simulator:
                     api_key_hint=bool(
                         request.headers.get("x-api-key") or request.headers.get("authorization")
                     ),
+                    cache_creation_input_tokens=billing.cache.creation if billing.cache else 0,
+                    cache_read_input_tokens=billing.cache.read if billing.cache else 0,
+                    cache_creation_1h_input_tokens=billing.cache.write_1h if billing.cache else 0,
+                    max_tokens=billing.max_tokens,
+                    stop_reason=billing.stop_reason,
                 )
             )
 
     async def _serve_messages(self, request: Request, billing: _Billing) -> Response:
         request_id: str = request.state.request_id
+        config = self.config
+        if config.api_keys is not None and _credential(request) not in config.api_keys:
+            return _error(401, _FORCED_MESSAGES[401], request_id)
         try:
             parsed = parse_messages_request(await _json_body(request), require_max_tokens=True)
-            billing.text = parsed.user_text
+            billing.text, billing.max_tokens = parsed.user_text, parsed.max_tokens
             markers = parse_markers(parsed.user_text)
         except InvalidRequest as exc:
             return _error(400, str(exc), request_id)
-
+        if config.models is not None and parsed.model not in config.models:
+            return _error(404, f"model: {parsed.model}", request_id)
         now = time.time()
         if self._memory.rate_limit_now(parsed.user_text, markers):
-            headers = {"retry-after": "1", **self._limiter.headers(now, self.config)}
+            headers = _throttle_headers(markers.throttle, now)
+            headers.update(
+                {k: v for k, v in self._limiter.headers(now, config).items() if k not in headers}
+            )
             return _error(
                 429, "Simulated rate limit ([[sim:429-...]] marker).", request_id, headers
             )
-        retry_after = self._limiter.retry_after(now, parsed.input_tokens, self.config)
+        retry_after = self._limiter.retry_after(now, parsed.input_tokens, config)
         if retry_after is not None:
-            headers = {"retry-after": str(retry_after), **self._limiter.headers(now, self.config)}
+            headers = {"retry-after": str(retry_after), **self._limiter.headers(now, config)}
             message = "This request would exceed the configured rate limit. Please retry later."
             return _error(429, message, request_id, headers)
         self._limiter.admit(now, parsed.input_tokens)
         attempt = self._memory.attempt(parsed.user_text, markers)
 
         await asyncio.sleep(self._delay_seconds(markers))
+        # Read after the latency: a call in flight when an outage begins fails too.
+        if self.config.force_status is not None:
+            status = self.config.force_status
+            message = self.config.force_message or _FORCED_MESSAGES.get(status, "Simulated error.")
+            return _error(status, message, request_id)
         fault = pick_fault(markers, attempt) or self._random_fault()
+        if fault is Fault.UNREADABLE:
+            return Response(_UNREADABLE_BODY, status_code=200, media_type="text/plain")
         if fault is not None and fault is not Fault.BAD_JSON:
-            headers = self._limiter.headers(time.time(), self.config)
-            return _error(fault.value, _FAULT_MESSAGES[fault], request_id, headers)
+            status, message = _FAULT_ANSWERS[fault]
+            headers = self._limiter.headers(time.time(), config)
+            return _error(status, message, request_id, headers)
 
-        reply = build_reply(parsed, corrupt=fault is Fault.BAD_JSON)
+        reply = build_reply(
+            parsed,
+            corrupt=fault is Fault.BAD_JSON,
+            stop=markers.stop,
+            needs_tokens=markers.needs_tokens,
+        )
+        cache = CacheUsage(
+            markers.cache_write, markers.cache_write_1h, markers.cache_read, markers.usage_nulls
+        )
         done = time.time()
         self._limiter.charge_output(done, reply.output_tokens)
         billing.input_tokens, billing.output_tokens = parsed.input_tokens, reply.output_tokens
-        return _json(200, message_body(parsed, reply), self._limiter.headers(done, self.config))
+        billing.cache, billing.stop_reason = cache, reply.stop_reason
+        return _json(200, message_body(parsed, reply, cache), self._limiter.headers(done, config))
 
     async def count_tokens(self, request: Request) -> Response:
         """Same estimate as /v1/messages usage; consumes no rate limit and is not recorded."""
@@ -190,6 +244,44 @@ class Simulator:
         if self.config.failure_rate and self._rng.random() < self.config.failure_rate:
             return self._rng.choice((Fault.API_ERROR, Fault.OVERLOADED))
         return None
+
+
+def _credential(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+def _throttle_headers(throttle: tuple[str, str] | None, now: float) -> dict[str, str]:
+    """Headers of a marker's 429: ``retry-after: 1``, or the form the marker names."""
+    if throttle is None:
+        return {"retry-after": "1"}
+    name, value = throttle
+    if name == "retry-after":
+        if value.startswith(("date+", "date-")):
+            ahead = float(value[4:])
+            # HTTP-dates have whole seconds: round up, never promise the slot too early.
+            return {"retry-after": email.utils.formatdate(math.ceil(now + ahead), usegmt=True)}
+        return {"retry-after": value}
+    if name == "retry-after-ms":
+        return {"retry-after-ms": value}
+    seconds = float(value)
+    limit = {"reset-after": "requests"}.get(name, name.removeprefix("429-"))
+    headers = {
+        f"anthropic-ratelimit-{limit}-limit": "1000",
+        f"anthropic-ratelimit-{limit}-remaining": "0",
+        f"anthropic-ratelimit-{limit}-reset": _rfc3339(now + seconds),
+    }
+    if name != "reset-after":
+        headers["retry-after"] = "1"
+    return headers
+
+
+def _rfc3339(timestamp: float) -> str:
+    when = datetime.fromtimestamp(timestamp, UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
 
 
 async def health(request: Request) -> Response:

@@ -23,6 +23,15 @@ class SimulatorConfig(BaseModel):
     latency_jitter_ms: float = Field(default=0.0, ge=0)
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None
+    # Every /v1/messages call is answered with this error status while set: 529 is an
+    # outage ("overloaded"), 500/503 a broken provider, 403 a key without permission, 400
+    # (with a parameter-shaped force_message) a request the API no longer accepts.
+    force_status: int | None = Field(default=None, ge=400, le=599)
+    force_message: str | None = None
+    # When set, only these API keys are accepted (x-api-key or bearer); others get 401.
+    api_keys: list[str] | None = None
+    # When set, only these models exist; others get 404 not_found_error.
+    models: list[str] | None = None
 
     def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
         """A validated copy with ``patch`` applied (``model_copy`` would skip validation)."""

@@ -14,7 +14,11 @@ from simulator.generate import fit_schema, plain_reply
 
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
     404: "not_found_error",
+    413: "request_too_large",
     405: "invalid_request_error",
     429: "rate_limit_error",
     500: "api_error",
@@ -43,6 +47,21 @@ class Reply:
     content: list[dict[str, Any]]
     stop_reason: str
     output_tokens: int
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """Prompt-cache tokens a reply reports (and bills) besides its input tokens."""
+
+    write_5m: int = 0
+    write_1h: int = 0
+    read: int = 0
+    # Report the cache counts as null (and no breakdown), as some gateways do.
+    nulls: bool = False
+
+    @property
+    def creation(self) -> int:
+        return self.write_5m + self.write_1h
 
 
 def token_estimate(chars: int) -> int:
@@ -105,8 +124,48 @@ def estimate_input_tokens(
     return token_estimate(chars)
 
 
-def build_reply(request: MessagesRequest, *, corrupt: bool) -> Reply:
-    """The assistant content; ``corrupt`` makes structured output fail its schema on purpose."""
+def build_reply(
+    request: MessagesRequest,
+    *,
+    corrupt: bool,
+    stop: str | None = None,
+    needs_tokens: int | None = None,
+) -> Reply:
+    """The assistant content; ``corrupt`` makes structured output fail its schema on purpose.
+
+    ``stop`` forces a stop reason ("max-tokens", "refusal", "empty", "pause-turn",
+    "context-window"); ``needs_tokens`` makes the output that long, so a request with less
+    ``max_tokens`` is cut off.
+    """
+    if stop == "refusal":
+        return Reply([], "refusal", 0)
+    if stop == "empty":
+        return Reply([], "end_turn", 0)
+    if stop == "pause-turn":
+        return Reply([], "pause_turn", 0)
+    reply = _complete_reply(request, corrupt=corrupt)
+    room = request.max_tokens or 0
+    if stop == "max-tokens" or (needs_tokens is not None and room < needs_tokens):
+        return Reply(_cut(reply.content), "max_tokens", room)
+    if stop == "context-window":
+        cut = _cut(reply.content)
+        return Reply(cut, "model_context_window_exceeded", reply.output_tokens // 2 or 1)
+    if needs_tokens is not None:
+        return Reply(reply.content, reply.stop_reason, needs_tokens)
+    return reply
+
+
+def _cut(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Text content cut in half: unbalanced brackets and quotes, never valid JSON."""
+    cut = []
+    for block in content:
+        if block.get("type") == "text":
+            block = {**block, "text": block["text"][: len(block["text"]) // 2]}
+        cut.append(block)
+    return cut
+
+
+def _complete_reply(request: MessagesRequest, *, corrupt: bool) -> Reply:
     if request.forced_tool is not None:
         tool_input = fit_schema(request.forced_tool["input_schema"], request.user_text)
         if corrupt:
@@ -131,7 +190,21 @@ def build_reply(request: MessagesRequest, *, corrupt: bool) -> Reply:
     return Reply([{"type": "text", "text": text}], stop_reason, token_estimate(len(text)))
 
 
-def message_body(request: MessagesRequest, reply: Reply) -> dict[str, Any]:
+def message_body(
+    request: MessagesRequest, reply: Reply, cache: CacheUsage | None = None
+) -> dict[str, Any]:
+    cache = cache or CacheUsage()
+    usage: dict[str, Any] = {
+        "input_tokens": request.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "cache_creation_input_tokens": None if cache.nulls else cache.creation,
+        "cache_read_input_tokens": None if cache.nulls else cache.read,
+    }
+    if not cache.nulls:
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": cache.write_5m,
+            "ephemeral_1h_input_tokens": cache.write_1h,
+        }
     return {
         "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
         "type": "message",
@@ -140,12 +213,7 @@ def message_body(request: MessagesRequest, reply: Reply) -> dict[str, Any]:
         "content": reply.content,
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": request.input_tokens,
-            "output_tokens": reply.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
+        "usage": usage,
     }
 
 

@@ -20,6 +20,13 @@ class RequestRecord:
     text: str
     # Only whether a credential was sent; the value itself is never stored.
     api_key_hint: bool
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    # The 1-hour part of the cache writes.
+    cache_creation_1h_input_tokens: int = 0
+    # What the request asked for and how the reply stopped (None when there was no reply).
+    max_tokens: int | None = None
+    stop_reason: str | None = None
 
 
 class Stats:
@@ -52,4 +59,8 @@ class Stats:
             "in_flight": self.in_flight,
             "total_input_tokens_billed": sum(r.input_tokens for r in ok),
             "total_output_tokens_billed": sum(r.output_tokens for r in ok),
+            "total_cache_creation_input_tokens_billed": sum(
+                r.cache_creation_input_tokens for r in ok
+            ),
+            "total_cache_read_input_tokens_billed": sum(r.cache_read_input_tokens for r in ok),
         }

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from schemas import JobCancelled, JobCreated, ResultEvent
 from stream_app.pricing import Price
+from stream_app.usage import Usage
 
 JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
 
@@ -28,6 +29,10 @@ class JobStatus(BaseModel):
     skipped_count: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    # Internal: the 1-hour part of the cache writes, which the cost needs.
+    cache_creation_1h_input_tokens: int = 0
     estimated_cost: Decimal = Decimal(0)
     created_at: float | None = None
     updated_at: float | None = None
@@ -38,11 +43,20 @@ class JobStatus(BaseModel):
 
     @property
     def total_tokens_used(self) -> int:
-        return self.input_tokens + self.output_tokens
+        """Every billed token: input, output, cache writes and cache reads."""
+        return Usage.of(self).total
 
     @property
     def outcomes(self) -> int:
         return self.completed_count + self.failed_count + self.skipped_count
+
+    def stalled(self, now: float, after_seconds: float) -> bool:
+        """Unfinished, and no record got an outcome for `after_seconds` (since the job was
+        announced, or since its last outcome)."""
+        if self.status not in ("pending", "running"):
+            return False
+        last = self.updated_at if self.updated_at is not None else self.created_at
+        return last is not None and now - last >= after_seconds
 
 
 def _settle(job: JobStatus) -> JobStatus:
@@ -78,9 +92,10 @@ def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: 
         job.completed_count += 1
     else:
         job.failed_count += 1
-    job.input_tokens += result.input_tokens
-    job.output_tokens += result.output_tokens
-    job.estimated_cost += price.cost(result.input_tokens, result.output_tokens)
+    billed = Usage.of(result)
+    for name, count in billed.fields().items():
+        setattr(job, name, getattr(job, name) + count)
+    job.estimated_cost += price.cost_of(billed)
     job.highest_index = max(job.highest_index, result.index)
     job.updated_at = now
     return _settle(job)
@@ -194,8 +209,7 @@ class JobLedger:
                 "completed_count": 0,
                 "failed_count": 0,
                 "skipped_count": 0,
-                "input_tokens": 0,
-                "output_tokens": 0,
+                **Usage().fields(),
                 "estimated_cost": Decimal(0),
                 # A cancel is not undone by counting again.
                 "status": "cancelled" if stored.status == "cancelled" else "pending",

@@ -9,9 +9,5 @@ class BrokerUnavailable(InsightStreamError):
     """The Kafka broker could not be reached or started."""
 
 
-class InvalidModelOutput(InsightStreamError):
-    """Claude answered, but the structured output did not validate (retryable)."""
-
-
 class RecordFailed(InsightStreamError):
     """A record ran out of attempts or hit a non-retryable provider error."""

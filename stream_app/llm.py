@@ -12,7 +12,7 @@ from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
 from schemas import BatchRecord, Insight
-from stream_app.exceptions import InvalidModelOutput
+from stream_app.usage import Usage
 
 SYSTEM_PROMPT = (
     "You analyse business texts (support tickets, reviews, incident reports, call notes). "
@@ -32,34 +32,33 @@ _SCHEMA_CHARS = len(orjson.dumps(INSIGHT_OUTPUT_FORMAT))
 
 
 @dataclass(frozen=True)
-class Usage:
-    input_tokens: int
-    output_tokens: int
+class Reply:
+    """One answered call, as the provider gave it: what it means is decided elsewhere
+    (`stream_app.provider_answers`)."""
 
-
-@dataclass(frozen=True)
-class Analysis:
-    insight: Insight
+    text: str
+    stop_reason: str | None
     usage: Usage
     headers: Mapping[str, str]
-
-
-class InvalidOutputWithUsage(InvalidModelOutput):
-    """The call was billed, but its output did not validate."""
-
-    def __init__(self, message: str, usage: Usage, headers: Mapping[str, str]) -> None:
-        super().__init__(message)
-        self.usage = usage
-        self.headers = headers
+    max_tokens: int
 
 
 class InsightClient:
     """One attempt at analysing one record. Retries and pacing live in the caller."""
 
-    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str, max_tokens: int) -> None:
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        *,
+        model: str,
+        max_tokens: int,
+        max_tokens_ceiling: int | None = None,
+    ) -> None:
         self._client = client
         self.model = model
         self._max_tokens = max_tokens
+        # A reply cut off at max_tokens is retried once with this much room.
+        self.max_tokens_ceiling = max(max_tokens, max_tokens_ceiling or max_tokens)
 
     @property
     def max_tokens(self) -> int:
@@ -69,29 +68,34 @@ class InsightClient:
         """Characters the request sends, for estimating its input tokens before it goes."""
         return len(SYSTEM_PROMPT) + len(record.text) + _SCHEMA_CHARS
 
-    async def analyze(self, record: BatchRecord) -> Analysis:
+    async def analyze(self, record: BatchRecord, max_tokens: int | None = None) -> Reply:
+        """Raises the SDK's APIStatusError / APIConnectionError when the call is refused
+        or does not arrive; anything else the answer holds is in the Reply."""
+        room = max_tokens or self._max_tokens
         # The raw response carries the provider's rate-limit headers for the budget.
         raw = await self._client.messages.with_raw_response.create(
             model=self.model,
-            max_tokens=self._max_tokens,
+            max_tokens=room,
             system=SYSTEM_PROMPT,
             messages=[{"role": "user", "content": record.text}],
             output_config={"format": INSIGHT_OUTPUT_FORMAT},
         )
         message = await raw.parse()
-        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
         text = "".join(block.text for block in message.content if block.type == "text")
-        try:
-            insight = Insight.model_validate(orjson.loads(text))
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            raise InvalidOutputWithUsage(
-                f"structured output did not validate: {_first_line(exc)}", usage, raw.headers
-            ) from exc
-        return Analysis(insight, usage, raw.headers)
+        return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200]
+def parse_insight(text: str) -> Insight | str:
+    """The structured output, or why it is not one (first line of the error)."""
+    try:
+        return Insight.model_validate(orjson.loads(text))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        return first_line(exc)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def build_anthropic_client(

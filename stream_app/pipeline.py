@@ -22,13 +22,16 @@ from stream_app.cancellation import (
     record_scope,
     skipped_outcome,
 )
+from stream_app.faust_fixes import guard_stale_acks
 from stream_app.job_feed import JobFeed
+from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
 from stream_app.metrics import WorkerMetrics
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
+from stream_app.provider_answers import redact
 from stream_app.settings import Settings
 
 log = get_logger(__name__)
@@ -261,8 +264,8 @@ def build_pipeline(
         # only once the result has been handed to the producer.
         manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
-            await _process_one(event)
-            await manual.ack(event)
+            if await _process_one(event):
+                await manual.ack(event)
 
     # Records this worker is processing now, by key. The consumer can deliver a record
     # again while its first copy is still with Claude (it re-reads from the last committed
@@ -270,7 +273,37 @@ def build_pipeline(
     # copy then waits for that outcome instead of paying for a second call.
     running: dict[str, asyncio.Future[None]] = {}
 
-    async def _process_one(event: EventT) -> None:
+    async def _process_one(event: EventT) -> bool:
+        """The record's boundary: whatever goes wrong, the record gets an outcome (the
+        processor already turns its own failures into one; this catches the rest). False
+        only when not even a failed outcome could be sent: the record then stays
+        unacknowledged, and its job shows as stalled."""
+        try:
+            await _handle_record(event)
+            return True
+        except Exception as exc:
+            log.exception(
+                "internal error at a record's boundary",
+                topic=event.message.topic,
+                partition=event.message.partition,
+                offset=event.message.offset,
+            )
+            error = f"internal error: {type(exc).__name__}: {redact(first_line(exc))}"
+        try:
+            ident = _job_and_index(_payload(event))
+            if ident is None:
+                await dead_letter(event, error)
+                return True
+            failed = ResultEvent(
+                job_id=ident[0], index=ident[1], success=False, error=error, finished_at=time.time()
+            )
+            await _send_outcome(result_key(*ident), failed)
+            return True
+        except Exception:
+            log.exception("could not send the failed outcome; the record stays unacknowledged")
+            return False
+
+    async def _handle_record(event: EventT) -> None:
         record = await _parse_record(event)
         if record is None:
             return
@@ -397,6 +430,7 @@ def build_pipeline(
 
     # Registered on the app; nothing else calls them.
     del process, aggregate, _on_revoked, _on_assigned
+    guard_stale_acks(app)
     return pipeline
 
 

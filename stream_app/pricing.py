@@ -1,22 +1,53 @@
-"""Exact cost from the input/output token split, per model."""
+"""Exact cost from the billed token split, per model (decimal arithmetic, USD)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
+from stream_app.usage import Usage
+
 _PER_MTOK = Decimal(1000)  # list prices are per million tokens; we price per 1K
+
+# Prompt caching, as multiples of the model's input price (Anthropic's pricing page,
+# "Prompt caching"): a write to the 5-minute cache costs 1.25x, a write to the 1-hour
+# cache 2x, a read from the cache 0.1x. They apply to a BATCH_COST_PER_1K_INPUT_TOKENS
+# override too, since that override replaces the input price they multiply.
+CACHE_WRITE_5M_MULTIPLIER = Decimal("1.25")
+CACHE_WRITE_1H_MULTIPLIER = Decimal("2")
+CACHE_READ_MULTIPLIER = Decimal("0.1")
 
 
 @dataclass(frozen=True)
 class Price:
+    """USD per 1,000 tokens."""
+
     input_per_1k: Decimal
     output_per_1k: Decimal
 
-    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cache_creation_input_tokens: int = 0,
+        cache_read_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
+    ) -> Decimal:
+        """USD for these counts; `cache_creation_input_tokens` counts every cache write,
+        of which `cache_creation_1h_input_tokens` went to the 1-hour cache."""
+        one_hour = min(cache_creation_1h_input_tokens, cache_creation_input_tokens)
+        five_minutes = cache_creation_input_tokens - one_hour
+        per_input = self.input_per_1k
         return (
-            Decimal(input_tokens) * self.input_per_1k + Decimal(output_tokens) * self.output_per_1k
+            Decimal(input_tokens) * per_input
+            + Decimal(output_tokens) * self.output_per_1k
+            + Decimal(five_minutes) * per_input * CACHE_WRITE_5M_MULTIPLIER
+            + Decimal(one_hour) * per_input * CACHE_WRITE_1H_MULTIPLIER
+            + Decimal(cache_read_input_tokens) * per_input * CACHE_READ_MULTIPLIER
         ) / 1000
+
+    def cost_of(self, usage: Usage) -> Decimal:
+        return self.cost(**usage.fields())
 
 
 def _per_mtok(input_usd: str, output_usd: str) -> Price:

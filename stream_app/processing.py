@@ -1,27 +1,44 @@
-"""Processing one record: budget, attempts, retries, and the one outcome it produces."""
+"""Processing one record: budget, attempts, retries, and the one outcome it produces.
+
+What each provider answer means is decided in `stream_app.provider_answers`; when the
+provider is down or refuses the configuration, `stream_app.breaker` holds every call.
+Whatever happens (an exception of ours included), `RecordProcessor.process` returns an
+outcome for the record; only cancellation (the worker stopping) leaves it without one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anthropic
 
-from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent
-from stream_app.llm import Analysis, InsightClient, InvalidOutputWithUsage, Usage
+from schemas import Insight, InsightResponse, RecordEvent, ResponseMetadata, ResultEvent
+from stream_app.aggregation import result_key
+from stream_app.breaker import Admission, ProviderBreaker
+from stream_app.llm import InsightClient, Reply, first_line
 from stream_app.logs import get_logger
+from stream_app.provider_answers import (
+    Answer,
+    ConfigurationFault,
+    ContentFault,
+    ProviderFault,
+    RateLimited,
+    Succeeded,
+    Truncated,
+    classify_error,
+    read_reply,
+    redact,
+)
 from stream_app.ratelimit import RateBudget
+from stream_app.retry_timing import WaitReading
+from stream_app.usage import Usage
 
 log = get_logger(__name__)
-
-# 408, 409, 429 and every 5xx (529 "overloaded" included) are worth another attempt.
-_RETRYABLE_STATUS = {408, 409, 429}
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,8 @@ class RetryPolicy:
     retries: int = 1
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 30.0
+    # The longest wait a provider header may impose (BATCH_RETRY_AFTER_CAP_SECONDS).
+    retry_after_cap_seconds: float = 300.0
 
     def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Jittered exponential backoff; the provider's `retry-after` wins when longer."""
@@ -70,6 +89,22 @@ class IntakeGate:
             if self._count == 0:
                 self._idle.set()
 
+    @asynccontextmanager
+    async def parked(self) -> AsyncIterator[None]:
+        """A record waiting for the provider (breaker open, line stopped) is not a call in
+        flight: it does not hold up a drain, and once the gate closes it makes no new call
+        (it stays unacknowledged and runs after the restart)."""
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+        try:
+            yield
+            if self._closed:
+                await asyncio.Event().wait()  # until cancelled by the stopping worker
+        finally:
+            self._count += 1
+            self._idle.clear()
+
     def close(self) -> None:
         """No record starts from now on (calls in flight go on)."""
         self._closed = True
@@ -85,110 +120,239 @@ class IntakeGate:
 
 
 @dataclass
+class _Run:
+    """One record's way through its attempts: what was billed, how many calls."""
+
+    event: RecordEvent
+    started: float
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 0
+
+    @property
+    def key(self) -> str:
+        return result_key(self.event.job_id, self.event.index)
+
+
+@dataclass
 class RecordProcessor:
-    """Turns a record event into exactly one result event; never raises for provider errors."""
+    """Turns a record event into exactly one result event; never raises (but on cancel)."""
 
     client: InsightClient
     budget: RateBudget
     policy: RetryPolicy
+    breaker: ProviderBreaker = field(default_factory=ProviderBreaker)
+    gate: IntakeGate = field(default_factory=IntakeGate)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
 
     async def process(self, event: RecordEvent) -> ResultEvent:
-        started = time.monotonic()
-        chars = self.client.request_chars(event.record)
-        input_tokens = output_tokens = attempts = failures = 0
+        run = _Run(event, time.monotonic())
+        try:
+            return await self._attempts(run)
+        except Exception as exc:  # the record's boundary: it gets an outcome whatever happens
+            error = self._internal_error(run, exc, "")
+            if run.usage.total > 0:
+                # Retrying would pay again for what was already billed.
+                return self._failed(run, error)
+        try:
+            return await self._attempts(run)
+        except Exception as exc:
+            return self._failed(run, self._internal_error(run, exc, " again"))
+
+    def _internal_error(self, run: _Run, exc: Exception, again: str) -> str:
+        log.exception(
+            f"internal error while processing a record{again}",
+            job=run.event.job_id,
+            index=run.event.index,
+            billed_tokens=run.usage.total,
+        )
+        return f"internal error: {type(exc).__name__}: {redact(first_line(exc))}"
+
+    async def _attempts(self, run: _Run) -> ResultEvent:
+        event, key = run.event, run.key
+        max_tokens = self.client.max_tokens
+        widened = False
+        failures = 0  # attempts that used up one of the record's retries
         while True:
-            grant = await self.budget.acquire(
-                self.budget.estimate_input_tokens(chars),
-                self.budget.estimate_output_tokens(self.client.max_tokens),
-            )
-            attempts += 1
-            billed = Usage(0, 0)
-            headers: Mapping[str, str] = {}
+            admission = await self._admit(key)
             try:
-                analysis = await self.client.analyze(event.record)
-                billed, headers = analysis.usage, analysis.headers
-            except anthropic.RateLimitError as exc:
-                # Not the record's fault: it does not use up a retry.
-                headers = exc.response.headers
-                self.budget.throttled(retry_after_seconds(headers))
-                log.info("provider throttled", job=event.job_id, index=event.index)
+                answer = await self._call(run, max_tokens, admission)
+            except BaseException:
+                self.breaker.release(admission)
+                raise
+            if answer is None:  # the breaker opened while it waited for its slot
+                self.breaker.release(admission)
                 continue
-            except InvalidOutputWithUsage as exc:
-                billed, headers = exc.usage, exc.headers
-                error, retry_after = str(exc), None
-            except anthropic.APIStatusError as exc:
-                headers = exc.response.headers
-                error = describe_status_error(exc)
-                retry_after = retry_after_seconds(headers)
-                if not is_retryable_status(exc.status_code):
-                    return self._failed(event, error, input_tokens, output_tokens, attempts)
-            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
-                error, retry_after = f"{type(exc).__name__}: {exc}", None
-            else:
-                input_tokens += billed.input_tokens
-                output_tokens += billed.output_tokens
-                return self._succeeded(
-                    event, analysis, input_tokens, output_tokens, attempts, started
-                )
-            finally:
-                self.budget.settle(grant, chars, billed.input_tokens, billed.output_tokens)
-                self.budget.observe_headers(headers)
-            input_tokens += billed.input_tokens
-            output_tokens += billed.output_tokens
+            if isinstance(answer, Succeeded):
+                self.breaker.answered(admission)
+                return self._succeeded(run, answer.insight)
+            if isinstance(answer, RateLimited):
+                self._throttled(run, admission, answer)
+                continue
+            if isinstance(answer, ProviderFault):
+                wait = answer.wait.seconds if answer.wait else None
+                self._log_wait(run, answer.reading)
+                if self.breaker.provider_failed(admission, answer.message, wait):
+                    failures += 1
+                if failures > self.policy.retries:
+                    if await self._trouble_is_its_own(key):
+                        return self._failed(run, answer.message)
+                    failures = self.policy.retries  # others fail alike: not this record's doing
+                if not self.breaker.is_open:  # when open, admit() does the waiting
+                    await self._back_off(run, max(failures, 1), wait, answer.message)
+                continue
+            if isinstance(answer, ConfigurationFault):
+                if widened and answer.parameter == "max_tokens":
+                    self.breaker.answered(admission)
+                    return self._failed(
+                        run,
+                        f"output truncated at {self.client.max_tokens} tokens, and the larger "
+                        f"max_tokens was refused: {answer.message}",
+                    )
+                if self.breaker.configuration_fault(
+                    admission, answer.message, answer.could_be_the_records
+                ):
+                    return self._failed(run, answer.message)
+                continue
+            # Every other answer is the provider working: the trouble, if any, is the record's.
+            self.breaker.answered(admission)
+            if isinstance(answer, ContentFault):
+                return self._failed(run, answer.message)
+            if isinstance(answer, Truncated):
+                if not widened and self.client.max_tokens_ceiling > max_tokens:
+                    widened, max_tokens = True, self.client.max_tokens_ceiling
+                    log.info(
+                        "output truncated: retrying once with more room",
+                        job=event.job_id,
+                        index=event.index,
+                        output_tokens=answer.output_tokens,
+                        max_tokens=max_tokens,
+                    )
+                    continue
+                return self._failed(run, answer.message)
             failures += 1
             if failures > self.policy.retries:
-                return self._failed(event, error, input_tokens, output_tokens, attempts)
-            delay = self.policy.backoff(failures, retry_after, self.rng)
-            log.info(
-                "retrying record",
-                job=event.job_id,
-                index=event.index,
-                attempt=attempts,
-                error=error,
-                delay=round(delay, 3),
-            )
-            await self.sleep(delay)
+                return self._failed(run, answer.message)
+            await self._back_off(run, failures, None, answer.message)
 
-    def _succeeded(
-        self,
-        event: RecordEvent,
-        analysis: Analysis,
-        input_tokens: int,
-        output_tokens: int,
-        attempts: int,
-        started: float,
-    ) -> ResultEvent:
+    async def _admit(self, key: str) -> Admission:
+        if not self.breaker.is_open:
+            return await self.breaker.admit(key)
+        async with self.gate.parked():
+            return await self.breaker.admit(key)
+
+    async def _call(self, run: _Run, max_tokens: int, admission: Admission) -> Answer | None:
+        """One attempt: a budget slot, the call, and what its answer means; None when the
+        call did not go out after all."""
+        record = run.event.record
+        chars = self.client.request_chars(record)
+        grant = await self.budget.acquire(
+            self.budget.estimate_input_tokens(chars),
+            self.budget.estimate_output_tokens(max_tokens),
+        )
+        billed = Usage()
+        headers: Mapping[str, str] = {}
+        try:
+            if not self.breaker.still_admits(admission):
+                return None
+            run.attempts += 1
+            try:
+                reply: Reply = await self.client.analyze(record, max_tokens)
+            except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+                if isinstance(exc, anthropic.APIStatusError):
+                    headers = exc.response.headers
+                return classify_error(
+                    exc, now=self.clock(), cap_seconds=self.policy.retry_after_cap_seconds
+                )
+            billed, headers = reply.usage, reply.headers
+            run.usage += billed
+            return read_reply(reply)
+        finally:
+            # Cache writes count against the provider's input-token limit; reads do not.
+            billed_input = billed.input_tokens + billed.cache_creation_input_tokens
+            self.budget.settle(grant, chars, billed_input, billed.output_tokens)
+            self.budget.observe_headers(headers)
+
+    async def _trouble_is_its_own(self, key: str) -> bool:
+        """After its retries, a record fails for provider trouble only when the trouble is
+        its alone; when other calls are in flight, their answer decides."""
+        if self.breaker.others_in_flight(key):
+            await self.breaker.next_answer(timeout=self.policy.max_backoff_seconds)
+        return self.breaker.is_isolated(key)
+
+    def _throttled(self, run: _Run, admission: Admission, answer: RateLimited) -> None:
+        """A 429 never uses up a retry: the whole worker waits and slows down."""
+        wait = answer.wait.seconds if answer.wait else None
+        self.breaker.rate_limited(admission, wait)
+        self.budget.throttled(wait)
+        if answer.token_limits and answer.tokens_reset_at is not None:
+            until = min(answer.tokens_reset_at, self.clock() + self.policy.retry_after_cap_seconds)
+            self.budget.hold_tokens(until)
+        self._log_wait(run, answer.reading)
+        log.info(
+            "provider throttled",
+            job=run.event.job_id,
+            index=run.event.index,
+            wait=round(wait, 3) if wait is not None else None,
+            source=answer.wait.source if answer.wait else None,
+            token_limits=",".join(answer.token_limits) or None,
+        )
+
+    def _log_wait(self, run: _Run, reading: WaitReading) -> None:
+        for header, raw in reading.ignored:
+            log.info("ignored unreadable wait header", header=header, value=raw[:80])
+        wait = reading.wait
+        if wait is not None and wait.capped:
+            log.warning(
+                "provider asked for a longer wait than BATCH_RETRY_AFTER_CAP_SECONDS: capped",
+                job=run.event.job_id,
+                index=run.event.index,
+                header=wait.source,
+                asked_seconds=wait.asked,
+                capped_seconds=wait.seconds,
+            )
+
+    async def _back_off(
+        self, run: _Run, failures: int, retry_after: float | None, error: str
+    ) -> None:
+        delay = self.policy.backoff(failures, retry_after, self.rng)
+        log.info(
+            "retrying record",
+            job=run.event.job_id,
+            index=run.event.index,
+            attempt=run.attempts,
+            error=error,
+            delay=round(delay, 3),
+        )
+        await self.sleep(delay)
+
+    def _succeeded(self, run: _Run, insight: Insight) -> ResultEvent:
+        usage = run.usage
         response = InsightResponse(
-            **analysis.insight.model_dump(),
+            **insight.model_dump(),
             metadata=ResponseMetadata(
-                tokens_used=input_tokens + output_tokens,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
+                tokens_used=usage.total,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
                 model=self.client.model,
-                attempts=attempts,
-                latency_ms=int((time.monotonic() - started) * 1000),
+                attempts=run.attempts,
+                latency_ms=int((time.monotonic() - run.started) * 1000),
             ),
         )
-        return _outcome(event, input_tokens, output_tokens, attempts, response=response)
+        return _outcome(run, response=response)
 
     @staticmethod
-    def _failed(
-        event: RecordEvent, error: str, input_tokens: int, output_tokens: int, attempts: int
-    ) -> ResultEvent:
-        return _outcome(event, input_tokens, output_tokens, attempts, error=error)
+    def _failed(run: _Run, error: str) -> ResultEvent:
+        return _outcome(run, error=error)
 
 
 def _outcome(
-    event: RecordEvent,
-    input_tokens: int,
-    output_tokens: int,
-    attempts: int,
-    *,
-    response: InsightResponse | None = None,
-    error: str | None = None,
+    run: _Run, *, response: InsightResponse | None = None, error: str | None = None
 ) -> ResultEvent:
+    event = run.event
     return ResultEvent(
         job_id=event.job_id,
         index=event.index,
@@ -196,36 +360,7 @@ def _outcome(
         response=response,
         error=error,
         record_id=event.record.id,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        attempts=attempts,
+        attempts=run.attempts,
         finished_at=time.time(),
+        **run.usage.fields(),
     )
-
-
-def is_retryable_status(status: int) -> bool:
-    return status in _RETRYABLE_STATUS or status >= 500
-
-
-def describe_status_error(exc: anthropic.APIStatusError) -> str:
-    """`HTTP 400 invalid_request_error: <provider message>`: the provider's words, no secrets."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error")
-    detail: dict[str, Any] = error if isinstance(error, dict) else {}
-    kind = detail.get("type") or type(exc).__name__
-    message = detail.get("message") or exc.message
-    return f"HTTP {exc.status_code} {kind}: {message}"
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) / scale)
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(raw) if name == "retry-after" else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
-    return None

@@ -90,6 +90,7 @@ class RateBudget:
         self._share_from = 1.0
         self._share_changed = -math.inf
         self._input_per_char = 0.25  # calibrated from real usage
+        self._tokens_held_until = 0.0
         self._output_mean: float | None = None
         self.throttled_count = 0
 
@@ -199,6 +200,12 @@ class RateBudget:
 
     # -- tokens ---------------------------------------------------------------------------
 
+    def hold_tokens(self, until: float) -> None:
+        """The provider answered 429 naming a token limit (`...-tokens-remaining: 0`): no
+        call reserves tokens before `until` (that limit's reset, Unix time), whatever the
+        request pause says."""
+        self._tokens_held_until = max(self._tokens_held_until, until)
+
     def estimate_input_tokens(self, chars: int) -> int:
         return max(1, math.ceil(chars * self._input_per_char))
 
@@ -225,6 +232,8 @@ class RateBudget:
 
     def _token_wait(self, now: float, input_tokens: int, output_tokens: int) -> float:
         """Seconds until this call's tokens fit this worker's share of the token limits."""
+        if now < self._tokens_held_until:
+            return self._tokens_held_until - now
         if self._input_limit is None and self._output_limit is None:
             return 0.0
         while self._spent and self._spent[0].at <= now - 60.0 - _MINUTE_MARGIN:

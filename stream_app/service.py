@@ -20,6 +20,7 @@ from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated, RecordEvent
 from stream_app.aggregation import JobStatus
+from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
 from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
 from stream_app.job_feed import JobFeed
@@ -50,6 +51,7 @@ class Service:
     settings: Settings
     pipeline: Pipeline
     budget: RateBudget
+    breaker: ProviderBreaker
     mirror: SqliteMirror | None
     admin: AIOKafkaAdminClient
     canonical_url: str
@@ -240,17 +242,28 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         input_tokens_per_minute=settings.claude_input_tokens_per_minute,
         output_tokens_per_minute=settings.claude_output_tokens_per_minute,
     )
+    breaker = ProviderBreaker(
+        threshold=settings.batch_breaker_threshold,
+        probe_base_seconds=settings.batch_probe_base_seconds,
+        probe_max_seconds=settings.batch_probe_max_seconds,
+    )
+    gate = IntakeGate()
     processor = RecordProcessor(
         client=InsightClient(
-            anthropic_client, model=settings.claude_model, max_tokens=settings.claude_max_tokens
+            anthropic_client,
+            model=settings.claude_model,
+            max_tokens=settings.claude_max_tokens,
+            max_tokens_ceiling=settings.claude_max_tokens_ceiling,
         ),
         budget=budget,
         policy=RetryPolicy(
             retries=settings.batch_record_retry_count,
             backoff_seconds=settings.batch_retry_backoff_seconds,
+            retry_after_cap_seconds=settings.batch_retry_after_cap_seconds,
         ),
+        breaker=breaker,
+        gate=gate,
     )
-    gate = IntakeGate()
     mirror = (
         SqliteMirror(settings.batch_sqlite_path)
         if settings.batch_persistence_backend == "sqlite"
@@ -296,7 +309,9 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
                 rpm=settings.claude_requests_per_minute,
                 concurrency=settings.batch_max_concurrent_llm_calls,
             )
-            service = Service(settings, pipeline, budget, mirror, admin, canonical_url, gate)
+            service = Service(
+                settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate
+            )
             watchdog = asyncio.create_task(service.watch(settings.batch_ready_deadline_seconds))
             try:
                 yield service

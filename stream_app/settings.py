@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
     batch_record_retry_count: int = Field(1, ge=0, le=20)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
+    # The provider circuit breaker (stream_app/breaker.py): consecutive provider failures
+    # (of two records at least) that open it, and the probe backoff while it is open.
+    batch_breaker_threshold: int = Field(3, ge=2)
+    batch_probe_base_seconds: float = Field(1.0, gt=0)
+    batch_probe_max_seconds: float = Field(15.0, gt=0)
+    # The longest wait a provider header (retry-after, ...-reset) may impose; longer is cut.
+    batch_retry_after_cap_seconds: float = Field(300.0, gt=0)
+    # A job with no new outcome for this long is reported as stalled in its status.
+    batch_stall_after_seconds: float = Field(300.0, gt=0)
     # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
     batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
     # A worker whose partitions stay unassigned or unrecovered this long while the broker
@@ -33,6 +42,8 @@ class Settings(BaseSettings):
     batch_heal_local_state: bool = True
     claude_model: str = "claude-sonnet-4-6"
     claude_max_tokens: int = Field(1024, ge=64)
+    # A reply cut off at max_tokens is retried once with this much room.
+    claude_max_tokens_ceiling: int = Field(4096, ge=64)
     claude_timeout_seconds: float = Field(60.0, gt=0)
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None

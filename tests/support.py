@@ -88,6 +88,7 @@ def wait_completed(
     seen: dict[str, Any] = {}
 
     def probe() -> dict[str, Any] | None:
+        seen.clear()  # the last status as read, not a merge of every poll
         seen.update(status(client, job_id, **kwargs))
         return seen if seen["status"] == "completed" else None
 

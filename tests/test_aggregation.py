@@ -122,3 +122,45 @@ def test_ledger_recounts_a_job_whose_counters_were_replayed_back() -> None:
     assert job.estimated_cost == PRICE.cost(160, 80)
     # Later duplicates of the same job do not rescan it.
     assert book.record_result(result(2), now=4.0) == (Applied.DUPLICATE, None)
+
+
+def test_cache_tokens_are_counted_and_priced_per_job() -> None:
+    cached = ResultEvent(
+        job_id="j",
+        index=0,
+        success=True,
+        input_tokens=100,
+        output_tokens=20,
+        cache_creation_input_tokens=1300,
+        cache_read_input_tokens=2000,
+        cache_creation_1h_input_tokens=300,
+    )
+    job = apply_created(None, JobCreated(job_id="j", total_records=2), now=1.0)
+    job = apply_result(job, cached, PRICE, now=2.0)
+    job = apply_result(job, result(1, tin=10, tout=5), PRICE, now=3.0)
+    assert (job.input_tokens, job.output_tokens) == (110, 25)
+    assert (job.cache_creation_input_tokens, job.cache_read_input_tokens) == (1300, 2000)
+    assert job.cache_creation_1h_input_tokens == 300
+    assert job.total_tokens_used == 110 + 25 + 1300 + 2000 == cached.tokens_used + 15
+    assert job.estimated_cost == PRICE.cost(110, 25, 1300, 2000, 300)
+    # The recount after redelivery rebuilds the cache counts too.
+    jobs: dict[str, dict] = {}
+    book = JobLedger(jobs, {}, PRICE)
+    book.record_created(JobCreated(job_id="j", total_records=2), now=1.0)
+    older = dict(jobs["j"])
+    book.record_result(cached, now=2.0)
+    jobs["j"] = older  # the replayed changelog entry
+    book.record_result(cached, now=3.0)
+    assert book.job("j").cache_read_input_tokens == 2000
+    assert book.job("j").completed_count == 1
+
+
+def test_a_job_without_progress_is_stalled() -> None:
+    job = apply_created(None, JobCreated(job_id="j", total_records=2, created_at=0.0), now=100.0)
+    assert not job.stalled(now=399.0, after_seconds=300)
+    assert job.stalled(now=400.0, after_seconds=300)  # pending, nothing since it was announced
+    job = apply_result(job, result(0), PRICE, now=500.0)
+    assert not job.stalled(now=700.0, after_seconds=300)
+    assert job.stalled(now=800.0, after_seconds=300)  # running, the last outcome is old
+    job = apply_result(job, result(1), PRICE, now=900.0)
+    assert job.status == "completed" and not job.stalled(now=10_000.0, after_seconds=300)

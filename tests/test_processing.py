@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from schemas import BatchRecord, RecordEvent
+from schemas import BatchRecord, RecordEvent, ResultEvent
 from simulator.testing import SimulatorHandle
 from stream_app.llm import InsightClient, build_anthropic_client
 from stream_app.processing import RecordProcessor, RetryPolicy
@@ -19,11 +20,13 @@ TEXT = "The export button crashes the app every time. Customers are angry and wa
 async def make_processor(simulator: SimulatorHandle) -> AsyncIterator[object]:
     clients = []
 
-    def make(retries: int = 1) -> RecordProcessor:
+    def make(retries: int = 1, ceiling: int = 1024) -> RecordProcessor:
         client = build_anthropic_client(api_key="sk-x", base_url=simulator.base_url, timeout=10)
         clients.append(client)
         return RecordProcessor(
-            client=InsightClient(client, model="claude-sonnet-4-6", max_tokens=512),
+            client=InsightClient(
+                client, model="claude-sonnet-4-6", max_tokens=512, max_tokens_ceiling=ceiling
+            ),
             budget=RateBudget(6000),
             policy=RetryPolicy(retries=retries, backoff_seconds=0.01),
         )
@@ -95,3 +98,123 @@ async def test_429_does_not_use_up_retries(make_processor, simulator) -> None:
     assert result.attempts == 2
     assert processor.budget.throttled_count == 1
     assert simulator.stats()["by_status"] == {"429": 1, "200": 1}
+
+
+def calls(simulator: SimulatorHandle) -> list[tuple[int, int | None, str | None]]:
+    return [(r["status"], r["max_tokens"], r["stop_reason"]) for r in simulator.stats()["requests"]]
+
+
+def assert_billed(result: ResultEvent, simulator: SimulatorHandle) -> None:
+    stats = simulator.stats()
+    assert result.input_tokens == stats["total_input_tokens_billed"]
+    assert result.output_tokens == stats["total_output_tokens_billed"]
+    assert result.cache_creation_input_tokens == stats["total_cache_creation_input_tokens_billed"]
+    assert result.cache_read_input_tokens == stats["total_cache_read_input_tokens_billed"]
+
+
+async def test_truncated_output_is_retried_once_with_more_room(make_processor, simulator):
+    result = await make_processor(retries=0).process(event(f"{TEXT} [[sim:needs-tokens=800]]"))
+    assert result.success, result.error
+    assert calls(simulator) == [(200, 512, "max_tokens"), (200, 1024, "end_turn")]
+    assert result.output_tokens == 512 + 800 and result.attempts == 2
+    assert_billed(result, simulator)
+
+
+async def test_output_truncated_even_with_more_room_fails_saying_so(make_processor, simulator):
+    result = await make_processor(retries=3).process(event(f"{TEXT} [[sim:max-tokens]]"))
+    assert not result.success
+    assert (
+        result.error == "output truncated at 1024 tokens (stop_reason max_tokens, max_tokens 1024)"
+    )
+    assert calls(simulator) == [(200, 512, "max_tokens"), (200, 1024, "max_tokens")]
+    assert_billed(result, simulator)
+
+
+@pytest.mark.parametrize(
+    ("marker", "error", "attempts"),
+    [
+        ("refusal", "the model declined to answer this record (stop_reason refusal)", 1),
+        (
+            "context-window",
+            "the record does not fit the model's context window "
+            "(stop_reason model_context_window_exceeded)",
+            1,
+        ),
+        ("empty", "the model returned no content (stop_reason end_turn)", 3),
+        ("pause-turn", "the model paused its turn before answering (stop_reason pause_turn)", 3),
+        ("prompt-too-long", "HTTP 400 invalid_request_error: prompt is too long: 210345", 1),
+        ("413", "HTTP 413 request_too_large: Request exceeds the maximum allowed", 1),
+    ],
+)
+async def test_named_outcomes(make_processor, simulator, marker, error, attempts) -> None:
+    processor = make_processor(retries=2)
+    result = await processor.process(event(f"{TEXT} [[sim:{marker}]]"))
+    assert not result.success
+    assert result.error is not None and result.error.startswith(error)
+    assert result.attempts == attempts == len(simulator.stats()["requests"])
+    assert_billed(result, simulator)
+    assert not processor.breaker.is_open  # the provider works: these are the record's
+
+
+async def test_cache_tokens_are_billed_to_the_record(make_processor, simulator) -> None:
+    text = f"{TEXT} [[sim:cache-write=1000]] [[sim:cache-write-1h=300]] [[sim:cache-read=2000]]"
+    result = await make_processor().process(event(text))
+    assert result.success
+    assert (result.cache_creation_input_tokens, result.cache_read_input_tokens) == (1300, 2000)
+    assert result.cache_creation_1h_input_tokens == 300
+    assert_billed(result, simulator)
+    assert result.response is not None
+    meta = result.response.metadata
+    assert (
+        meta.tokens_used == result.tokens_used == result.input_tokens + result.output_tokens + 3300
+    )
+    assert (meta.cache_creation_input_tokens, meta.cache_read_input_tokens) == (1300, 2000)
+
+
+async def test_an_unexpected_exception_becomes_a_failed_outcome(make_processor, simulator):
+    # A 200 whose body is no message: the SDK hands back text, and reading it raises.
+    result = await make_processor(retries=3).process(event(f"{TEXT} [[sim:unreadable]]"))
+    assert not result.success
+    assert result.error == "internal error: AttributeError: 'str' object has no attribute 'content'"
+    assert (
+        result.attempts == 2 == len(simulator.stats()["requests"])
+    )  # retried once: nothing billed
+    assert result.tokens_used == 0
+
+
+async def test_an_internal_error_is_retried_once_when_nothing_was_billed(make_processor, simulator):
+    result = await make_processor(retries=0).process(event(f"{TEXT} [[sim:unreadable-once]]"))
+    assert result.success, result.error
+    assert result.attempts == 2 == len(simulator.stats()["requests"])
+    assert_billed(result, simulator)
+
+
+async def test_an_internal_error_after_billing_is_not_retried(make_processor, simulator):
+    # Billed invalid output first, then the unreadable answer: a retry would pay again.
+    text = f"{TEXT} [[sim:bad-json-once]] [[sim:unreadable]]"
+    result = await make_processor(retries=3).process(event(text))
+    assert not result.success and result.error is not None
+    assert result.error.startswith("internal error: AttributeError")
+    assert len(simulator.stats()["requests"]) == 2 and result.attempts == 2
+    assert_billed(result, simulator)
+    assert result.tokens_used > 0
+
+
+async def test_a_record_alone_failing_with_5xx_uses_its_retries(make_processor, simulator):
+    processor = make_processor(retries=2)
+    healthy = [event(f"Record {i}. {TEXT}", index=i) for i in range(1, 4)]
+    results = await asyncio.gather(
+        processor.process(event(f"{TEXT} [[sim:fail-500-always]]")),
+        *(processor.process(e) for e in healthy),
+    )
+    assert [r.success for r in results] == [False, True, True, True]
+    assert results[0].attempts == 3 and results[0].error.startswith("HTTP 500 api_error")
+    assert not processor.breaker.is_open
+
+
+async def test_a_429_with_garbage_retry_after_never_raises(make_processor, simulator) -> None:
+    processor = make_processor(retries=0)
+    result = await processor.process(event(f"{TEXT} [[sim:retry-after=soon]]"))
+    assert result.success, result.error
+    assert simulator.stats()["by_status"] == {"429": 1, "200": 1}
+    assert processor.budget.throttled_count == 1

@@ -233,3 +233,17 @@ async def test_a_new_limit_from_the_provider_takes_effect_at_once(clock: FakeClo
     await take(b, clock, 10, times)
     # Ten grants at one a second, not a stall from slot numbers of the old size.
     assert 9 <= clock.now - before <= 11
+
+
+async def test_a_429_naming_a_token_limit_holds_tokens_until_its_reset(clock: FakeClock) -> None:
+    b = budget(clock, 6000)
+    await b.acquire(input_tokens=10)
+    start = clock.now
+    b.throttled(retry_after=1.0)  # the request pause is short...
+    b.hold_tokens(start + 9.0)  # ...but the input-token limit resets in 9 s
+    await b.acquire(input_tokens=10)
+    assert clock.now - start == pytest.approx(9.0, abs=0.01)
+    b.hold_tokens(start)  # an earlier reset never shortens a hold
+    before = clock.now
+    await b.acquire(input_tokens=10)
+    assert clock.now - before < 1

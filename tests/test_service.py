@@ -161,11 +161,15 @@ def test_failing_records_are_isolated(start: StartService, simulator: SimulatorH
     assert (body["completed_count"], body["failed_count"]) == (6, 2)
     assert body["status"] == "completed"
     assert "invalid_request_error" in by_index[1]["error"] and by_index[1]["attempts"] == 1
-    assert by_index[5]["error"].startswith("HTTP 500") and by_index[5]["attempts"] == 2
+    # A 5xx at the same moment as other records' uses up no retry (the provider's trouble,
+    # issue 8): the always-failing record makes its 2 attempts, plus one for a first attempt
+    # that coincided, plus one if it was the breaker's (single) probe.
+    assert by_index[5]["error"].startswith("HTTP 500") and 2 <= by_index[5]["attempts"] <= 4
     # Two 429s, one retry allowed: 429s do not use up retries, so the third attempt runs.
     assert by_index[6]["success"] and by_index[6]["attempts"] == 3
     sim = simulator.stats()
-    assert sim["by_status"] == {"200": 7, "400": 1, "500": 3, "529": 1, "429": 2}
+    failed_500 = 1 + by_index[5]["attempts"]
+    assert sim["by_status"] == {"200": 7, "400": 1, "500": failed_500, "529": 1, "429": 2}
     # The invalid structured output was billed, so it is in the record's and job's tokens.
     assert by_index[4]["tokens_used"] > by_index[4]["response"]["metadata"]["input_tokens"]
     assert_money_adds_up(body, sim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import itertools
 import math
 import uuid
@@ -429,6 +430,171 @@ async def test_slow_marker_and_max_in_flight(sim: SimulatorHandle) -> None:
     assert durations[4] >= 0.8
 
 
+# --- Stop reasons, cache usage and the answers of issue 8 -----------------------------------
+
+STRUCTURED: dict[str, Any] = {
+    "format": {"type": "json_schema", "schema": anthropic.transform_schema(Analysis)}
+}
+
+
+async def structured(
+    client: anthropic.AsyncAnthropic, text: str, max_tokens: int = 512
+) -> anthropic.types.Message:
+    return await client.messages.create(
+        model=MODEL, max_tokens=max_tokens, messages=user(text), output_config=STRUCTURED
+    )
+
+
+def is_valid_analysis(message: anthropic.types.Message) -> bool:
+    texts = [block.text for block in message.content if block.type == "text"]
+    try:
+        Analysis.model_validate_json("".join(texts))
+    except pydantic.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("marker", "max_tokens", "stop_reason", "has_content", "valid", "output_tokens"),
+    [
+        ("max-tokens", 512, "max_tokens", True, False, 512),
+        ("max-tokens", 2048, "max_tokens", True, False, 2048),
+        ("needs-tokens=700", 512, "max_tokens", True, False, 512),
+        ("needs-tokens=700", 1024, "end_turn", True, True, 700),
+        ("refusal", 512, "refusal", False, False, 0),
+        ("empty", 512, "end_turn", False, False, 0),
+        ("pause-turn", 512, "pause_turn", False, False, 0),
+        ("context-window", 512, "model_context_window_exceeded", True, False, None),
+    ],
+)
+async def test_stop_reason_markers(
+    sim: SimulatorHandle,
+    marker: str,
+    max_tokens: int,
+    stop_reason: str,
+    has_content: bool,
+    valid: bool,
+    output_tokens: int | None,
+) -> None:
+    async with claude(sim) as client:
+        message = await structured(client, f"{TEXT} [[sim:{marker}]]", max_tokens)
+    assert message.stop_reason == stop_reason
+    assert bool(message.content) is has_content
+    assert is_valid_analysis(message) is valid
+    if output_tokens is not None:
+        assert message.usage.output_tokens == output_tokens
+    [seen] = sim.stats()["requests"]
+    assert (seen["max_tokens"], seen["stop_reason"]) == (max_tokens, stop_reason)
+    assert seen["output_tokens"] == message.usage.output_tokens  # billed like any reply
+
+
+@pytest.mark.asyncio
+async def test_content_fault_markers(sim: SimulatorHandle) -> None:
+    async with claude(sim) as client:
+        with pytest.raises(anthropic.BadRequestError) as too_long:
+            await structured(client, f"{TEXT} [[sim:prompt-too-long]]")
+        with pytest.raises(anthropic.APIStatusError) as too_large:
+            await structured(client, f"{TEXT} [[sim:413]]")
+    assert too_long.value.api_message == "prompt is too long: 210345 tokens > 200000 maximum"
+    assert (too_large.value.status_code, too_large.value.type) == (413, "request_too_large")
+    assert sim.stats()["by_status"] == {"400": 1, "413": 1}
+
+
+@pytest.mark.asyncio
+async def test_cache_usage_markers_are_reported_and_billed(sim: SimulatorHandle) -> None:
+    text = f"{TEXT} [[sim:cache-write=1000]] [[sim:cache-write-1h=300]] [[sim:cache-read=2000]]"
+    async with claude(sim) as client:
+        cached = await structured(client, text)
+        nulls = await structured(client, f"{TEXT} [[sim:usage-nulls]]")
+    usage = cached.usage
+    assert (usage.cache_creation_input_tokens, usage.cache_read_input_tokens) == (1300, 2000)
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 1000
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 300
+    assert nulls.usage.cache_creation_input_tokens is None
+    assert nulls.usage.cache_read_input_tokens is None and nulls.usage.cache_creation is None
+    stats = sim.stats()
+    assert stats["total_cache_creation_input_tokens_billed"] == 1300
+    assert stats["total_cache_read_input_tokens_billed"] == 2000
+    assert [r["cache_creation_1h_input_tokens"] for r in stats["requests"]] == [300, 0]
+
+
+def _wait_headers(sim: SimulatorHandle, marker: str) -> httpx.Headers:
+    body = {"model": MODEL, "max_tokens": 64, "messages": user(f"{TEXT} [[sim:{marker}]]")}
+    with httpx.Client(base_url=sim.base_url, headers={"x-api-key": "k"}) as http:
+        first = http.post("/v1/messages", json=body)
+        second = http.post("/v1/messages", json=body)
+    assert (first.status_code, second.status_code) == (429, 200)  # once, then served
+    return first.headers
+
+
+def test_throttle_markers_give_each_form_of_wait(sim: SimulatorHandle) -> None:
+    assert _wait_headers(sim, "retry-after=soon")["retry-after"] == "soon"
+    assert _wait_headers(sim, "retry-after=1.5")["retry-after"] == "1.5"
+    ms = _wait_headers(sim, "retry-after-ms=1500")
+    assert ms["retry-after-ms"] == "1500" and "retry-after" not in ms
+    before = datetime.now(UTC)
+    dated = _wait_headers(sim, "retry-after=date+3")["retry-after"]
+    ahead = email.utils.parsedate_to_datetime(dated) - before
+    assert dated.endswith(" GMT") and 2 <= ahead.total_seconds() <= 4.5
+    reset = _wait_headers(sim, "reset-after=2")
+    assert "retry-after" not in reset
+    assert reset["anthropic-ratelimit-requests-remaining"] == "0"
+    at = datetime.fromisoformat(reset["anthropic-ratelimit-requests-reset"])
+    assert 1.5 <= (at - datetime.now(UTC)).total_seconds() <= 2.5
+    tokens = _wait_headers(sim, "429-input-tokens=4")
+    assert tokens["retry-after"] == "1"
+    assert tokens["anthropic-ratelimit-input-tokens-remaining"] == "0"
+    at = datetime.fromisoformat(tokens["anthropic-ratelimit-input-tokens-reset"])
+    assert 3.5 <= (at - datetime.now(UTC)).total_seconds() <= 4.5
+
+
+@pytest.mark.asyncio
+async def test_unreadable_marker_answers_200_with_no_message(sim: SimulatorHandle) -> None:
+    async with claude(sim) as client:
+        raw = await client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=64, messages=user(f"{TEXT} [[sim:unreadable-once]]")
+        )
+        unreadable = await raw.parse()
+        again = await plain(client, f"{TEXT} [[sim:unreadable-once]]")
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/plain")
+    assert isinstance(unreadable, str)  # the SDK hands non-JSON bodies back as text
+    assert again.content[0].type == "text"
+    stats = sim.stats()
+    assert stats["by_status"] == {"200": 2}
+    assert [r["input_tokens"] for r in stats["requests"]][0] == 0  # nothing billed
+
+
+@pytest.mark.asyncio
+async def test_outage_switch_answers_every_call(sim: SimulatorHandle) -> None:
+    sim.configure(force_status=529)
+    async with claude(sim) as client:
+        for text in (TEXT, "Another record."):
+            with pytest.raises(anthropic.OverloadedError):
+                await plain(client, text)
+        sim.configure(force_status=400)
+        with pytest.raises(anthropic.BadRequestError, match="output_config.format.schema"):
+            await plain(client, TEXT)
+        sim.configure(force_status=None)
+        assert (await plain(client, TEXT)).stop_reason == "end_turn"
+    assert sim.stats()["by_status"] == {"529": 2, "400": 1, "200": 1}
+
+
+@pytest.mark.asyncio
+async def test_key_and_model_checks(sim: SimulatorHandle) -> None:
+    sim.configure(api_keys=["sk-right"], models=[MODEL])
+    async with claude(sim, api_key="sk-wrong") as client:
+        with pytest.raises(anthropic.AuthenticationError, match="invalid x-api-key"):
+            await plain(client, TEXT)
+    async with claude(sim, api_key="sk-right") as client:
+        await plain(client, TEXT)
+        with pytest.raises(anthropic.NotFoundError, match="model: claude-nope"):
+            await client.messages.create(model="claude-nope", max_tokens=64, messages=user(TEXT))
+    assert sim.stats()["by_status"] == {"401": 1, "200": 1, "404": 1}
+    assert "sk-right" not in httpx.get(f"{sim.base_url}/_sim/stats").text
+
+
 # --- Control endpoints and secrets ----------------------------------------------------------
 
 
@@ -478,6 +644,8 @@ def test_control_endpoints(sim: SimulatorHandle) -> None:
         "in_flight": 0,
         "total_input_tokens_billed": 0,
         "total_output_tokens_billed": 0,
+        "total_cache_creation_input_tokens_billed": 0,
+        "total_cache_read_input_tokens_billed": 0,
     }
 
 
