@@ -174,6 +174,9 @@ def test_skipped_outcome_bills_nothing() -> None:
         "record_id": "r",
         "input_tokens": 0,
         "output_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation_1h_input_tokens": 0,
         "attempts": 0,
         "finished_at": 3.0,
     }
