@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench kafka clean
+.PHONY: run test lint bench kafka clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m stream_app
 
-test: lint
+# The web page's tests drive Debian's chromium through Playwright (Playwright's own browser
+# download cannot be fetched here): installed once, when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: lint chromium
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -47,6 +47,7 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "total_records": job.total_records,
         "completed_count": job.completed_count,
         "failed_count": job.failed_count,
+        "skipped_count": job.skipped_count,
         "total_tokens_used": job.total_tokens_used,
         "input_tokens": job.input_tokens,
         "output_tokens": job.output_tokens,
@@ -57,6 +58,7 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "estimated_cost_usd": format(job.estimated_cost, "f"),
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
+        "cancelled_at": _iso(job.cancelled_at),
     }
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
@@ -83,6 +85,8 @@ def result_view(stored: dict[str, Any]) -> dict[str, Any]:
         view["response"] = stored["response"]
     if "error" in stored:
         view["error"] = stored["error"]
+    if stored.get("skipped"):
+        view["skipped"] = True
     if stored.get("record_id") is not None:
         view["record_id"] = stored["record_id"]
     view["tokens_used"] = _tokens_used(stored)
@@ -118,6 +122,12 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
 
 
 async def submit_batch(request: Request) -> Response:
+    # Streams of records (NDJSON, CSV) are read line by line (api.intake).
+    from api import intake
+
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in intake.STREAMED_TYPES:
+        return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
     body = await request.body()
@@ -269,6 +279,9 @@ async def ready(request: Request) -> Response:
 
 
 def create_api(settings: Settings) -> Starlette:
+    # Imported here because they use the helpers above (app.py is split by resource later).
+    from api import cancel, events, metrics, results, web
+
     api_keys = settings.api_key_table()
 
     @asynccontextmanager
@@ -277,6 +290,7 @@ def create_api(settings: Settings) -> Starlette:
             # At the stop signal, before uvicorn's graceful HTTP phase: no record starts.
             app.state.on_signal.append(service.stop_intake)
             service.on_fatal = lambda reason: setattr(app.state, "fatal", reason)
+            metrics.install(service)
             async with httpx.AsyncClient(timeout=10.0) as http:
                 yield {"service": service, "http": http, "api_keys": api_keys}
 
@@ -284,8 +298,15 @@ def create_api(settings: Settings) -> Starlette:
         Route("/api/v1/batch", submit_batch, methods=["POST"]),
         Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/status", job_status, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/cancel", cancel.cancel_job, methods=["POST"]),
+        Route("/api/v1/batch/{job_id}/results", results.results_page, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/results.ndjson", results.results_ndjson, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/results.csv", results.results_csv, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/events", events.job_events, methods=["GET"]),
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/api/v1/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        *web.routes(),
     ]
     app = Starlette(
         routes=routes,

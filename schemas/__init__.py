@@ -1,5 +1,6 @@
 """The one set of models for HTTP bodies, topic payloads and the LLM's structured output."""
 
+from schemas.cancel import JobCancelled, JobEvent, parse_job_event
 from schemas.events import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from schemas.http import BatchAccepted, BatchRecord, BatchRequest
 from schemas.insight import Insight, InsightResponse, ResponseMetadata
@@ -11,8 +12,11 @@ __all__ = [
     "DeadLetter",
     "Insight",
     "InsightResponse",
+    "JobCancelled",
     "JobCreated",
+    "JobEvent",
     "RecordEvent",
     "ResponseMetadata",
     "ResultEvent",
+    "parse_job_event",
 ]

@@ -38,6 +38,8 @@ class ResultEvent(BaseModel):
     success: bool
     response: InsightResponse | None = None
     error: str | None = None
+    # True when the record was not processed because its job was cancelled first.
+    skipped: bool | None = None
     record_id: str | None = None
     # Every billed attempt of this record, successful or not. Cache writes and reads are
     # billed apart from input_tokens; cache_creation_1h_input_tokens is the part of the

@@ -76,7 +76,7 @@ def start_embedded_broker(settings: Settings) -> tuple[ChildProcess, dict[str, o
 
 def main() -> int:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     children: list[ChildProcess] = []
     started = time.monotonic()
     # Until the server installs its own handlers, SIGTERM must still stop the children.

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from schemas import JobCreated, ResultEvent
+from schemas import JobCancelled, JobCreated, ResultEvent
 from stream_app.pricing import Price
 from stream_app.usage import Usage
 
@@ -25,6 +25,8 @@ class JobStatus(BaseModel):
     total_records: int | None = None
     completed_count: int = 0
     failed_count: int = 0
+    # Records not processed because the job was cancelled before they started.
+    skipped_count: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
@@ -35,6 +37,7 @@ class JobStatus(BaseModel):
     created_at: float | None = None
     updated_at: float | None = None
     owner: str | None = None
+    cancelled_at: float | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
 
@@ -45,7 +48,7 @@ class JobStatus(BaseModel):
 
     @property
     def outcomes(self) -> int:
-        return self.completed_count + self.failed_count
+        return self.completed_count + self.failed_count + self.skipped_count
 
     def stalled(self, now: float, after_seconds: float) -> bool:
         """Unfinished, and no record got an outcome for `after_seconds` (since the job was
@@ -83,7 +86,9 @@ def apply_created(job: JobStatus | None, event: JobCreated, now: float) -> JobSt
 def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: float) -> JobStatus:
     """Count one record's outcome. The caller guarantees each (job, index) comes once."""
     job = job.model_copy() if job is not None else JobStatus(job_id=result.job_id, created_at=now)
-    if result.success:
+    if result.skipped:
+        job.skipped_count += 1
+    elif result.success:
         job.completed_count += 1
     else:
         job.failed_count += 1
@@ -94,6 +99,19 @@ def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: 
     job.highest_index = max(job.highest_index, result.index)
     job.updated_at = now
     return _settle(job)
+
+
+def apply_cancelled(job: JobStatus | None, event: JobCancelled, now: float) -> JobStatus:
+    """The job was cancelled: it stays `cancelled` while its last outcomes (calls that were
+    in flight, skipped records) come in. A finished job is not changed; a repeated cancel
+    changes nothing."""
+    if job is not None and job.status != "pending" and job.status != "running":
+        return job
+    job = job.model_copy() if job is not None else JobStatus(job_id=event.job_id)
+    job.status = "cancelled"
+    job.cancelled_at = event.cancelled_at or now
+    job.updated_at = now
+    return job
 
 
 def result_out_of_range(job: JobStatus | None, result: ResultEvent) -> bool:
@@ -153,7 +171,16 @@ class JobLedger:
         self._jobs[event.job_id] = job.model_dump(mode="json")
         return job
 
-    def record_result(self, event: ResultEvent, now: float) -> tuple[Applied, JobStatus | None]:
+    def record_cancelled(self, event: JobCancelled, now: float) -> JobStatus:
+        job = apply_cancelled(self.job(event.job_id), event, now)
+        self._jobs[event.job_id] = job.model_dump(mode="json")
+        return job
+
+    def record_result(
+        self, event: ResultEvent, now: float, *, offset: int | None = None
+    ) -> tuple[Applied, JobStatus | None]:
+        """Count one outcome. `offset` (of the event in `batch.results`) is kept with the
+        stored result: live readers resume after the last one they saw."""
         key = result_key(event.job_id, event.index)
         if key in self._results:
             if event.job_id in self._recounted:
@@ -164,7 +191,10 @@ class JobLedger:
         if result_out_of_range(job, event):
             return Applied.OUT_OF_RANGE, job
         job = apply_result(job, event, self._price, now)
-        self._results[key] = event.model_dump(mode="json", exclude_none=True)
+        stored = event.model_dump(mode="json", exclude_none=True)
+        if offset is not None:
+            stored["offset"] = offset
+        self._results[key] = stored
         self._jobs[event.job_id] = job.model_dump(mode="json")
         return Applied.COUNTED, job
 
@@ -178,9 +208,11 @@ class JobLedger:
             update={
                 "completed_count": 0,
                 "failed_count": 0,
+                "skipped_count": 0,
                 **Usage().fields(),
                 "estimated_cost": Decimal(0),
-                "status": "pending",
+                # A cancel is not undone by counting again.
+                "status": "cancelled" if stored.status == "cancelled" else "pending",
             }
         )
         for index in range(end):

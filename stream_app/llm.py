@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anthropic
+import httpx2
 import orjson
 from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
@@ -98,9 +99,18 @@ def first_line(exc: BaseException) -> str:
 
 
 def build_anthropic_client(
-    *, api_key: str, base_url: str | None, timeout: float
+    *,
+    api_key: str,
+    base_url: str | None,
+    timeout: float,
+    wrap_transport: Callable[[httpx2.AsyncBaseTransport], httpx2.AsyncBaseTransport] | None = None,
 ) -> anthropic.AsyncAnthropic:
+    """`wrap_transport` may wrap the HTTP transport (the metrics count calls there)."""
+    http_client = None
+    if wrap_transport is not None:
+        inner = httpx2.AsyncHTTPTransport(limits=anthropic.DEFAULT_CONNECTION_LIMITS)
+        http_client = anthropic.DefaultAsyncHttpxClient(transport=wrap_transport(inner))
     # max_retries=0: every attempt must pass through our rate budget, so we retry ourselves.
     return anthropic.AsyncAnthropic(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, http_client=http_client
     )

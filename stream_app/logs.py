@@ -1,21 +1,38 @@
-"""Log lines with `key="value"` fields, on the standard library's logging."""
+"""Structured log lines on the standard library's logging.
+
+`log.info("retrying", job="j1", index=3)` keeps its fields apart from the message; the
+handler writes them as one JSON object per line when its stream is not a terminal (for
+log collectors), or as `retrying job_id="j1" index=3` when it is (for people).
+`LOG_FORMAT` (json, text, auto) overrides the choice.
+
+Fields name jobs, records and partitions (`job_id`, `index`, `partition`); callers never
+pass a secret or a record's text.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
-from typing import Any
+import sys
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["auto", "json", "text"]
+# One name for one thing in every line: older call sites say `job=`.
+_RENAMED = {"job": "job_id"}
+_RESERVED = {"exc_info", "stack_info", "stacklevel"}
 
 
 class FieldLogger(logging.LoggerAdapter[logging.Logger]):
-    """`log.info("retrying", job="j1", index=3)` -> `retrying job="j1" index=3`."""
+    """`log.info("retrying", job_id="j1", index=3)`: a message and its fields."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if not self.isEnabledFor(level):
             return
-        std = {k: kwargs.pop(k) for k in ("exc_info", "stack_info", "stacklevel") if k in kwargs}
-        if kwargs:
-            msg = f"{msg} " + " ".join(f"{key}={_format(value)}" for key, value in kwargs.items())
-        self.logger.log(level, msg, *args, **std)
+        std = {k: kwargs.pop(k) for k in _RESERVED if k in kwargs}
+        fields = {_RENAMED.get(key, key): value for key, value in kwargs.items()}
+        std.setdefault("stacklevel", 3)
+        self.logger.log(level, msg, *args, extra={"fields": fields}, **std)
 
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.log(logging.DEBUG, msg, *args, **kwargs)
@@ -34,19 +51,72 @@ class FieldLogger(logging.LoggerAdapter[logging.Logger]):
         self.log(logging.ERROR, msg, *args, **kwargs)
 
 
-def _format(value: Any) -> str:
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        return fields
+    if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+        # uvicorn's access line: client, method, path, HTTP version, status.
+        if len(record.args) == 5:
+            client, method, path, _, status = record.args
+            return {"client": client, "method": method, "path": path, "status": status}
+    return {}
+
+
+def _format_value(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-11-29 10:00:00,123 INFO stream_app.pipeline: message key="value" n=3`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (stdlib name)
+        line = super().formatMessage(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += " " + " ".join(f"{k}={_format_value(v)}" for k, v in fields.items())
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: `{"ts", "level", "logger", "msg", ...fields, "exc"?}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
 
 
 def get_logger(name: str) -> FieldLogger:
     return FieldLogger(logging.getLogger(name), {})
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def wants_json(log_format: LogFormat, stream: TextIO) -> bool:
+    """JSON lines unless asked for text, or (auto) when the stream is a terminal."""
+    if log_format == "auto":
+        return not stream.isatty()
+    return log_format == "json"
+
+
+def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
+    """Every logger of the process (ours, uvicorn's, Faust's) writes through one handler on
+    stderr, in JSON lines or text (see the module's docstring)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if wants_json(log_format, sys.stderr) else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # Faust and aiokafka are chatty at INFO about every rebalance step.
     for noisy in ("aiokafka", "faust", "mode", "httpx", "httpx2", "anthropic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

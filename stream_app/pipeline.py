@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,11 +14,20 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
-from schemas import DeadLetter, JobCreated, RecordEvent, ResultEvent
-from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
+from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_result, result_key
+from stream_app.cancellation import (
+    CancelledBeforeCall,
+    CancelledJobs,
+    record_scope,
+    skipped_outcome,
+)
+from stream_app.faust_fixes import guard_stale_acks
+from stream_app.job_feed import JobFeed
 from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
+from stream_app.metrics import WorkerMetrics
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
@@ -58,6 +67,9 @@ class Pipeline:
     ledger: JobLedger
     # Where the job-status table lives: which worker owns a job follows its partitions.
     job_changelog: str
+    cancelled: CancelledJobs = field(default_factory=CancelledJobs)
+    feed: JobFeed = field(default_factory=JobFeed)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -111,6 +123,12 @@ class Pipeline:
             )
         await self.app.producer.flush()
 
+    async def publish_cancel(self, job_id: str) -> None:
+        """Announce on `batch.jobs` that the job is cancelled (every worker reads it)."""
+        event = JobCancelled(job_id=job_id, cancelled_at=time.time())
+        await self.jobs_topic.send(key=job_id.encode(), value=_dump(event))
+        await self.app.producer.flush()
+
 
 def _dump(model: Any) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
@@ -155,8 +173,14 @@ def build_pipeline(
     mirror: SqliteMirror | None,
     canonical_url: str,
     gate: IntakeGate,
+    cancelled: CancelledJobs | None = None,
+    feed: JobFeed | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> Pipeline:
     s = settings
+    cancelled = cancelled if cancelled is not None else CancelledJobs()
+    feed = feed if feed is not None else JobFeed()
+    metrics = metrics if metrics is not None else WorkerMetrics()
     store = "memory://" if s.batch_persistence_backend == "memory" else "rocksdb://"
     app = faust.App(
         s.kafka_app_id,
@@ -206,6 +230,9 @@ def build_pipeline(
         [job_table, result_table, processed],
         ledger,
         job_table.changelog_topic.get_topic_name(),
+        cancelled,
+        feed,
+        metrics,
     )
 
     async def dead_letter(event: EventT, reason: str, **extra: Any) -> None:
@@ -270,9 +297,7 @@ def build_pipeline(
             failed = ResultEvent(
                 job_id=ident[0], index=ident[1], success=False, error=error, finished_at=time.time()
             )
-            outcome = failed.model_dump(mode="json", exclude_none=True)
-            processed[result_key(*ident)] = outcome
-            await results_topic.send(key=ident[0].encode(), value=orjson.dumps(outcome))
+            await _send_outcome(result_key(*ident), failed)
             return True
         except Exception:
             log.exception("could not send the failed outcome; the record stays unacknowledged")
@@ -293,19 +318,33 @@ def build_pipeline(
             log.info("record already processed", job=record.job_id, index=record.index)
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
             return
-        await gate.admit()
+        # Registered before any wait, so a redelivered copy waits for this one's outcome.
         done = running[key] = asyncio.get_running_loop().create_future()
         try:
+            if await cancelled.should_skip(record.job_id):
+                await _send_outcome(key, skipped_outcome(record))
+                return
+            await gate.admit()
             async with gate.in_flight():
-                result = await processor.process(record)
-                outcome = result.model_dump(mode="json", exclude_none=True)
-                processed[key] = outcome
-                await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(outcome))
+                try:
+                    with record_scope(record.job_id):
+                        result = await processor.process(record)
+                except CancelledBeforeCall:
+                    # Its job was cancelled while it waited for the rate budget.
+                    result = skipped_outcome(record)
+                await _send_outcome(key, result)
         finally:
             if running.get(key) is done:
                 del running[key]
             if not done.done():
                 done.set_result(None)
+
+    async def _send_outcome(key: str, result: ResultEvent) -> None:
+        outcome = result.model_dump(mode="json", exclude_none=True)
+        processed[key] = outcome
+        await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
+        # Priced by the same fold as the job's status, so the counters add up to its cost.
+        metrics.outcome(result, apply_result(None, result, price, 0.0).estimated_cost)
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:
@@ -337,11 +376,16 @@ def build_pipeline(
 
     async def _apply_job_event(event: EventT, now: float) -> None:
         try:
-            created = JobCreated.model_validate_json(_payload(event))
+            job_event = parse_job_event(_payload(event))
         except ValidationError as exc:
             await dead_letter(event, f"invalid job event: {_validation_summary(exc)}")
             return
-        job = ledger.record_created(created, now)
+        if isinstance(job_event, JobCancelled):
+            job = ledger.record_cancelled(job_event, now)
+            log.info("job status cancelled", job_id=job.job_id, partition=event.message.partition)
+        else:
+            job = ledger.record_created(job_event, now)
+        feed.publish(job)
         if mirror is not None:
             mirror.save_job(job)
 
@@ -351,12 +395,15 @@ def build_pipeline(
         except ValidationError as exc:
             await dead_letter(event, f"invalid result event: {_validation_summary(exc)}")
             return
-        applied, job = ledger.record_result(result, now)
+        applied, job = ledger.record_result(result, now, offset=event.message.offset)
         if applied is Applied.OUT_OF_RANGE:
             await dead_letter(event, f"index {result.index} is outside the job's records")
             return
         if applied is Applied.DUPLICATE and job is not None:
             log.warning("recounted job after redelivery", job=job.job_id, outcomes=job.outcomes)
+        if job is not None:
+            counted = applied is Applied.COUNTED and feed.watching(job.job_id)
+            feed.publish(job, ledger.result(job.job_id, result.index) if counted else None)
         if mirror is not None and job is not None:
             if applied is Applied.COUNTED:
                 mirror.save_result(result)
@@ -383,6 +430,7 @@ def build_pipeline(
 
     # Registered on the app; nothing else calls them.
     del process, aggregate, _on_revoked, _on_assigned
+    guard_stale_acks(app)
     return pipeline
 
 

@@ -42,6 +42,8 @@ def serve(app: Starlette, settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # uvicorn's loggers go through the process's handler (stream_app.logs): one format.
+        log_config=None,
         timeout_graceful_shutdown=HTTP_GRACEFUL_SECONDS,
     )
     server = _Server(config, on_signal)

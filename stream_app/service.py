@@ -21,9 +21,13 @@ from faust.tables.manager import TableManager
 from schemas import BatchRecord, JobCreated, RecordEvent
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
+from stream_app.cancel_listener import CancelListener
+from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
+from stream_app.job_feed import JobFeed
 from stream_app.llm import InsightClient, build_anthropic_client
 from stream_app.local_state import drop_unreconcilable
 from stream_app.logs import get_logger
+from stream_app.metrics import MeteredTransport, WorkerMetrics
 from stream_app.mirror import SqliteMirror
 from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
 from stream_app.pricing import is_known_model, price_for
@@ -219,13 +223,21 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     if not is_known_model(settings.claude_model):
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
     settings.batch_job_storage_path.mkdir(parents=True, exist_ok=True)
+    metrics = WorkerMetrics()
+    cancelled = CancelledJobs()
     anthropic_client = build_anthropic_client(
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
         timeout=settings.claude_timeout_seconds,
+        wrap_transport=lambda inner: SkipCancelledTransport(
+            MeteredTransport(inner, metrics), cancelled
+        ),
     )
-    budget = RateBudget(
+    # Records of cancelled jobs take no slot; every wait for a slot is measured.
+    budget: RateBudget = CancellableBudget(
         settings.claude_requests_per_minute,
+        cancelled=cancelled,
+        on_wait=metrics.waited_for_budget,
         partitions=settings.kafka_partitions,
         input_tokens_per_minute=settings.claude_input_tokens_per_minute,
         output_tokens_per_minute=settings.claude_output_tokens_per_minute,
@@ -270,6 +282,9 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         mirror=mirror,
         canonical_url=canonical_url,
         gate=gate,
+        cancelled=cancelled,
+        feed=JobFeed(),
+        metrics=metrics,
     )
     created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
     pipeline.discard_stale_state(created)
@@ -279,6 +294,11 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         )
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
+    # Every worker reads every cancel (records wait until it has caught up).
+    cancel_listener = CancelListener(
+        settings.kafka_bootstrap_servers, settings.topic_jobs, settings.kafka_partitions, cancelled
+    )
+    await cancel_listener.start()
     try:
         async with faust_app_running(pipeline.app, stop_timeout=30.0):
             log.info(
@@ -303,6 +323,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
             await pipeline.app.producer.flush()
             log.info("drained", calls_abandoned=left)
     finally:
+        await cancel_listener.stop()
         await admin.close()
         await anthropic_client.close()
         if mirror is not None:

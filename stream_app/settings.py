@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     log_level: str = "INFO"
+    # json: one JSON object a line; text: for people; auto: JSON unless stderr is a terminal.
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -105,6 +105,8 @@ def start_service(env: dict[str, str], workdir: Path, *, wait: bool = True) -> S
         "BATCH_JOB_STORAGE_PATH": str(workdir / "state"),
         "BATCH_SQLITE_PATH": str(workdir / "batch.db"),
         "LOG_LEVEL": "INFO",
+        # Tests read the log as text; the JSON format has a test of its own.
+        "LOG_FORMAT": "text",
         **env,
     }
     log_path = workdir / f"service-{port}.log"

@@ -86,6 +86,9 @@ def test_the_image_builds_the_package_from_exactly_what_the_dockerfile_copies(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for package in ("stream_app", "api", "schemas", "simulator"):
+    for package in ("stream_app", "api", "schemas", "simulator", "cli"):
         assert f"{package}/__init__.py" in names, package
     assert "stream_app/__main__.py" in names
+    # The web page's files travel as package data.
+    for page_file in ("index.html", "app.js", "style.css"):
+        assert f"api/static/{page_file}" in names, page_file

@@ -1,0 +1,222 @@
+"""POST /api/v1/batch with a stream of records: `application/x-ndjson` or `text/csv`.
+
+The body is read line by line, never whole: each record is validated and written to a
+spool file on disk; once every line is valid the job is published from the spool (its
+`created` event, then its records). A bad line rejects the whole request (422 naming the
+line), before anything is published.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.app import _await_visible, _caller, _describe
+from api.errors import ApiError
+from schemas import BatchAccepted, BatchRecord, BatchRequest, JobCreated
+from stream_app.pipeline import record_key
+from stream_app.service import Service
+
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+STREAMED_TYPES = (NDJSON, "application/jsonl", "application/jsonlines", CSV)
+# Room for a record's JSON around its text (id, metadata, escapes).
+_LINE_OVERHEAD = 65_536
+
+
+async def submit_stream(request: Request, media_type: str) -> Response:
+    """Read, validate and spool the records, then publish the job. 202 `{"job_id",
+    "status", "total_records"}`; 401; 413 `too_many_records`; 422 `validation_error`
+    (`line N: why`)."""
+    caller = _caller(request)
+    service: Service = request.state.service
+    settings = service.settings
+    spool_dir = settings.batch_job_storage_path
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
+        if media_type == CSV:
+            count = await _spool_csv(request, spool, service)
+        else:
+            count = await _spool_ndjson(request, spool, service)
+        if count == 0:
+            raise ApiError(422, "validation_error", "records: the body holds no record")
+        job_id = await _publish(service, spool, count, caller)
+    await _await_visible(request, service, job_id)
+    accepted = BatchAccepted(job_id=job_id, status="pending", total_records=count)
+    return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, str]]:
+    """(line number from 1, text without the line break), decoded as UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pending = ""
+    number = 0
+    async for chunk in request.stream():
+        try:
+            pending += decoder.decode(chunk)
+        except UnicodeDecodeError:
+            raise ApiError(422, "validation_error", f"line {number + 1}: not UTF-8 text") from None
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            number += 1
+            yield number, line.removesuffix("\r")
+        if len(pending) > max_line:
+            raise ApiError(422, "validation_error", f"line {number + 1}: longer than allowed")
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield number + 1, pending.removesuffix("\r")
+
+
+def _check_record(record: BatchRecord, line: int, max_chars: int) -> None:
+    if len(record.text) > max_chars:
+        raise ApiError(
+            422, "validation_error", f"line {line}: text: longer than {max_chars} characters"
+        )
+
+
+def _write(spool: IO[bytes], record: BatchRecord) -> None:
+    spool.write(record.model_dump_json(exclude_none=True).encode() + b"\n")
+
+
+def _too_many(limit: int) -> ApiError:
+    return ApiError(413, "too_many_records", f"at most {limit} records per request")
+
+
+async def _spool_ndjson(request: Request, spool: IO[bytes], service: Service) -> int:
+    settings = service.settings
+    max_chars = settings.batch_max_text_chars
+    count = 0
+    first = True
+    async for number, line in _lines(request, max_chars * 6 + _LINE_OVERHEAD):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
+        if first and isinstance(data, dict) and set(data) == {"job"}:
+            _check_job_options(data["job"], number)
+            first = False
+            continue
+        first = False
+        try:
+            record = BatchRecord.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(422, "validation_error", f"line {number}: {_describe(exc)}") from None
+        _check_record(record, number, max_chars)
+        count += 1
+        if count > settings.batch_max_records_per_request:
+            raise _too_many(settings.batch_max_records_per_request)
+        _write(spool, record)
+    return count
+
+
+def _check_job_options(options: Any, line: int) -> None:
+    """A first line `{"job": {...}}` carries the options the JSON body would (validated
+    the same way: unknown options are refused)."""
+    if not isinstance(options, dict):
+        raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
+    try:
+        BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"line {line}: job.{_describe(exc)}") from None
+
+
+async def _spool_csv(request: Request, spool: IO[bytes], service: Service) -> int:
+    """A header row; the text in column `text_column` (default `text`), the id in
+    `id_column` (default `id`, when there is one); other columns go to metadata."""
+    settings = service.settings
+    max_chars = settings.batch_max_text_chars
+    text_column = request.query_params.get("text_column", "text")
+    id_column = request.query_params.get("id_column")
+    header: list[str] | None = None
+    count = 0
+    async for start, row in _csv_rows(_lines(request, max_chars * 2 + _LINE_OVERHEAD)):
+        if header is None:
+            header = row
+            if text_column not in header:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f"line {start}: no column {text_column!r} (columns: {', '.join(header)}); "
+                    "name the text's column with ?text_column=",
+                )
+            if id_column is not None and id_column not in header:
+                raise ApiError(422, "validation_error", f"line {start}: no column {id_column!r}")
+            if id_column is None and "id" in header:
+                id_column = "id"
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"line {start}: {len(row)} cells, the header has {len(header)}",
+            )
+        cells = dict(zip(header, row, strict=True))
+        metadata = {k: v for k, v in cells.items() if k not in (text_column, id_column)}
+        try:
+            record = BatchRecord(
+                text=cells[text_column],
+                id=(cells[id_column] or None) if id_column else None,
+                metadata=metadata,
+            )
+        except ValidationError as exc:
+            raise ApiError(422, "validation_error", f"line {start}: {_describe(exc)}") from None
+        _check_record(record, start, max_chars)
+        count += 1
+        if count > settings.batch_max_records_per_request:
+            raise _too_many(settings.batch_max_records_per_request)
+        _write(spool, record)
+    return count
+
+
+async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tuple[int, list[str]]]:
+    """CSV rows with the line each starts on. A quoted cell may hold line breaks: physical
+    lines are joined until the quotes balance (escaped quotes come in pairs)."""
+    logical: list[str] = []
+    start = 0
+    quotes = 0
+    async for number, line in lines:
+        if not logical:
+            start = number
+        logical.append(line)
+        quotes += line.count('"')
+        if quotes % 2:
+            continue
+        try:
+            row = next(csv.reader(["\n".join(logical)], strict=True), [])
+        except csv.Error as exc:
+            raise ApiError(422, "validation_error", f"line {start}: {exc}") from None
+        logical, quotes = [], 0
+        yield start, row
+    if logical:
+        raise ApiError(422, "validation_error", f"line {start}: a quoted cell is not closed")
+
+
+async def _publish(service: Service, spool: IO[bytes], count: int, owner: str | None) -> str:
+    pipeline = service.pipeline
+    job_id = uuid.uuid4().hex
+    created = JobCreated(job_id=job_id, total_records=count, created_at=time.time(), owner=owner)
+    await pipeline.jobs_topic.send(
+        key=job_id.encode(), value=created.model_dump_json(exclude_none=True).encode()
+    )
+    spool.seek(0)
+    for index, line in enumerate(spool):
+        value = orjson.dumps(
+            {"job_id": job_id, "index": index, "record": orjson.Fragment(line.rstrip(b"\n"))}
+        )
+        await pipeline.records_topic.send(key=record_key(job_id, index), value=value)
+    await pipeline.app.producer.flush()
+    return job_id

@@ -1,0 +1,333 @@
+"""GET /openapi.json (OpenAPI 3.1, generated from the schemas/ models) and GET /docs
+(Swagger UI, served from the `swagger-ui-py` package: no CDN needed)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import swagger_ui
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from schemas.http import BatchAccepted, BatchRequest
+from schemas.views import (
+    ErrorBody,
+    Health,
+    JobList,
+    JobStatusResponse,
+    JobSummary,
+    Readiness,
+    ResultsPage,
+    ResultView,
+)
+
+SWAGGER_UI_DIR = Path(swagger_ui.__file__).parent / "static"
+_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+    (BatchRequest, "validation"),
+    (BatchAccepted, "serialization"),
+    (ErrorBody, "serialization"),
+    (JobSummary, "serialization"),
+    (JobStatusResponse, "serialization"),
+    (JobList, "serialization"),
+    (ResultsPage, "serialization"),
+    (ResultView, "serialization"),
+    (Health, "serialization"),
+    (Readiness, "serialization"),
+]
+_ERRORS = {
+    "400": "Bad request: `invalid_json`, `invalid_parameter`.",
+    "401": "`unauthorized`: API_KEYS is set and no valid `Authorization: Bearer <key>` came.",
+    "404": "`job_not_found` (unknown, or another client's job).",
+    "409": "`job_finished`: the job completed or failed before the cancel.",
+    "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST.",
+    "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
+    "422": "`validation_error`: the body (or the line it names) does not fit the schema.",
+    "503": "`owner_unavailable`: the worker holding the job did not answer; retry.",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _json(ErrorBody, _ERRORS[code]) for code in codes}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The id returned by POST /api/v1/batch.",
+    "schema": {"type": "string"},
+}
+_OFFSET = _query("offset", "First record index (default 0).", {"type": "integer", "minimum": 0})
+_FAILED = _query(
+    "failed",
+    "true: only results with `success: false` (failed or skipped).",
+    {"type": "boolean", "default": False},
+)
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _paths() -> dict[str, Any]:
+    job = "/api/v1/batch/{job_id}"
+    return {
+        "/api/v1/batch": {
+            "post": {
+                "summary": "Submit a batch",
+                "description": (
+                    'JSON `{"records": [...]}`, or a stream of records: '
+                    "`application/x-ndjson` (one record object per line; an optional first "
+                    'line `{"job": {...}}` carries the job options of the JSON body) or '
+                    "`text/csv` (a header row; the text in column `text_column`, the id in "
+                    "`id_column`, other columns become metadata). Streams are read line by "
+                    "line into a spool file and published once every line is valid."
+                ),
+                "security": _SECURED,
+                "parameters": [
+                    _query("text_column", "CSV: the text's column.", {"type": "string"}),
+                    _query("id_column", "CSV: the record id's column.", {"type": "string"}),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref(BatchRequest)},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "202": _json(BatchAccepted, "Accepted: the job runs."),
+                    **_errors("400", "401", "413", "415", "422"),
+                },
+            }
+        },
+        "/api/v1/batch/jobs": {
+            "get": {
+                "summary": "List jobs",
+                "security": _SECURED,
+                "responses": {
+                    "200": _json(JobList, "Every job visible to the caller."),
+                    **_errors("401"),
+                },
+            }
+        },
+        f"{job}/status": {
+            "get": {
+                "summary": "A job's status and results",
+                "security": _SECURED,
+                "parameters": [
+                    _JOB_ID,
+                    _OFFSET,
+                    _query(
+                        "limit", "Most results (default: all).", {"type": "integer", "minimum": 0}
+                    ),
+                ],
+                "responses": {
+                    "200": _json(JobStatusResponse, "Status, counters, results in index order."),
+                    **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        f"{job}/cancel": {
+            "post": {
+                "summary": "Cancel a job",
+                "description": (
+                    "Every worker stops starting calls for the job: records not started are "
+                    'skipped (outcomes with `"skipped": true`, nothing billed), calls in '
+                    "flight finish. Idempotent. Answers once the status is `cancelled`."
+                ),
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {
+                    "200": _json(JobSummary, "The job's summary, status `cancelled`."),
+                    **_errors("401", "404", "409", "503"),
+                },
+            }
+        },
+        f"{job}/results": {
+            "get": {
+                "summary": "A page of results, in index order",
+                "security": _SECURED,
+                "parameters": [
+                    _JOB_ID,
+                    _OFFSET,
+                    _query(
+                        "limit",
+                        "Most results (default 100, at most 1000).",
+                        {"type": "integer", "minimum": 0, "maximum": 1000},
+                    ),
+                    _FAILED,
+                ],
+                "responses": {
+                    "200": _json(ResultsPage, "Results; `next_offset` continues."),
+                    **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        f"{job}/results.ndjson": {
+            "get": {
+                "summary": "Every result, streamed as NDJSON",
+                "security": _SECURED,
+                "parameters": [_JOB_ID, _FAILED],
+                "responses": {
+                    "200": _text("application/x-ndjson", "One ResultView per line, index order."),
+                    **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        f"{job}/results.csv": {
+            "get": {
+                "summary": "Every result, streamed as CSV",
+                "security": _SECURED,
+                "parameters": [_JOB_ID, _FAILED],
+                "responses": {
+                    "200": _text(
+                        "text/csv",
+                        "Header row, then one row per result: index, record_id, success, "
+                        "skipped, summary, sentiment, topics, insights, error, tokens_used, "
+                        "input_tokens, output_tokens, attempts, model.",
+                    ),
+                    **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        f"{job}/events": {
+            "get": {
+                "summary": "Live progress and results (server-sent events)",
+                "description": (
+                    "`progress` (a JobSummary) after every change; `result` (a ResultView, "
+                    "with `id:` its offset in batch.results) as each is counted; `end` (the "
+                    "final JobSummary) when the job can change no more, then the stream "
+                    "closes. `Last-Event-ID` resumes after that result."
+                ),
+                "security": _SECURED,
+                "parameters": [
+                    _JOB_ID,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "integer"},
+                    },
+                ],
+                "responses": {
+                    "200": _text("text/event-stream", "The event stream."),
+                    **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        "/api/v1/health": {
+            "get": {
+                "summary": "Liveness",
+                "responses": {
+                    "200": _json(Health, "Alive."),
+                    "503": _json(Health, "The worker crashed or gave up; it is stopping."),
+                },
+            }
+        },
+        "/api/v1/ready": {
+            "get": {
+                "summary": "Readiness",
+                "responses": {
+                    "200": _json(Readiness, "Broker, assignment and storage usable."),
+                    "503": _json(Readiness, "Not ready; each check says why."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this worker",
+                "responses": {"200": _text("text/plain", "Prometheus text format 0.0.4.")},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1 document."}},
+            }
+        },
+        "/docs": {
+            "get": {
+                "summary": "API documentation (Swagger UI)",
+                "responses": {"200": _text("text/html", "The page.")},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The web page: jobs, upload, live results",
+                "responses": {"200": _text("text/html", "The page.")},
+            }
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API (components from the pydantic models)."""
+    _, top = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "insight-stream",
+            "version": "1",
+            "description": (
+                "Batches of texts summarised by Claude, record by record, over Kafka. "
+                'Errors are `{"error": {"code", "message"}}`.'
+            ),
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": top.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A secret from API_KEYS (only when API_KEYS is set).",
+                }
+            },
+        },
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    """GET /openapi.json: the OpenAPI 3.1 document."""
+    return JSONResponse(openapi_document())
+
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>insight-stream API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
+
+
+async def docs(request: Request) -> Response:
+    """GET /docs: Swagger UI on /openapi.json."""
+    return HTMLResponse(_DOCS_PAGE)

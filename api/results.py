@@ -1,0 +1,145 @@
+"""A job's results: pages in index order, and the whole set streamed as NDJSON or CSV.
+
+Each request reads only what it returns (a page reads at most `limit` indices, or with
+`failed=true` at most `SCAN_WINDOW`), and the downloads are streamed, so neither memory
+nor the time to the first byte grows with the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from api.app import _int_param, result_view
+from api.errors import ApiError
+from api.forwarding import FoundJob, find_job
+from schemas.export import CSV_COLUMNS, csv_row
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# With failed=true a page reads at most this many indices, then says where to go on.
+SCAN_WINDOW = 10_000
+_YIELD_EVERY = 200
+
+
+def failed_param(request: Request) -> bool:
+    raw = request.query_params.get("failed", "false").lower()
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no", ""):
+        return False
+    raise ApiError(400, "invalid_parameter", "failed must be true or false")
+
+
+def _wanted(stored: dict[str, Any], failed_only: bool) -> bool:
+    return not failed_only or not stored["success"]
+
+
+async def results_page(request: Request) -> Response:
+    """GET /api/v1/batch/{job_id}/results?offset=&limit=&failed=
+
+    Results in index order from index `offset` (default 0): up to `limit` (default 100,
+    at most 1000) results; with `failed=true` only those with `success: false` (failed or
+    skipped). Records without an outcome yet are left out. Body: `{"job_id", "status",
+    "total_records", "offset", "limit", "next_offset", "results"}`; `next_offset` is the
+    index to ask for next, null once the end is reached. Errors: 400
+    `invalid_parameter`, 401, 404 `job_not_found`, 503 `owner_unavailable`.
+    """
+    job_id = request.path_params["job_id"]
+    offset = _int_param(request, "offset", 0) or 0
+    limit = min(_int_param(request, "limit", DEFAULT_LIMIT) or 0, MAX_LIMIT)
+    failed_only = failed_param(request)
+    found = await find_job(request, job_id)
+    if isinstance(found, Response):
+        return found
+    end = found.end
+    stop = min(end, offset + (max(limit, SCAN_WINDOW) if failed_only else limit))
+    results: list[dict[str, Any]] = []
+    index = offset
+    while index < stop and len(results) < limit:
+        stored = found.result(index)
+        index += 1
+        if stored is not None and _wanted(stored, failed_only):
+            results.append(result_view(stored))
+    body = {
+        "job_id": job_id,
+        "status": found.job.status,
+        "total_records": found.job.total_records,
+        "offset": offset,
+        "limit": limit,
+        "next_offset": index if index < end else None,
+        "results": results,
+    }
+    return JSONResponse(body)
+
+
+def _each_result(found: FoundJob, failed_only: bool) -> Iterator[dict[str, Any]]:
+    for index in range(found.end):
+        stored = found.result(index)
+        if stored is not None and _wanted(stored, failed_only):
+            yield result_view(stored)
+
+
+async def _paced(lines: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Give the event loop back now and then: the table reads are synchronous."""
+    for count, line in enumerate(lines, 1):
+        yield line
+        if count % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+
+async def results_ndjson(request: Request) -> Response:
+    """GET /api/v1/batch/{job_id}/results.ndjson?failed=
+
+    Every result there is, in index order, one JSON object per line (the shape of
+    `results` in /status), streamed. Errors as for /results.
+    """
+    failed_only = failed_param(request)
+    found = await find_job(request, request.path_params["job_id"], stream=True)
+    if isinstance(found, Response):
+        return found
+    lines = (orjson.dumps(view) + b"\n" for view in _each_result(found, failed_only))
+    return StreamingResponse(_paced(lines), media_type="application/x-ndjson")
+
+
+async def results_csv(request: Request) -> Response:
+    """GET /api/v1/batch/{job_id}/results.csv?failed=
+
+    Every result there is, in index order, as CSV with a header row (columns: index,
+    record_id, success, skipped, summary, sentiment, topics, insights, error,
+    tokens_used, input_tokens, output_tokens, attempts, model; lists joined with
+    " | "), streamed. Errors as for /results.
+    """
+    failed_only = failed_param(request)
+    job_id = request.path_params["job_id"]
+    found = await find_job(request, job_id, stream=True)
+    if isinstance(found, Response):
+        return found
+
+    def rows() -> Iterator[bytes]:
+        yield _csv_line(list(CSV_COLUMNS))
+        for view in _each_result(found, failed_only):
+            yield _csv_line(csv_row(view))
+
+    return StreamingResponse(
+        _paced(rows()),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{_safe(job_id)}.csv"'},
+    )
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    return out.getvalue().encode()

@@ -1,0 +1,1 @@
+"""`insight`: submit batches, follow them, export results and cancel jobs from a terminal."""

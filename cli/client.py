@@ -1,0 +1,92 @@
+"""The HTTP API as the CLI uses it; every failure becomes a CliError with one clear line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+
+class CliError(Exception):
+    """Printed as `error: <message>`; the command exits with status 1."""
+
+
+class ApiClient:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit_ndjson(self, lines: Iterable[bytes]) -> dict[str, Any]:
+        """POST /api/v1/batch with the records streamed as NDJSON (chunked upload)."""
+        return self._json(
+            "POST",
+            "/api/v1/batch",
+            content=lines,
+            headers={"content-type": "application/x-ndjson"},
+            timeout=httpx.Timeout(30.0, write=None, read=300.0),
+        )
+
+    def status(self, job_id: str, **params: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/v1/batch/{job_id}/status", params=params)
+
+    def jobs(self) -> dict[str, Any]:
+        return self._json("GET", "/api/v1/batch/jobs")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/batch/{job_id}/cancel")
+
+    @contextmanager
+    def results_lines(self, job_id: str, failed: bool) -> Iterator[Iterator[bytes]]:
+        """The job's results as NDJSON lines, streamed."""
+        params = {"failed": "true"} if failed else {}
+        path = f"/api/v1/batch/{job_id}/results.ndjson"
+        try:
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(30.0, read=None)
+            ) as reply:
+                if reply.status_code >= 400:
+                    reply.read()
+                    raise CliError(self._describe(reply))
+                yield (line.encode() for line in reply.iter_lines() if line)
+        except httpx.HTTPError as exc:
+            raise CliError(self._unreachable(exc)) from None
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            reply = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(self._unreachable(exc)) from None
+        if reply.status_code >= 400:
+            raise CliError(self._describe(reply))
+        try:
+            body: dict[str, Any] = reply.json()
+        except ValueError:
+            raise CliError(f"{self.url} answered {reply.status_code} with no JSON") from None
+        return body
+
+    def _unreachable(self, exc: httpx.HTTPError) -> str:
+        if isinstance(exc, httpx.ConnectError):
+            why = "connection refused or host unknown"
+        elif isinstance(exc, httpx.TimeoutException):
+            why = "no answer in time"
+        else:
+            why = type(exc).__name__
+        return (
+            f"cannot reach the service at {self.url} ({why}); is it running? (--url, INSIGHT_URL)"
+        )
+
+    @staticmethod
+    def _describe(reply: httpx.Response) -> str:
+        if reply.status_code == 401:
+            return "unauthorized (HTTP 401): give a valid key with --api-key or INSIGHT_API_KEY"
+        try:
+            error = reply.json()["error"]
+            return f"{error['message']} ({error['code']}, HTTP {reply.status_code})"
+        except (ValueError, KeyError, TypeError):
+            return f"the service answered HTTP {reply.status_code}"

@@ -1,0 +1,101 @@
+"""HTTP response bodies of /api/v1, as the API returns them (the OpenAPI document is
+generated from these and the request models in schemas.http)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.insight import InsightResponse
+
+JobState = Literal["pending", "running", "completed", "cancelled", "budget_exhausted", "failed"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. `job_not_found`, `validation_error`.")
+    message: str = Field(description="For people; names the field or line at fault.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx (and 503) answer."""
+
+    error: ErrorDetail
+
+
+class ResultView(BaseModel):
+    """One record's outcome."""
+
+    index: int = Field(ge=0, description="Position of the record in the batch (from 0).")
+    success: bool
+    response: InsightResponse | None = Field(None, description="Present when success is true.")
+    error: str | None = Field(None, description="Why the record failed or was skipped.")
+    skipped: bool | None = Field(
+        None, description="true when the job was cancelled before the record started."
+    )
+    record_id: str | None = Field(None, description="The record's own `id`, when it had one.")
+    tokens_used: int = Field(ge=0, description="Every billed token of the record.")
+    attempts: int = Field(ge=0, description="Provider calls made for the record.")
+
+
+class JobSummary(BaseModel):
+    """A job's status and counters (timestamps are ISO 8601, UTC; cost in USD)."""
+
+    job_id: str
+    status: JobState = Field(
+        description="`completed`: every record has an outcome (some may have failed). "
+        "`cancelled`: counts keep changing until every record has its outcome."
+    )
+    total_records: int | None = Field(
+        description="null until the job's `created` event is seen (results may come first)."
+    )
+    completed_count: int = Field(ge=0, description="Records that succeeded.")
+    failed_count: int = Field(ge=0)
+    skipped_count: int = Field(ge=0, description="Records skipped because of a cancel.")
+    total_tokens_used: int = Field(ge=0)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_creation_input_tokens: int = Field(0, ge=0)
+    cache_read_input_tokens: int = Field(0, ge=0)
+    estimated_cost: float = Field(ge=0, description="USD, rounded to 8 decimals.")
+    estimated_cost_usd: str = Field(description='The exact cost, a decimal string ("0.001234").')
+    created_at: str | None
+    updated_at: str | None
+    cancelled_at: str | None = None
+    provider: dict[str, Any] | None = Field(
+        None, description="While pending or running: the provider's state, as in /ready."
+    )
+    stalled: bool | None = Field(
+        None, description="While pending or running: no outcome for BATCH_STALL_AFTER_SECONDS."
+    )
+
+
+class JobStatusResponse(JobSummary):
+    results: list[ResultView] = Field(description="In index order; `?offset=&limit=` page them.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    count: int = Field(ge=0)
+
+
+class ResultsPage(BaseModel):
+    job_id: str
+    status: JobState
+    total_records: int | None
+    offset: int = Field(ge=0)
+    limit: int = Field(ge=0)
+    next_offset: int | None = Field(description="The index to ask for next; null at the end.")
+    results: list[ResultView]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "failing"]
+    reason: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description='broker, assignment, storage: "ok" or why not.')
+    partitions: list[int] = Field(description="The batch.records partitions this worker owns.")
+    provider: dict[str, Any] | None = Field(None, description="The provider's state.")

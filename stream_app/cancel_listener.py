@@ -1,0 +1,103 @@
+"""Every worker reads all of `batch.jobs` for cancellations, with a consumer of its own.
+
+Why its own consumer, outside the consumer group: the group gives each `batch.jobs`
+partition to one worker, but every worker may hold queued records of any job (records of
+one job spread over all `batch.records` partitions), so every worker must see every
+cancel. A consumer without a group is assigned every partition, takes part in no
+rebalance (it keeps reading while the group rebalances) and commits nothing; at start it
+reads the topic from the beginning, and records wait until it has caught up, so a worker
+that starts (or restarts, or takes over partitions) knows every earlier cancel before it
+judges a record. A fetch returns as soon as a cancel is written, so workers learn of it
+within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import JobCancelled, parse_job_event
+from stream_app.cancellation import CancelledJobs
+from stream_app.logs import get_logger
+
+log = get_logger(__name__)
+
+_RETRY_SECONDS = 1.0
+
+
+class CancelListener:
+    """Feeds `CancelledJobs` from `batch.jobs` until stopped."""
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, partitions: int, cancelled: CancelledJobs
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        # The service declared the topic with this many partitions before starting.
+        self._partitions = partitions
+        self._cancelled = cancelled
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cancel-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        # A broker that goes away and comes back: start over (reading again is idempotent).
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker's errors; the reader starts over
+                log.warning("cancel listener restarts", reason=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _read(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
+            consumer.assign(assigned)
+            await consumer.seek_to_beginning(*assigned)
+            ends = await consumer.end_offsets(assigned)
+            pending = {tp for tp, end in ends.items() if end > 0}
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for messages in batches.values():
+                    for message in messages:
+                        self._apply(message.value)
+                if pending:
+                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+                if not pending and not self._cancelled.caught_up.is_set():
+                    self._cancelled.caught_up.set()
+                    log.info(
+                        "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
+                    )
+        finally:
+            await consumer.stop()
+
+    def _apply(self, value: bytes | None) -> None:
+        if not value or b"cancelled" not in value:
+            return  # most events announce jobs; skip parsing them
+        try:
+            event = parse_job_event(value)
+        except ValidationError:
+            return  # the aggregate agent dead-letters it
+        if isinstance(event, JobCancelled) and self._cancelled.add(event.job_id):
+            log.info(
+                "job cancelled: its records that have not started are skipped", job_id=event.job_id
+            )
