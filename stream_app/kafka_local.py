@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import os
 import re
 import shutil
 import socket
@@ -296,4 +297,4 @@ def _wait_for_metadata(port: int, child: ChildProcess, timeout: float) -> None:
 
 if __name__ == "__main__":
     # `python -m stream_app.kafka_local`: fetch the jars now (make kafka), print where.
-    print(fetch())
+    print(fetch(Path(os.environ.get("EMBEDDED_KAFKA_CACHE") or DEFAULT_CACHE)))
