@@ -116,7 +116,8 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٣" (int() refuses the first).
+    if not (raw.isascii() and raw.isdigit()):
         raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer")
     return int(raw)
 

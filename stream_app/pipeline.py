@@ -72,6 +72,8 @@ class Pipeline:
     cancelled: CancelledJobs = field(default_factory=CancelledJobs)
     feed: JobFeed = field(default_factory=JobFeed)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # Outcomes this worker sent to `batch.results` (new or re-sent known ones): progress.
+    outcomes_sent: int = 0
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -351,6 +353,7 @@ def build_pipeline(
             # drops duplicates) instead of paying for the call again.
             log.info("record already processed", job=record.job_id, index=record.index)
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
+            pipeline.outcomes_sent += 1
             return
         # Registered before any wait, so a redelivered copy waits for this one's outcome.
         done = running[key] = asyncio.get_running_loop().create_future()
@@ -377,6 +380,7 @@ def build_pipeline(
         outcome = result.model_dump(mode="json", exclude_none=True)
         processed[key] = outcome
         await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
+        pipeline.outcomes_sent += 1
         # Priced by the same fold as the job's status, so the counters add up to its cost.
         metrics.outcome(result, apply_result(None, result, price, 0.0).estimated_cost)
 
