@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
@@ -168,36 +167,6 @@ class Pipeline:
 
 def _dump(model: Any) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
-
-
-async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> set[str]:
-    """Create missing topics with explicit partition counts; refuse mismatched ones.
-    Returns the names of the topics it created.
-
-    Tansu auto-creates unknown topics with its own partition count, and a table's changelog
-    must match its source topic, so everything is declared before any agent starts.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
-        if missing:
-            await admin.create_topics(missing)
-            log.info("created topics", topics=",".join(t.name for t in missing))
-        present = [name for name in wanted if name in existing]
-        if present:
-            described = await admin.describe_topics(present)
-            for topic in described:
-                count = len(topic.get("partitions", []))
-                if count and count != wanted[topic["topic"]]:
-                    raise RuntimeError(
-                        f"topic {topic['topic']!r} has {count} partitions, the service is "
-                        f"configured for {wanted[topic['topic']]} (KAFKA_PARTITIONS)"
-                    )
-    finally:
-        await admin.close()
-    return {topic.name for topic in missing}
 
 
 def build_pipeline(

@@ -32,12 +32,13 @@ from stream_app.local_state import adopt_cluster, drop_unreconcilable, kafka_clu
 from stream_app.logs import get_logger
 from stream_app.metrics import MeteredTransport, WorkerMetrics
 from stream_app.mirror import SqliteMirror
-from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
+from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.pricing import is_known_model, price_for
 from stream_app.processing import IntakeGate, RecordProcessor, RetryPolicy
 from stream_app.ratelimit import RateBudget
 from stream_app.settings import Settings
 from stream_app.stall import Backlog, StallWatch
+from stream_app.topics import ensure_topics, leader_topic
 
 log = get_logger(__name__)
 
@@ -341,7 +342,11 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         feed=JobFeed(),
         metrics=metrics,
     )
-    created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
+    created = await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
+        group_id=settings.kafka_app_id,
+    )
     pipeline.discard_stale_state(created)
     if settings.batch_persistence_backend != "memory":
         adopt_cluster(
