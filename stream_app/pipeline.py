@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -11,6 +12,7 @@ from typing import Any, cast
 import faust
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.streams import _current_event
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
@@ -289,6 +291,10 @@ def build_pipeline(
             if event.message.generation_id != app.consumer_generation_id:
                 # Read before a rebalance: Kafka delivers it again to its partition's owner.
                 return
+            # Table writes go to the changelog partition of the event being processed, which
+            # Faust reads from a context variable that its stream sets in the reader's task
+            # only; each call slot is a task of its own (faust/streams.py, current_event).
+            _current_event.set(weakref.ref(event))
             if await _process_one(event):
                 await manual.ack(event)
 
