@@ -31,7 +31,11 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     records: list[BatchRecord] = Field(min_length=1)
-    priority: Priority = "normal"
+    priority: Priority = Field(
+        "normal",
+        description="The job's share of the provider budget while other jobs wait: high 4x "
+        "normal, low only what nobody else waits for.",
+    )
 
 
 class BatchAccepted(BaseModel):

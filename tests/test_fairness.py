@@ -92,6 +92,11 @@ def _t(call: dict[str, Any]) -> float:
 def test_a_high_priority_job_overtakes_a_normal_one(start: StartService) -> None:
     service = start(claude_requests_per_minute=RPM)
     with service.client() as client:
+        refused = client.post(
+            "/api/v1/batch", json={"records": [{"text": "Hello."}], "priority": "urgent"}
+        )
+        assert refused.status_code == 422 and "priority" in refused.json()["error"]["message"]
+        assert client.get("/api/v1/batch/jobs").json()["count"] == 0  # nothing published
         normal = submit(client, texts("normal", 200))
         results_at_least(client, normal, 10)
         reply = client.post(
