@@ -25,7 +25,6 @@ from api.app import _await_visible, _caller, _describe
 from api.errors import ApiError
 from schemas import BatchAccepted, BatchRecord, BatchRequest, JobCreated
 from schemas.http import Priority
-from stream_app.pipeline import record_key
 from stream_app.service import Service
 
 NDJSON = "application/x-ndjson"
@@ -224,26 +223,10 @@ async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tupl
 async def _publish(
     service: Service, spool: IO[bytes], count: int, owner: str | None, priority: Priority
 ) -> str:
-    pipeline = service.pipeline
     job_id = uuid.uuid4().hex
     created = JobCreated(
         job_id=job_id, total_records=count, created_at=time.time(), owner=owner, priority=priority
     )
-    # Each record carries its job's owner and priority, for the scheduler.
-    scheduling = {"owner": owner, "priority": priority} if owner else {"priority": priority}
-    await pipeline.jobs_topic.send(
-        key=job_id.encode(), value=created.model_dump_json(exclude_none=True).encode()
-    )
     spool.seek(0)
-    for index, line in enumerate(spool):
-        value = orjson.dumps(
-            {
-                "job_id": job_id,
-                "index": index,
-                "record": orjson.Fragment(line.rstrip(b"\n")),
-                **scheduling,
-            }
-        )
-        await pipeline.records_topic.send(key=record_key(job_id, index), value=value)
-    await pipeline.app.producer.flush()
+    await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
     return job_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +25,7 @@ from stream_app.cancellation import (
     record_scope,
     skipped_outcome,
 )
+from stream_app.exceptions import BrokerUnavailable
 from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
 from stream_app.job_feed import JobFeed
 from stream_app.llm import first_line
@@ -128,20 +130,60 @@ class Pipeline:
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
 
-    async def publish_job(self, created: JobCreated, records: list[RecordEvent]) -> None:
-        """What an upstream producer does: announce the job, then send its records."""
-        await self.jobs_topic.send(key=created.job_id.encode(), value=_dump(created))
-        for event in records:
-            await self.records_topic.send(
-                key=record_key(event.job_id, event.index), value=_dump(event)
-            )
-        await self.app.producer.flush()
+    async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
+        """What an upstream producer does: announce the job on `batch.jobs`, then send its
+        records to `batch.records` (`records`: each record's JSON object, in index order),
+        and wait until the broker has acknowledged all of them (acks=all).
+
+        Raises BrokerUnavailable when that takes longer than KAFKA_PUBLISH_TIMEOUT_SECONDS
+        (the broker is down or unreachable); part of the job may then be on Kafka.
+        """
+        job_id = created.job_id
+        # Each record carries its job's owner and priority, for the scheduler of whichever
+        # worker reads it.
+        scheduling = created.model_dump(include={"owner", "priority"}, exclude_none=True)
+
+        async def send_all() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=_dump(created))
+            for index, record in enumerate(records):
+                value = orjson.dumps(
+                    {
+                        "job_id": job_id,
+                        "index": index,
+                        "record": orjson.Fragment(record),
+                        **scheduling,
+                    }
+                )
+                await self.records_topic.send(key=record_key(job_id, index), value=value)
+            await self.app.producer.flush()
+
+        await self._within_publish_timeout(send_all(), f"job {job_id}")
 
     async def publish_cancel(self, job_id: str) -> None:
-        """Announce on `batch.jobs` that the job is cancelled (every worker reads it)."""
+        """Announce on `batch.jobs` that the job is cancelled (every worker reads it).
+        Raises BrokerUnavailable as publish_job does."""
         event = JobCancelled(job_id=job_id, cancelled_at=time.time())
-        await self.jobs_topic.send(key=job_id.encode(), value=_dump(event))
-        await self.app.producer.flush()
+
+        async def send() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=_dump(event))
+            await self.app.producer.flush()
+
+        await self._within_publish_timeout(send(), f"cancel of job {job_id}")
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged everything produced (at shutdown). Raises
+        BrokerUnavailable after KAFKA_PUBLISH_TIMEOUT_SECONDS."""
+        await self._within_publish_timeout(self.app.producer.flush(), "the final flush")
+
+    async def _within_publish_timeout(self, sending: Awaitable[None], what: str) -> None:
+        timeout = self.settings.kafka_publish_timeout_seconds
+        try:
+            await asyncio.wait_for(sending, timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge {what} within {timeout:g} s "
+                "(KAFKA_PUBLISH_TIMEOUT_SECONDS)"
+            ) from None
 
 
 def _dump(model: Any) -> bytes:

@@ -18,15 +18,17 @@ from faust.contrib.asgi import faust_app_running
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
-from schemas import BatchRecord, JobCreated, RecordEvent
+from schemas import BatchRecord, JobCreated
 from schemas.http import Priority
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
 from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
+from stream_app.dir_lock import DirLock
+from stream_app.exceptions import BrokerUnavailable
 from stream_app.job_feed import JobFeed
 from stream_app.llm import InsightClient, build_anthropic_client
-from stream_app.local_state import drop_unreconcilable
+from stream_app.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.logs import get_logger
 from stream_app.metrics import MeteredTransport, WorkerMetrics
 from stream_app.mirror import SqliteMirror
@@ -134,11 +136,8 @@ class Service:
             owner=owner,
             priority=priority,
         )
-        events = [
-            RecordEvent(job_id=job_id, index=i, record=r, owner=owner, priority=priority)
-            for i, r in enumerate(records)
-        ]
-        await self.pipeline.publish_job(created, events)
+        values = (r.model_dump_json(exclude_none=True).encode() for r in records)
+        await self.pipeline.publish_job(created, values)
         return job_id
 
     def is_local(self, owner_url: str | None) -> bool:
@@ -227,14 +226,31 @@ class Service:
 
 @asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[Service]:
-    """Build every client from Settings, start the Faust app, and stop it all on exit."""
+    """Build every client from Settings, start the Faust app, and stop it all on exit.
+
+    Raises DirectoryInUse when another worker holds BATCH_JOB_STORAGE_PATH, ValueError when
+    the broker or the provider's key is not resolved yet.
+    """
+    # One worker per state directory: a second one would repair (drop) stores the first
+    # still writes. Raises DirectoryInUse.
+    storage_lock = DirLock(
+        settings.batch_job_storage_path, "the worker's state directory (BATCH_JOB_STORAGE_PATH)"
+    )
+    try:
+        async with _running_service(settings) as service:
+            yield service
+    finally:
+        storage_lock.release()
+
+
+@asynccontextmanager
+async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     if not settings.kafka_bootstrap_servers:
         raise ValueError("KAFKA_BOOTSTRAP_SERVERS must be resolved before the service starts")
     if settings.anthropic_api_key is None:
         raise ValueError("ANTHROPIC_API_KEY must be resolved before the service starts")
     if not is_known_model(settings.claude_model):
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
-    settings.batch_job_storage_path.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
     directory = JobDirectory()
@@ -302,6 +318,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
     pipeline.discard_stale_state(created)
+    if settings.batch_persistence_backend != "memory":
+        adopt_cluster(
+            pipeline.tabledir,
+            pipeline.changelogs,
+            await kafka_cluster_id(settings.kafka_bootstrap_servers),
+        )
     if settings.batch_persistence_backend != "memory" and settings.batch_heal_local_state:
         await drop_unreconcilable(
             pipeline.tabledir, pipeline.changelogs, settings.kafka_bootstrap_servers
@@ -340,7 +362,11 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)
-            await pipeline.app.producer.flush()
+            try:
+                await pipeline.flush()
+            except BrokerUnavailable as exc:
+                # Unacknowledged outcomes were not committed either: redelivered later.
+                log.error("outcomes not acknowledged at stop", reason=str(exc))
             log.info("drained", calls_abandoned=left)
     finally:
         await cancel_listener.stop()
