@@ -46,7 +46,11 @@ _ERRORS = {
     "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST.",
     "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
     "422": "`validation_error`: the body (or the line it names) does not fit the schema.",
-    "503": "`owner_unavailable`: the worker holding the job did not answer; retry.",
+    "503": (
+        "`owner_unavailable`: the worker holding the job did not answer; "
+        "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
+        "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
+    ),
 }
 
 
@@ -131,7 +135,7 @@ def _paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
-                    **_errors("400", "401", "413", "415", "422"),
+                    **_errors("400", "401", "413", "415", "422", "503"),
                 },
             }
         },

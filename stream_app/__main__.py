@@ -16,7 +16,7 @@ import sys
 import time
 from types import FrameType
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from api import create_api
 from stream_app import kafka_local
@@ -93,8 +93,27 @@ def check_free(settings: Settings) -> None:
     ensure_port_free(settings.port, "PORT")
 
 
+def load_settings() -> Settings | None:
+    """Settings from the environment (and .env); None, after one line per invalid
+    variable on stderr, when some are invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            given = error.get("input")
+            # Never echo what might be a secret (ANTHROPIC_API_KEY, API_KEYS).
+            plain = isinstance(given, str | int | float) and "KEY" not in name
+            shown = f" (got {given!r})" if plain else ""
+            print(f"error: invalid configuration: {name}: {error['msg']}{shown}", file=sys.stderr)
+        return None
+
+
 def main() -> int:
-    settings = Settings()
+    loaded = load_settings()
+    if loaded is None:
+        return 2
+    settings = loaded
     configure_logging(settings.log_level, settings.log_format)
     children: list[ChildProcess] = []
     started = time.monotonic()

@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.streams import _current_event
 from faust.types import EventT, TableT
 from pydantic import ValidationError
@@ -84,6 +83,8 @@ class Pipeline:
     cancelled: CancelledJobs = field(default_factory=CancelledJobs)
     feed: JobFeed = field(default_factory=JobFeed)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # Outcomes this worker sent to `batch.results` (new or re-sent known ones): progress.
+    outcomes_sent: int = 0
     # Records read ahead in batch.records, waiting for a call slot (stream_app.lookahead).
     lookahead: LookAhead[EventT] | None = None
 
@@ -188,36 +189,6 @@ class Pipeline:
 
 def _dump(model: Any) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
-
-
-async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> set[str]:
-    """Create missing topics with explicit partition counts; refuse mismatched ones.
-    Returns the names of the topics it created.
-
-    Tansu auto-creates unknown topics with its own partition count, and a table's changelog
-    must match its source topic, so everything is declared before any agent starts.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
-        if missing:
-            await admin.create_topics(missing)
-            log.info("created topics", topics=",".join(t.name for t in missing))
-        present = [name for name in wanted if name in existing]
-        if present:
-            described = await admin.describe_topics(present)
-            for topic in described:
-                count = len(topic.get("partitions", []))
-                if count and count != wanted[topic["topic"]]:
-                    raise RuntimeError(
-                        f"topic {topic['topic']!r} has {count} partitions, the service is "
-                        f"configured for {wanted[topic['topic']]} (KAFKA_PARTITIONS)"
-                    )
-    finally:
-        await admin.close()
-    return {topic.name for topic in missing}
 
 
 def build_pipeline(
@@ -407,6 +378,7 @@ def build_pipeline(
             # drops duplicates) instead of paying for the call again.
             log.info("record already processed", job=record.job_id, index=record.index)
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
+            pipeline.outcomes_sent += 1
             return
         # Registered before any wait, so a redelivered copy waits for this one's outcome.
         done = running[key] = asyncio.get_running_loop().create_future()
@@ -433,6 +405,7 @@ def build_pipeline(
         outcome = result.model_dump(mode="json", exclude_none=True)
         processed[key] = outcome
         await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
+        pipeline.outcomes_sent += 1
         # Priced by the same fold as the job's status, so the counters add up to its cost.
         metrics.outcome(result, apply_result(None, result, price, 0.0).estimated_cost)
 
