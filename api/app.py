@@ -150,7 +150,7 @@ async def submit_batch(request: Request) -> Response:
             raise ApiError(
                 422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
             )
-    job_id = await service.submit(batch.records, owner=caller)
+    job_id = await service.submit(batch.records, owner=caller, priority=batch.priority)
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
     return JSONResponse(accepted.model_dump(), status_code=202)

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from api.app import _await_visible, _caller, _describe
 from api.errors import ApiError
 from schemas import BatchAccepted, BatchRecord, BatchRequest, JobCreated
+from schemas.http import Priority
 from stream_app.service import Service
 
 NDJSON = "application/x-ndjson"
@@ -42,14 +43,16 @@ async def submit_stream(request: Request, media_type: str) -> Response:
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
     spool_dir.mkdir(parents=True, exist_ok=True)
+    # Job options: query parameters, or a first NDJSON line {"job": {...}} (which wins).
+    options = _query_options(request)
     with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
         if media_type == CSV:
             count = await _spool_csv(request, spool, service)
         else:
-            count = await _spool_ndjson(request, spool, service)
+            count = await _spool_ndjson(request, spool, service, options)
         if count == 0:
             raise ApiError(422, "validation_error", "records: the body holds no record")
-        job_id = await _publish(service, spool, count, caller)
+        job_id = await _publish(service, spool, count, caller, options.priority)
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=count)
     return JSONResponse(accepted.model_dump(), status_code=202)
@@ -91,7 +94,18 @@ def _too_many(limit: int) -> ApiError:
     return ApiError(413, "too_many_records", f"at most {limit} records per request")
 
 
-async def _spool_ndjson(request: Request, spool: IO[bytes], service: Service) -> int:
+def _query_options(request: Request) -> BatchRequest:
+    """`?priority=` for streamed bodies, validated like the JSON body's field."""
+    options = {k: v for k, v in request.query_params.items() if k == "priority"}
+    try:
+        return BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", _describe(exc)) from None
+
+
+async def _spool_ndjson(
+    request: Request, spool: IO[bytes], service: Service, options: BatchRequest
+) -> int:
     settings = service.settings
     max_chars = settings.batch_max_text_chars
     count = 0
@@ -104,7 +118,9 @@ async def _spool_ndjson(request: Request, spool: IO[bytes], service: Service) ->
         except orjson.JSONDecodeError as exc:
             raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
         if first and isinstance(data, dict) and set(data) == {"job"}:
-            _check_job_options(data["job"], number)
+            given = _check_job_options(data["job"], number)
+            for name in given.model_fields_set - {"records"}:
+                setattr(options, name, getattr(given, name))
             first = False
             continue
         first = False
@@ -120,13 +136,13 @@ async def _spool_ndjson(request: Request, spool: IO[bytes], service: Service) ->
     return count
 
 
-def _check_job_options(options: Any, line: int) -> None:
+def _check_job_options(options: Any, line: int) -> BatchRequest:
     """A first line `{"job": {...}}` carries the options the JSON body would (validated
     the same way: unknown options are refused)."""
     if not isinstance(options, dict):
         raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
     try:
-        BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
+        return BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
     except ValidationError as exc:
         raise ApiError(422, "validation_error", f"line {line}: job.{_describe(exc)}") from None
 
@@ -204,9 +220,13 @@ async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tupl
         raise ApiError(422, "validation_error", f"line {start}: a quoted cell is not closed")
 
 
-async def _publish(service: Service, spool: IO[bytes], count: int, owner: str | None) -> str:
+async def _publish(
+    service: Service, spool: IO[bytes], count: int, owner: str | None, priority: Priority
+) -> str:
     job_id = uuid.uuid4().hex
-    created = JobCreated(job_id=job_id, total_records=count, created_at=time.time(), owner=owner)
+    created = JobCreated(
+        job_id=job_id, total_records=count, created_at=time.time(), owner=owner, priority=priority
+    )
     spool.seek(0)
     await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
     return job_id

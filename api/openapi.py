@@ -108,12 +108,22 @@ def _paths() -> dict[str, Any]:
                     'line `{"job": {...}}` carries the job options of the JSON body) or '
                     "`text/csv` (a header row; the text in column `text_column`, the id in "
                     "`id_column`, other columns become metadata). Streams are read line by "
-                    "line into a spool file and published once every line is valid."
+                    "line into a spool file and published once every line is valid. "
+                    "`priority` (`high`, `normal`, `low`; default `normal`) sets the job's "
+                    "share of the provider budget while other jobs wait: `high` gets 4 times "
+                    "a `normal` job's share, `low` only budget no other job waits for. Shares "
+                    "are split per tenant (API key) first, then per job."
                 ),
                 "security": _SECURED,
                 "parameters": [
                     _query("text_column", "CSV: the text's column.", {"type": "string"}),
                     _query("id_column", "CSV: the record id's column.", {"type": "string"}),
+                    _query(
+                        "priority",
+                        "NDJSON and CSV: the job's priority (a first NDJSON line "
+                        '`{"job": {"priority": ...}}` wins).',
+                        {"enum": ["high", "normal", "low"]},
+                    ),
                 ],
                 "requestBody": {
                     "required": True,

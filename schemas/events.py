@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.http import BatchRecord
+from schemas.http import BatchRecord, Priority
 from schemas.insight import InsightResponse
 
 
@@ -18,6 +18,8 @@ class JobCreated(BaseModel):
     total_records: int = Field(ge=0)
     created_at: float | None = None
     owner: str | None = None
+    # Share of the provider budget while other jobs wait (stream_app.scheduler).
+    priority: Priority | None = None
 
 
 class RecordEvent(BaseModel):
@@ -26,6 +28,10 @@ class RecordEvent(BaseModel):
     job_id: str = Field(min_length=1, max_length=200)
     index: int = Field(ge=0)
     record: BatchRecord
+    # The job's tenant and priority, for the scheduler; when absent, the job's "created"
+    # event on batch.jobs tells, else the record counts as `normal` of no tenant.
+    owner: str | None = None
+    priority: Priority | None = None
 
 
 class ResultEvent(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,10 +22,20 @@ class BatchRecord(BaseModel):
         return value
 
 
+# A job's share of the provider budget while other jobs wait: `high` gets 4 times a
+# `normal` job's share, `low` only what no `high` or `normal` record waits for.
+Priority = Literal["high", "normal", "low"]
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     records: list[BatchRecord] = Field(min_length=1)
+    priority: Priority = Field(
+        "normal",
+        description="The job's share of the provider budget while other jobs wait: high 4x "
+        "normal, low only what nobody else waits for.",
+    )
 
 
 class BatchAccepted(BaseModel):

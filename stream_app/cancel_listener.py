@@ -8,7 +8,8 @@ rebalance (it keeps reading while the group rebalances) and commits nothing; at 
 reads the topic from the beginning, and records wait until it has caught up, so a worker
 that starts (or restarts, or takes over partitions) knows every earlier cancel before it
 judges a record. A fetch returns as soon as a cancel is written, so workers learn of it
-within milliseconds.
+within milliseconds. The same reader notes each job's owner and priority (`JobDirectory`)
+for the scheduler, for records published without them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import JobCancelled, parse_job_event
 from stream_app.cancellation import CancelledJobs
 from stream_app.logs import get_logger
+from stream_app.scheduler import PRIORITIES, JobDirectory
 
 log = get_logger(__name__)
 
@@ -32,13 +35,20 @@ class CancelListener:
     """Feeds `CancelledJobs` from `batch.jobs` until stopped."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, partitions: int, cancelled: CancelledJobs
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        partitions: int,
+        cancelled: CancelledJobs,
+        directory: JobDirectory | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
         # The service declared the topic with this many partitions before starting.
         self._partitions = partitions
         self._cancelled = cancelled
+        # Also learns each job's owner and priority, for records that do not carry them.
+        self._directory = directory
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -91,8 +101,11 @@ class CancelListener:
             await consumer.stop()
 
     def _apply(self, value: bytes | None) -> None:
-        if not value or b"cancelled" not in value:
-            return  # most events announce jobs; skip parsing them
+        if not value:
+            return
+        if b"cancelled" not in value:
+            self._learn(value)  # most events announce jobs
+            return
         try:
             event = parse_job_event(value)
         except ValidationError:
@@ -100,4 +113,21 @@ class CancelListener:
         if isinstance(event, JobCancelled) and self._cancelled.add(event.job_id):
             log.info(
                 "job cancelled: its records that have not started are skipped", job_id=event.job_id
+            )
+
+    def _learn(self, value: bytes) -> None:
+        if self._directory is None:
+            return
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return  # the aggregate agent dead-letters it
+        if not isinstance(data, dict) or data.get("type", "created") != "created":
+            return
+        job_id, owner, priority = data.get("job_id"), data.get("owner"), data.get("priority")
+        if isinstance(job_id, str):
+            self._directory.learn(
+                job_id,
+                owner if isinstance(owner, str) else None,
+                priority if priority in PRIORITIES else None,
             )

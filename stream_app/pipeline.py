@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, cast
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
@@ -23,16 +25,26 @@ from stream_app.cancellation import (
     skipped_outcome,
 )
 from stream_app.exceptions import BrokerUnavailable
-from stream_app.faust_fixes import guard_stale_acks
+from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
 from stream_app.job_feed import JobFeed
 from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
+from stream_app.lookahead import LookAhead
 from stream_app.metrics import WorkerMetrics
 from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.provider_answers import redact
+from stream_app.scheduler import (
+    FairScheduler,
+    FifoScheduler,
+    JobDirectory,
+    Scheduler,
+    Ticket,
+    record_cost,
+    ticket_for,
+)
 from stream_app.settings import Settings
 
 log = get_logger(__name__)
@@ -73,6 +85,8 @@ class Pipeline:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     # Outcomes this worker sent to `batch.results` (new or re-sent known ones): progress.
     outcomes_sent: int = 0
+    # Records read ahead in batch.records, waiting for a call slot (stream_app.lookahead).
+    lookahead: LookAhead[EventT] | None = None
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -126,12 +140,20 @@ class Pipeline:
         (the broker is down or unreachable); part of the job may then be on Kafka.
         """
         job_id = created.job_id
+        # Each record carries its job's owner and priority, for the scheduler of whichever
+        # worker reads it.
+        scheduling = created.model_dump(include={"owner", "priority"}, exclude_none=True)
 
         async def send_all() -> None:
             await self.jobs_topic.send(key=job_id.encode(), value=_dump(created))
             for index, record in enumerate(records):
                 value = orjson.dumps(
-                    {"job_id": job_id, "index": index, "record": orjson.Fragment(record)}
+                    {
+                        "job_id": job_id,
+                        "index": index,
+                        "record": orjson.Fragment(record),
+                        **scheduling,
+                    }
                 )
                 await self.records_topic.send(key=record_key(job_id, index), value=value)
             await self.app.producer.flush()
@@ -181,6 +203,7 @@ def build_pipeline(
     cancelled: CancelledJobs | None = None,
     feed: JobFeed | None = None,
     metrics: WorkerMetrics | None = None,
+    directory: JobDirectory | None = None,
 ) -> Pipeline:
     s = settings
     cancelled = cancelled if cancelled is not None else CancelledJobs()
@@ -239,6 +262,12 @@ def build_pipeline(
         feed,
         metrics,
     )
+    scheduler: Scheduler[EventT] = (
+        FairScheduler() if s.batch_scheduling == "fair" else FifoScheduler()
+    )
+    lookahead = pipeline.lookahead = LookAhead(
+        scheduler, max_records=s.batch_lookahead_records, max_bytes=s.batch_lookahead_bytes
+    )
 
     async def dead_letter(event: EventT, reason: str, **extra: Any) -> None:
         message = event.message
@@ -262,15 +291,42 @@ def build_pipeline(
             reason=reason,
         )
 
-    @app.agent(records_topic, concurrency=s.batch_max_concurrent_llm_calls, name="process")
+    @app.agent(records_topic, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
         # Faust acknowledges the current event even when the agent is cancelled mid-way (at
         # stop), which would commit a record that never got its result. Acknowledge by hand,
-        # only once the result has been handed to the producer.
+        # only once the result has been handed to the producer. One reader fills the
+        # look-ahead; BATCH_MAX_CONCURRENT_LLM_CALLS slots take records in the scheduler's
+        # order, so acknowledgements come out of offset order (see stream_app.lookahead).
         manual = cast(faust.Stream[bytes], stream).noack()
-        async for event in manual.events():
+
+        async def handle(event: EventT) -> None:
+            if event.message.generation_id != app.consumer_generation_id:
+                # Read before a rebalance: Kafka delivers it again to its partition's owner.
+                return
+            # Table writes go to the changelog partition of the event being processed, which
+            # Faust reads from a context variable that its stream sets in the reader's task
+            # only; each call slot is a task of its own (faust/streams.py, current_event).
+            _current_event.set(weakref.ref(event))
             if await _process_one(event):
                 await manual.ack(event)
+
+        await lookahead.serve(
+            manual.events(), _ticket, handle, slots=s.batch_max_concurrent_llm_calls
+        )
+
+    def _ticket(event: EventT) -> tuple[Ticket, int]:
+        """Who the record belongs to for the scheduler, and its size in bytes."""
+        value = event.message.value if isinstance(event.message.value, bytes) else b""
+        job_id, owner, priority = _scheduling_fields(value)
+        cost = record_cost(
+            len(value),
+            requests_per_minute=processor.budget.requests_per_minute,
+            input_tokens_per_minute=s.claude_input_tokens_per_minute,
+            output_tokens_per_minute=s.claude_output_tokens_per_minute,
+            output_tokens_estimate=processor.budget.estimate_output_tokens(s.claude_max_tokens),
+        )
+        return ticket_for(job_id, owner, priority, directory, cost), len(value)
 
     # Records this worker is processing now, by key. The consumer can deliver a record
     # again while its first copy is still with Claude (it re-reads from the last committed
@@ -420,6 +476,10 @@ def build_pipeline(
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ledger.forget_recounts()
+        # Their new owner reads them again from the committed offset.
+        dropped = lookahead.drop(lambda event: event.message.tp in revoked)
+        if dropped:
+            log.info("look-ahead dropped records of revoked partitions", records=dropped)
         # Until the new assignment, this worker owns no share of the provider budget.
         processor.budget.assign(())
 
@@ -438,6 +498,7 @@ def build_pipeline(
     # Registered on the app; nothing else calls them.
     del process, aggregate, _on_revoked, _on_assigned
     guard_stale_acks(app)
+    guard_unacked_commits(app)
     return pipeline
 
 
@@ -454,6 +515,23 @@ def _validation_summary(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "value"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
+
+
+def _scheduling_fields(value: bytes) -> tuple[str, str | None, str | None]:
+    """(job_id, owner, priority) of a record event; blanks when unreadable (the process
+    agent dead-letters it when its turn comes)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return "", None, None
+    if not isinstance(data, dict):
+        return "", None, None
+    job_id, owner, priority = data.get("job_id"), data.get("owner"), data.get("priority")
+    return (
+        job_id if isinstance(job_id, str) else "",
+        owner if isinstance(owner, str) else None,
+        priority if isinstance(priority, str) else None,
+    )
 
 
 def _job_and_index(value: bytes) -> tuple[str, int] | None:

@@ -20,6 +20,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated
+from schemas.http import Priority
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
@@ -36,6 +37,7 @@ from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.pricing import is_known_model, price_for
 from stream_app.processing import IntakeGate, RecordProcessor, RetryPolicy
 from stream_app.ratelimit import RateBudget
+from stream_app.scheduler import JobDirectory
 from stream_app.settings import Settings
 from stream_app.stall import Backlog, StallWatch
 from stream_app.topics import ensure_topics, leader_topic
@@ -158,11 +160,18 @@ class Service:
         # The server's own signal handling stops it in the usual order.
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def submit(self, records: list[BatchRecord], owner: str | None) -> str:
-        """Publish a job and its records, as an upstream producer would; returns its id."""
+    async def submit(
+        self, records: list[BatchRecord], owner: str | None, priority: Priority = "normal"
+    ) -> str:
+        """Publish a job and its records, as an upstream producer would; returns its id.
+        Each record carries the job's owner and priority for the scheduler."""
         job_id = uuid.uuid4().hex
         created = JobCreated(
-            job_id=job_id, total_records=len(records), created_at=time.time(), owner=owner
+            job_id=job_id,
+            total_records=len(records),
+            created_at=time.time(),
+            owner=owner,
+            priority=priority,
         )
         values = (r.model_dump_json(exclude_none=True).encode() for r in records)
         await self.pipeline.publish_job(created, values)
@@ -281,6 +290,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
+    directory = JobDirectory()
     anthropic_client = build_anthropic_client(
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
@@ -341,6 +351,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         cancelled=cancelled,
         feed=JobFeed(),
         metrics=metrics,
+        directory=directory,
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
@@ -362,7 +373,11 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     await admin.start()
     # Every worker reads every cancel (records wait until it has caught up).
     cancel_listener = CancelListener(
-        settings.kafka_bootstrap_servers, settings.topic_jobs, settings.kafka_partitions, cancelled
+        settings.kafka_bootstrap_servers,
+        settings.topic_jobs,
+        settings.kafka_partitions,
+        cancelled,
+        directory,
     )
     await cancel_listener.start()
     try:
@@ -374,6 +389,8 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 storage=settings.batch_persistence_backend,
                 rpm=settings.claude_requests_per_minute,
                 concurrency=settings.batch_max_concurrent_llm_calls,
+                scheduling=settings.batch_scheduling,
+                lookahead=settings.batch_lookahead_records,
             )
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate

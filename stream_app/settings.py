@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     claude_output_tokens_per_minute: int | None = Field(None, ge=1)
     batch_max_concurrent_llm_calls: int = Field(5, ge=1, le=256)
     batch_record_retry_count: int = Field(1, ge=0, le=20)
+    # Which waiting record goes next (stream_app.scheduler): fair shares per tenant, then
+    # per job, weighted by priority; or fifo, the order of the batch.records partitions.
+    batch_scheduling: Literal["fair", "fifo"] = "fair"
+    # How far each worker reads ahead of its calls in batch.records (records, and bytes of
+    # record values): the records the scheduler chooses from. Bounds the worker's memory.
+    batch_lookahead_records: int = Field(2000, ge=1, le=1_000_000)
+    batch_lookahead_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
     # The provider circuit breaker (stream_app/breaker.py): consecutive provider failures
     # (of two records at least) that open it, and the probe backoff while it is open.

@@ -139,3 +139,50 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         new_job = reply.json()["job_id"]
         assert (await asyncio.to_thread(wait_completed, client, new_job))["completed_count"] == 1
         assert status(client, job_id)["failed_count"] == 2
+
+
+async def test_records_published_by_the_api_carry_owner_and_priority(
+    start: StartService, broker: str, namespace: Namespace
+) -> None:
+    # The scheduler of whichever worker reads a record learns its tenant and priority
+    # from the record itself.
+    service = start(api_keys="alice:alice-secret")
+    auth = {"authorization": "Bearer alice-secret"}
+    with service.client(headers=auth) as client:
+        plain = client.post("/api/v1/batch", json={"records": [{"text": "Late."}] * 2})
+        high = client.post(
+            "/api/v1/batch", json={"records": [{"text": "Down."}] * 2, "priority": "high"}
+        )
+        lines = '{"job": {"priority": "low"}}\n{"text": "Slow."}\n{"text": "Meh."}\n'
+        ndjson = client.post(
+            "/api/v1/batch",
+            content=lines,
+            params={"priority": "high"},  # the job line wins
+            headers={"content-type": "application/x-ndjson"},
+        )
+        csv = client.post(
+            "/api/v1/batch",
+            content="text\nFine.\nGood.\n",
+            params={"priority": "high"},
+            headers={"content-type": "text/csv"},
+        )
+        refused = client.post(
+            "/api/v1/batch",
+            content='{"text": "x"}\n',
+            params={"priority": "urgent"},
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert refused.status_code == 422 and "priority" in refused.json()["error"]["message"]
+        replies = [plain, high, ndjson, csv]
+        assert [r.status_code for r in replies] == [202] * 4, [r.text for r in replies]
+        for reply in replies:
+            wait_completed(client, reply.json()["job_id"])
+    priorities = ["normal", "high", "low", "high"]
+    expected = dict(zip([r.json()["job_id"] for r in replies], priorities, strict=True))
+    records = [orjson.loads(m.value) for m in await consume(broker, namespace.topics["records"], 8)]
+    assert len(records) == 8
+    for record in records:
+        assert record["owner"] == "alice"
+        assert record["priority"] == expected[record["job_id"]], record
+    jobs = [orjson.loads(m.value) for m in await consume(broker, namespace.topics["jobs"], 4)]
+    assert {j["job_id"]: j["priority"] for j in jobs} == expected

@@ -33,6 +33,14 @@ def test_every_route_is_documented() -> None:
             assert methods <= set(paths[route.path]), (route.path, methods)
 
 
+def test_the_batch_body_documents_priority() -> None:
+    spec = openapi_document()
+    field = spec["components"]["schemas"]["BatchRequest"]["properties"]["priority"]
+    assert field["enum"] == ["high", "normal", "low"] and field["default"] == "normal"
+    post = spec["paths"]["/api/v1/batch"]["post"]
+    assert "priority" in {p["name"] for p in post["parameters"]}
+
+
 def test_document_is_valid_and_answers_fit_it(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
