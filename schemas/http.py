@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.task import TaskSpec
+
 
 class BatchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +28,14 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     records: list[BatchRecord] = Field(min_length=1)
+    task: TaskSpec | str | None = Field(
+        None,
+        description="The job's own task, or the name of a preset (`GET /api/v1/tasks`); "
+        "absent: the default Smart Summary & Insight task.",
+    )
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Spending cap in USD (default BATCH_MAX_COST_PER_JOB_USD)."
+    )
 
 
 class BatchAccepted(BaseModel):

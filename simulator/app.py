@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import math
 import random
@@ -97,6 +98,19 @@ class _Billing:
     stop_reason: str | None = None
 
 
+class PromptCache:
+    """Prefixes written to the prompt cache, by content, with when each expires."""
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+
+    def use(self, key: str, tokens: int, now: float, ttl: float) -> CacheUsage:
+        """A read when the prefix is cached and fresh, else a write; either refreshes it."""
+        hit = self._expiry.get(key, 0.0) > now
+        self._expiry[key] = now + ttl
+        return CacheUsage(read=tokens) if hit else CacheUsage(write_5m=tokens)
+
+
 class Simulator:
     """Mutable simulator state and the handlers that use it.
 
@@ -108,6 +122,7 @@ class Simulator:
         self.stats = Stats()
         self._limiter = RateLimiter()
         self._memory = MarkerMemory()
+        self._prompt_cache = PromptCache()
         self._rng = random.Random(config.seed)
 
     async def messages(self, request: Request) -> Response:
@@ -193,6 +208,15 @@ class Simulator:
             markers.cache_write, markers.cache_write_1h, markers.cache_read, markers.usage_nulls
         )
         done = time.time()
+        if cache == CacheUsage() and parsed.cache_key is not None:
+            # Markers win; otherwise a long enough prefix marked cache_control is cached.
+            if parsed.cache_prefix_tokens >= config.cache_min_tokens:
+                cache = self._prompt_cache.use(
+                    parsed.cache_key, parsed.cache_prefix_tokens, done, config.cache_ttl_seconds
+                )
+                parsed = dataclasses.replace(
+                    parsed, input_tokens=max(0, parsed.input_tokens - parsed.cache_prefix_tokens)
+                )
         self._limiter.charge_output(done, reply.output_tokens)
         billing.input_tokens, billing.output_tokens = parsed.input_tokens, reply.output_tokens
         billing.cache, billing.stop_reason = cache, reply.stop_reason
@@ -229,6 +253,7 @@ class Simulator:
         self.stats.reset()
         self._limiter = RateLimiter()
         self._memory = MarkerMemory()
+        self._prompt_cache = PromptCache()
         self._rng = random.Random(self.config.seed)
         return _json(200, {"status": "reset"})
 
