@@ -24,6 +24,7 @@ from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
 from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
 from stream_app.job_feed import JobFeed
+from stream_app.job_rules import JobRules
 from stream_app.llm import InsightClient, build_anthropic_client
 from stream_app.local_state import drop_unreconcilable
 from stream_app.logs import get_logger
@@ -56,6 +57,7 @@ class Service:
     admin: AIOKafkaAdminClient
     canonical_url: str
     gate: IntakeGate
+    rules: JobRules
     # Called once with the reason when the worker gives up (it then stops, exit code 1).
     on_fatal: Callable[[str], None] = lambda reason: None
     fatal: str | None = None
@@ -119,11 +121,14 @@ class Service:
         # The server's own signal handling stops it in the usual order.
         os.kill(os.getpid(), signal.SIGTERM)
 
-    async def submit(self, records: list[BatchRecord], owner: str | None) -> str:
-        """Publish a job and its records, as an upstream producer would; returns its id."""
-        job_id = uuid.uuid4().hex
-        created = JobCreated(
-            job_id=job_id, total_records=len(records), created_at=time.time(), owner=owner
+    async def submit(
+        self, records: list[BatchRecord], owner: str | None, created: JobCreated | None = None
+    ) -> str:
+        """Publish a job and its records, as an upstream producer would; returns its id.
+        `created`: the job's announcement (its id is used) with the job's options."""
+        job_id = created.job_id if created is not None else uuid.uuid4().hex
+        created = (created or JobCreated(job_id=job_id, total_records=0)).model_copy(
+            update={"total_records": len(records), "created_at": time.time(), "owner": owner}
         )
         events = [RecordEvent(job_id=job_id, index=i, record=r) for i, r in enumerate(records)]
         await self.pipeline.publish_job(created, events)
@@ -248,13 +253,23 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         probe_max_seconds=settings.batch_probe_max_seconds,
     )
     gate = IntakeGate()
-    processor = RecordProcessor(
-        client=InsightClient(
-            anthropic_client,
-            model=settings.claude_model,
-            max_tokens=settings.claude_max_tokens,
-            max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+    insight_client = InsightClient(
+        anthropic_client,
+        model=settings.claude_model,
+        max_tokens=settings.claude_max_tokens,
+        max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+    )
+    rules = JobRules(
+        insight_client,
+        lambda model: price_for(
+            model or settings.claude_model,
+            settings.batch_cost_per_1k_input_tokens,
+            settings.batch_cost_per_1k_output_tokens,
         ),
+        announce_wait_seconds=settings.batch_job_announce_wait_seconds,
+    )
+    processor = RecordProcessor(
+        client=insight_client,
         budget=budget,
         policy=RetryPolicy(
             retries=settings.batch_record_retry_count,
@@ -285,6 +300,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         cancelled=cancelled,
         feed=JobFeed(),
         metrics=metrics,
+        rules=rules,
     )
     created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
     pipeline.discard_stale_state(created)
@@ -296,7 +312,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     await admin.start()
     # Every worker reads every cancel (records wait until it has caught up).
     cancel_listener = CancelListener(
-        settings.kafka_bootstrap_servers, settings.topic_jobs, settings.kafka_partitions, cancelled
+        settings.kafka_bootstrap_servers,
+        settings.topic_jobs,
+        settings.kafka_partitions,
+        cancelled,
+        rules=rules,
+        results_topic=settings.topic_results,
     )
     await cancel_listener.start()
     try:
@@ -310,7 +331,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
                 concurrency=settings.batch_max_concurrent_llm_calls,
             )
             service = Service(
-                settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate
+                settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
             watchdog = asyncio.create_task(service.watch(settings.batch_ready_deadline_seconds))
             try:

@@ -90,8 +90,9 @@ def check_output_schema(schema: Mapping[str, Any]) -> None:
     try:
         jsonschema.Draft202012Validator.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
-        path = "".join(f"/{p}" for p in exc.path)
-        keyword = str(exc.validator) if exc.validator else "schema"
+        where = list(exc.path)
+        keyword = str(where.pop()) if where and isinstance(where[-1], str) else "schema"
+        path = "".join(f"/{p}" for p in where)
         raise UnsupportedSchema(keyword, path, f"not a valid JSON Schema: {exc.message}") from None
     if schema.get("type") != "object":
         raise UnsupportedSchema("type", "", "the root must be {'type': 'object', ...}")

@@ -1,0 +1,255 @@
+"""Each job asks its own question, on the real broker: a task per job (instructions, output
+schema, model), the estimate before running, and the spending cap."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from simulator.testing import SimulatorHandle
+from stream_app.pricing import price_for
+from tests.conftest import StartService
+from tests.support import status, wait_until
+
+PRICE = price_for("claude-sonnet-4-6")
+
+TRIAGE = {
+    "instructions": "Triage the support ticket: product area, urgency, refund requested.",
+    "output_schema": {
+        "type": "object",
+        "properties": {
+            "product_area": {"type": "string"},
+            "urgency": {"type": "string", "enum": ["low", "medium", "high"]},
+            "refund_requested": {"type": "boolean"},
+        },
+        "required": ["product_area", "urgency", "refund_requested"],
+        "additionalProperties": False,
+    },
+}
+REVIEW = {
+    "instructions": "Read the product review: its star rating and the features it asks for.",
+    "output_schema": {
+        "type": "object",
+        "properties": {
+            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            "feature_requests": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["rating", "feature_requests"],
+        "additionalProperties": False,
+    },
+}
+TICKETS = [
+    f"Ticket {i}: the export button crashes the app when I download invoices. "
+    f"I want a refund for month {i % 12 + 1}. Urgent, our finance team is blocked."
+    for i in range(12)
+]
+
+
+def results_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    return status(client, job_id)["results"]
+
+
+def wait_over(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The job's status once every record has its outcome."""
+
+    def over() -> dict[str, Any] | None:
+        body = status(client, job_id)
+        done = body["completed_count"] + body["failed_count"] + body["skipped_count"]
+        return body if body["total_records"] is not None and done == body["total_records"] else None
+
+    return wait_until(over, timeout=timeout, interval=0.1, what=f"job {job_id} to end")
+
+
+def fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result["response"].items() if k != "metadata"}
+
+
+def submit(client: httpx.Client, texts: list[str], **options: Any) -> str:
+    body = {"records": [{"text": t} for t in texts], **options}
+    reply = client.post("/api/v1/batch", json=body)
+    assert reply.status_code == 202, reply.text
+    job_id: str = reply.json()["job_id"]
+    return job_id
+
+
+def test_two_jobs_with_their_own_tasks_at_once(start: StartService) -> None:
+    service = start()
+    with service.client() as client:
+        triage = submit(client, TICKETS, task=TRIAGE)
+        reviews = submit(
+            client,
+            [f"Review {i}: love it, but please add dark mode and CSV export." for i in range(12)],
+            task=REVIEW,
+        )
+        plain = submit(client, TICKETS[:3])
+        for job_id, task in ((triage, TRIAGE), (reviews, REVIEW)):
+            body = wait_over(client, job_id)
+            assert body["status"] == "completed" and body["completed_count"] == 12, body
+            assert body["task"] == "custom"
+            assert sorted(r["index"] for r in body["results"]) == list(range(12))
+            other = REVIEW if task is TRIAGE else TRIAGE
+            for result in body["results"]:
+                jsonschema.validate(fields(result), task["output_schema"])
+                with pytest.raises(jsonschema.ValidationError):
+                    jsonschema.validate(fields(result), other["output_schema"])
+                assert result["response"]["metadata"]["model"] == "claude-sonnet-4-6"
+        # The default task is unchanged for a job that names none.
+        body = wait_over(client, plain)
+        assert set(fields(body["results"][0])) == {"summary", "insights", "sentiment", "topics"}
+        # A preset by name.
+        preset = submit(client, TICKETS[:2], task="support-ticket-triage")
+        body = wait_over(client, preset)
+        assert body["task"] == "support-ticket-triage"
+        assert {"urgency", "refund_requested"} <= set(fields(body["results"][0]))
+
+
+@pytest.mark.parametrize(
+    ("task", "code", "named"),
+    [
+        (
+            {
+                "instructions": "x",
+                "output_schema": {
+                    "type": "object",
+                    "properties": {"a": {"type": "string", "patternProperties": {}}},
+                },
+            },
+            "unsupported_schema",
+            "patternProperties",
+        ),
+        (
+            {"instructions": "x", "output_schema": {"type": "array", "items": {"type": "string"}}},
+            "unsupported_schema",
+            "type",
+        ),
+        ("no-such-preset", "unknown_task", "no-such-preset"),
+    ],
+)
+def test_an_unsupported_task_is_refused_before_anything_is_produced(
+    start: StartService, simulator: SimulatorHandle, task: Any, code: str, named: str
+) -> None:
+    service = start()
+    with service.client() as client:
+        before = client.get("/api/v1/batch/jobs").json()["count"]
+        reply = client.post("/api/v1/batch", json={"records": [{"text": "Hi."}], "task": task})
+        assert reply.status_code == 422, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == code and named in error["message"], error
+        # The same as the first line of a stream, and for the estimate.
+        lines = [json.dumps({"job": {"task": task}}), json.dumps({"text": "Hi."})]
+        streamed = client.post(
+            "/api/v1/batch",
+            content="\n".join(lines),
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert streamed.status_code == 422 and streamed.json()["error"]["code"] == code
+        assert "line 1" in streamed.json()["error"]["message"]
+        estimate = client.post(
+            "/api/v1/batch/estimate", json={"records": [{"text": "Hi."}], "task": task}
+        )
+        assert estimate.status_code == 422 and estimate.json()["error"]["code"] == code
+        # A good job afterwards is the only one there is.
+        good = submit(client, ["Fine. Thanks."])
+        wait_over(client, good)
+        assert client.get("/api/v1/batch/jobs").json()["count"] == before + 1
+    assert len(simulator.stats()["requests"]) == 1
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    return int(
+        body["input_tokens"] + body["cache_creation_input_tokens"] + body["cache_read_input_tokens"]
+    )
+
+
+def billed_cost(requests: list[dict[str, Any]]) -> Decimal:
+    return sum(
+        (
+            PRICE.cost(
+                r["input_tokens"],
+                r["output_tokens"],
+                r["cache_creation_input_tokens"],
+                r["cache_read_input_tokens"],
+            )
+            for r in requests
+        ),
+        Decimal(0),
+    )
+
+
+def test_the_estimate_is_close_to_what_the_run_billed(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    # Instructions long enough to be cached (over 1,024 tokens with the schema).
+    long_task = {**TRIAGE, "instructions": TRIAGE["instructions"] + " Be careful." * 450}
+    service = start()
+    texts = TICKETS * 3
+    figures = []
+    with service.client() as client:
+        for round_ in ("cold", "warm"):
+            body = {"records": [{"text": t} for t in texts], "task": long_task}
+            estimate = client.post("/api/v1/batch/estimate", json=body)
+            assert estimate.status_code == 200, estimate.text
+            est = estimate.json()
+            assert est["records"] == len(texts)
+            before = len(simulator.stats()["requests"])
+            assert before == (0 if round_ == "cold" else len(texts))  # no call to estimate
+            job_id = submit(client, texts, task=long_task)
+            done = wait_over(client, job_id)
+            assert done["completed_count"] == len(texts)
+            billed = Decimal(str(done["estimated_cost_usd"]))
+            assert billed == billed_cost(simulator.stats()["requests"][before:])
+            assert done["cache_read_input_tokens"] > 0 and done["cache_creation_input_tokens"] > 0
+            ratio = float(Decimal(str(est["cost_usd"])) / billed)
+            figures.append((round_, est["cost_usd"], float(billed), ratio, est["output_basis"]))
+            print(
+                f"{round_}: estimated ${est['cost_usd']:.6f} "
+                f"(without caching ${est['cost_usd_without_caching']:.6f}, "
+                f"output from {est['output_basis']}), billed ${billed:.6f}, "
+                f"ratio {ratio:.3f}; tokens est in/out {est['input_tokens']}/"
+                f"{est['output_tokens']}, billed in/out "
+                f"{prompt_tokens(done)}/{done['output_tokens']}"
+            )
+            assert 0.75 <= ratio <= 1.25, figures
+
+
+def test_a_capped_job_stops_at_its_cap(start: StartService, simulator: SimulatorHandle) -> None:
+    simulator.configure(latency_ms=150)
+    service = start(batch_max_concurrent_llm_calls=3)
+    texts = [f"Capped {i}: {t}" for i, t in enumerate(TICKETS * 4)]
+    with service.client() as client:
+        # About twelve calls' worth (a call of these costs ~ $0.0013).
+        cap = 0.016
+        job_id = submit(client, texts, task=TRIAGE, max_cost_usd=cap)
+        body = wait_over(client, job_id)
+    requests = [r for r in simulator.stats()["requests"] if r["status"] == 200]
+    spent = Decimal(str(body["estimated_cost_usd"]))
+    per_call = [billed_cost([r]) for r in requests]
+    largest = max(per_call)
+    print(
+        f"cap ${cap}: spent ${spent:.6f} in {len(requests)} calls "
+        f"({float(spent) / cap:.1%} of the cap, largest call ${largest:.6f}); "
+        f"{body['skipped_count']} of {len(texts)} records skipped"
+    )
+    assert body["status"] == "budget_exhausted", body
+    assert body["max_cost_usd"] == cap
+    assert spent == billed_cost(requests)
+    assert body["completed_count"] == len(requests) and body["failed_count"] == 0
+    assert body["skipped_count"] == len(texts) - len(requests) > 0
+    skipped = [r for r in body["results"] if r.get("skipped")]
+    assert all(r["skip_reason"] == "budget_exhausted" for r in skipped)
+    # Within one call of the cap, on either side.
+    assert Decimal(str(cap)) - largest <= spent <= Decimal(str(cap)) + largest
+    # No call started after the spend reached the cap (from the simulator's own log).
+    running = Decimal(0)
+    reached_at = None
+    for r in sorted(requests, key=lambda r: r["t_done"]):
+        running += billed_cost([r])
+        if running >= Decimal(str(cap)) and reached_at is None:
+            reached_at = r["t_done"]
+    if reached_at is not None:
+        assert all(r["t"] <= reached_at for r in requests)
