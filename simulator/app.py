@@ -99,15 +99,19 @@ class _Billing:
 
 
 class PromptCache:
-    """Prefixes written to the prompt cache, by content, with when each expires."""
+    """Prefixes written to the prompt cache, by content, with when each expires.
+
+    As with the API, an entry is usable only once the call that wrote it has answered: calls
+    that arrive while the first one is still running write the prefix too."""
 
     def __init__(self) -> None:
         self._expiry: dict[str, float] = {}
 
-    def use(self, key: str, tokens: int, now: float, ttl: float) -> CacheUsage:
-        """A read when the prefix is cached and fresh, else a write; either refreshes it."""
-        hit = self._expiry.get(key, 0.0) > now
-        self._expiry[key] = now + ttl
+    def usage(self, key: str, tokens: int, arrived: float, done: float, ttl: float) -> CacheUsage:
+        """A read when the prefix was cached and fresh when the call arrived, else a write;
+        either keeps it for `ttl` seconds from `done`."""
+        hit = self._expiry.get(key, 0.0) > arrived
+        self._expiry[key] = max(self._expiry.get(key, 0.0), done + ttl)
         return CacheUsage(read=tokens) if hit else CacheUsage(write_5m=tokens)
 
 
@@ -156,6 +160,7 @@ class Simulator:
 
     async def _serve_messages(self, request: Request, billing: _Billing) -> Response:
         request_id: str = request.state.request_id
+        request.state.arrived = time.time()
         config = self.config
         if config.api_keys is not None and _credential(request) not in config.api_keys:
             return _error(401, _FORCED_MESSAGES[401], request_id)
@@ -211,8 +216,12 @@ class Simulator:
         if cache == CacheUsage() and parsed.cache_key is not None:
             # Markers win; otherwise a long enough prefix marked cache_control is cached.
             if parsed.cache_prefix_tokens >= config.cache_min_tokens:
-                cache = self._prompt_cache.use(
-                    parsed.cache_key, parsed.cache_prefix_tokens, done, config.cache_ttl_seconds
+                cache = self._prompt_cache.usage(
+                    parsed.cache_key,
+                    parsed.cache_prefix_tokens,
+                    request.state.arrived,
+                    done,
+                    config.cache_ttl_seconds,
                 )
                 parsed = dataclasses.replace(
                     parsed, input_tokens=max(0, parsed.input_tokens - parsed.cache_prefix_tokens)

@@ -186,8 +186,10 @@ def test_the_estimate_is_close_to_what_the_run_billed(
 ) -> None:
     # Instructions long enough to be cached (over 1,024 tokens with the schema).
     long_task = {**TRIAGE, "instructions": TRIAGE["instructions"] + " Be careful." * 450}
+    # Calls overlap as with the real provider, so the first wave writes the cache.
+    simulator.configure(latency_ms=200)
     service = start()
-    texts = TICKETS * 3
+    texts = TICKETS * 5
     figures = []
     with service.client() as client:
         for round_ in ("cold", "warm"):
