@@ -4,6 +4,7 @@ GET /api/v1/tasks: the task presets."""
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import IO
 
 import orjson
@@ -87,6 +88,7 @@ def _estimate(service: Service, options: JobOptions, count: int, chars: int) -> 
         price=rules.price_of(task.model),
         history=rules.history,
         pace=pace,
+        now=time.time(),
     )
     return {
         **estimate.as_json(),

@@ -105,13 +105,20 @@ class PromptCache:
     that arrive while the first one is still running write the prefix too."""
 
     def __init__(self) -> None:
-        self._expiry: dict[str, float] = {}
+        # key -> (when the entry became usable, when it expires)
+        self._entries: dict[str, tuple[float, float]] = {}
 
     def usage(self, key: str, tokens: int, arrived: float, done: float, ttl: float) -> CacheUsage:
         """A read when the prefix was cached and fresh when the call arrived, else a write;
         either keeps it for `ttl` seconds from `done`."""
-        hit = self._expiry.get(key, 0.0) > arrived
-        self._expiry[key] = max(self._expiry.get(key, 0.0), done + ttl)
+        since, until = self._entries.get(key, (math.inf, 0.0))
+        hit = since <= arrived < until
+        if hit:
+            self._entries[key] = (since, max(until, done + ttl))
+        elif arrived >= until:  # missing or expired: this call's write makes the entry
+            self._entries[key] = (done, done + ttl)
+        else:  # written meanwhile by an overlapping call: keep the earliest entry
+            self._entries[key] = (min(since, done), max(until, done + ttl))
         return CacheUsage(read=tokens) if hit else CacheUsage(write_5m=tokens)
 
 

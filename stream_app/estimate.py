@@ -27,6 +27,8 @@ _OUTPUT_CHARS_PER_TOKEN = 3.5
 _STRING_CHARS = 100
 _LIST_ITEMS = 3
 _DEFAULT_LATENCY_SECONDS = 2.0
+# The prompt cache's default lifetime (5 minutes, refreshed by each read).
+CACHE_TTL_SECONDS = 300.0
 
 
 @dataclass
@@ -36,6 +38,7 @@ class _Seen:
     input_tokens: int = 0
     output_tokens: int = 0
     latency_ms: int = 0
+    last_seen: float = 0.0
 
 
 class UsageHistory:
@@ -44,9 +47,13 @@ class UsageHistory:
     def __init__(self) -> None:
         self._tasks: dict[str, _Seen] = {}
 
-    def observe(self, fingerprint: str, chars: int, usage: Usage, latency_ms: int) -> None:
-        """One successful record: the characters its calls sent and what they billed."""
+    def observe(
+        self, fingerprint: str, chars: int, usage: Usage, latency_ms: int, now: float = 0.0
+    ) -> None:
+        """One successful record: the characters its calls sent and what they billed;
+        `now` (Unix seconds) is when."""
         seen = self._tasks.setdefault(fingerprint, _Seen())
+        seen.last_seen = max(seen.last_seen, now)
         seen.records += 1
         seen.chars += chars
         seen.input_tokens += (
@@ -66,6 +73,10 @@ class UsageHistory:
     def chars_per_token(self, fingerprint: str) -> float | None:
         seen = self._tasks.get(fingerprint)
         return seen.chars / seen.input_tokens if seen and seen.input_tokens else None
+
+    def last_seen(self, fingerprint: str) -> float | None:
+        seen = self._tasks.get(fingerprint)
+        return seen.last_seen if seen and seen.last_seen else None
 
     def latency_seconds(self) -> float | None:
         records = sum(s.records for s in self._tasks.values())
@@ -164,9 +175,11 @@ def estimate_job(
     price: Price,
     history: UsageHistory,
     pace: Pace,
+    now: float = 0.0,
 ) -> Estimate:
     """The expected tokens, cost (USD) and duration (seconds) of `records` records whose
-    texts hold `text_chars` characters in all."""
+    texts hold `text_chars` characters in all; `now` in Unix seconds (a prefix this worker
+    used within the cache's lifetime is assumed still cached: no writes)."""
     per_token = history.chars_per_token(task.fingerprint) or CHARS_PER_TOKEN
     prompt = math.ceil((task.prefix_chars * records + text_chars) / per_token)
     output_each, basis = expected_output_tokens(task, history)
@@ -174,7 +187,9 @@ def estimate_job(
     writes = reads = 0
     if task.cache_prefix and records:
         prefix = math.ceil(task.prefix_chars / per_token)
-        writing_calls = min(records, pace.concurrent_calls)
+        last = history.last_seen(task.fingerprint)
+        warm = last is not None and now - last < CACHE_TTL_SECONDS
+        writing_calls = 0 if warm else min(records, pace.concurrent_calls)
         writes = writing_calls * prefix
         reads = (records - writing_calls) * prefix
     cached = price.cost_of(

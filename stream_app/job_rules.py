@@ -141,7 +141,9 @@ class JobRules:
         self.spend.settle(result.job_id, result.index, self._price_of(result.model).cost_of(usage))
         sent = self._chars.pop(key, None)
         if sent is not None and result.success and result.response is not None:
-            self.history.observe(sent[0], sent[1], usage, result.response.metadata.latency_ms)
+            self.history.observe(
+                sent[0], sent[1], usage, result.response.metadata.latency_ms, time.time()
+            )
 
     def call_estimate(self, task: PreparedTask, record: RecordEvent) -> Decimal:
         """Expected USD of one call of `record` (what a reservation holds)."""

@@ -69,9 +69,17 @@ def test_a_cached_prefix_is_written_once_per_slot_and_read_after() -> None:
     assert est.cache_creation_input_tokens == 5 * prefix
     assert est.cache_read_input_tokens == 95 * prefix
     assert est.cost_usd < est.cost_usd_without_caching / 2
-    assert est.input_tokens == est.cache_creation_input_tokens + est.cache_read_input_tokens + (
-        est.input_tokens - est.cache_creation_input_tokens - est.cache_read_input_tokens
+    # A prefix this worker used within the cache's lifetime is read, not written.
+    history = UsageHistory()
+    history.observe(t.fingerprint, 1000, Usage(input_tokens=250, output_tokens=30), 100, now=1000)
+    warm = estimate_job(
+        t, records=100, text_chars=20_000, price=PRICE, history=history, pace=PACE, now=1100
     )
+    assert warm.cache_creation_input_tokens == 0 and warm.cache_read_input_tokens > 0
+    later = estimate_job(
+        t, records=100, text_chars=20_000, price=PRICE, history=history, pace=PACE, now=2000
+    )
+    assert later.cache_creation_input_tokens > 0
 
 
 def test_backlog_comes_before_the_job() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -205,7 +206,9 @@ def test_the_estimate_is_close_to_what_the_run_billed(
             assert done["completed_count"] == len(texts)
             billed = Decimal(str(done["estimated_cost_usd"]))
             assert billed == billed_cost(simulator.stats()["requests"][before:])
-            assert done["cache_read_input_tokens"] > 0 and done["cache_creation_input_tokens"] > 0
+            assert done["cache_read_input_tokens"] > 0
+            # The first wave writes the prefix; a job right after the first finds it cached.
+            assert (done["cache_creation_input_tokens"] > 0) is (round_ == "cold")
             ratio = float(Decimal(str(est["cost_usd"])) / billed)
             figures.append((round_, est["cost_usd"], float(billed), ratio, est["output_basis"]))
             print(
@@ -214,7 +217,8 @@ def test_the_estimate_is_close_to_what_the_run_billed(
                 f"output from {est['output_basis']}), billed ${billed:.6f}, "
                 f"ratio {ratio:.3f}; tokens est in/out {est['input_tokens']}/"
                 f"{est['output_tokens']}, billed in/out "
-                f"{prompt_tokens(done)}/{done['output_tokens']}"
+                f"{prompt_tokens(done)}/{done['output_tokens']}; cache writes est/billed "
+                f"{est['cache_creation_input_tokens']}/{done['cache_creation_input_tokens']}"
             )
             assert 0.75 <= ratio <= 1.25, figures
 
@@ -255,3 +259,46 @@ def test_a_capped_job_stops_at_its_cap(start: StartService, simulator: Simulator
             reached_at = r["t_done"]
     if reached_at is not None:
         assert all(r["t"] <= reached_at for r in requests)
+
+
+def test_the_cli_estimates_asks_and_submits_with_a_task(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    from tests.test_cli import insight
+
+    service = start()
+    url = service.base_url
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TICKETS[:4]))
+    task_file = tmp_path / "triage.json"
+    task_file.write_text(json.dumps(TRIAGE))
+
+    est = insight("estimate", str(data), "--task", str(task_file), "--json", url=url)
+    assert est.returncode == 0, est.stderr
+    body = json.loads(est.stdout)
+    assert body["records"] == 4 and body["task"] == "custom" and body["cost_usd"] > 0
+    assert simulator.stats()["requests"] == []  # estimating calls no model
+
+    # Above the confirmation threshold, without a terminal and without --yes: refused.
+    refused = insight("submit", str(data), "--confirm-above", "0", url=url)
+    assert refused.returncode == 1
+    assert "pass --yes to submit" in refused.stderr
+    assert simulator.stats()["requests"] == []
+
+    ok = insight(
+        "submit",
+        str(data),
+        "--task",
+        "support-ticket-triage",
+        "--max-cost",
+        "5",
+        "--yes",
+        url=url,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "estimate: 4 records" in ok.stderr
+    assert "4 succeeded, 0 failed, 0 skipped of 4" in ok.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"instructions": "x", "output_schema": {"type": "string"}}))
+    refused = insight("submit", str(data), "--task", str(bad), url=url)
+    assert refused.returncode == 1 and "unsupported_schema" in refused.stderr
