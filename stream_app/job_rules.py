@@ -28,12 +28,12 @@ import orjson
 
 from schemas import JobCreated, RecordEvent, ResultEvent, TaskSpec
 from stream_app.aggregation import result_key
-from stream_app.estimate import UsageHistory
+from stream_app.estimate import UsageHistory, expected_output_tokens
 from stream_app.exceptions import InsightStreamError
 from stream_app.llm import InsightClient
 from stream_app.logs import get_logger
 from stream_app.pricing import Price
-from stream_app.spend_cap import SpendCap
+from stream_app.spend_cap import SpendCap, Verdict
 from stream_app.task_schema import check_output_schema
 from stream_app.tasks import CHARS_PER_TOKEN, PreparedTask
 from stream_app.usage import Usage
@@ -72,6 +72,8 @@ class JobRules:
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._chars: dict[str, tuple[str, int]] = {}
         self.spend = SpendCap()
+        # Set (and replaced) whenever a capped job's spend or reservations change.
+        self._spend_changed: dict[str, asyncio.Event] = {}
         self.history = UsageHistory()
         # Set once the reader has read `batch.results` up to where it ended at start:
         # until then a capped job's spend is not known, so none of its records starts.
@@ -107,6 +109,7 @@ class JobRules:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # the aggregate agent dead-letters it
         self.spend.settle(job_id, index, self._price_of(data.get("model")).cost_of(usage))
+        self._changed(job_id)
 
     # -- asked by the process agent ------------------------------------------------------
 
@@ -121,7 +124,11 @@ class JobRules:
         if terms.max_cost_usd is not None:
             await self.results_caught_up.wait()
             estimate = self.call_estimate(task, record)
-            if not self.spend.reserve(record.job_id, record.index, estimate):
+            while (
+                verdict := self.spend.reserve(record.job_id, record.index, estimate)
+            ) is Verdict.WAIT:
+                await self._wait_for_change(record.job_id)
+            if verdict is Verdict.REFUSE:
                 log.info(
                     "spending cap reached: record skipped",
                     job_id=record.job_id,
@@ -139,18 +146,25 @@ class JobRules:
         key = result_key(result.job_id, result.index)
         usage = Usage.of(result)
         self.spend.settle(result.job_id, result.index, self._price_of(result.model).cost_of(usage))
+        self._changed(result.job_id)
         sent = self._chars.pop(key, None)
         if sent is not None and result.success and result.response is not None:
             self.history.observe(
                 sent[0], sent[1], usage, result.response.metadata.latency_ms, time.time()
             )
 
+    def release(self, record: RecordEvent) -> None:
+        """The record is done here, with or without an outcome: no reservation stays."""
+        self._chars.pop(result_key(record.job_id, record.index), None)
+        if self.spend.is_capped(record.job_id):
+            self.spend.release(record.job_id, record.index)
+            self._changed(record.job_id)
+
     def call_estimate(self, task: PreparedTask, record: RecordEvent) -> Decimal:
         """Expected USD of one call of `record` (what a reservation holds)."""
         per_token = self.history.chars_per_token(task.fingerprint) or CHARS_PER_TOKEN
         input_tokens = int(task.request_chars(record.record.text) / per_token) + 1
-        seen = self.history.output_tokens(task.fingerprint)
-        output_tokens = int(seen if seen is not None else task.max_tokens / 4) + 1
+        output_tokens = int(expected_output_tokens(task, self.history)[0]) + 1
         price = self._price_of(task.model)
         return price.cost(input_tokens, output_tokens)
 
@@ -159,6 +173,15 @@ class JobRules:
 
     def price_of(self, model: str | None) -> Price:
         return self._price_of(model)
+
+    def _changed(self, job_id: str) -> None:
+        event = self._spend_changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_for_change(self, job_id: str) -> None:
+        event = self._spend_changed.setdefault(job_id, asyncio.Event())
+        await event.wait()
 
     async def _terms_of(self, job_id: str) -> JobTerms:
         terms = self._terms.get(job_id)

@@ -343,6 +343,8 @@ def build_pipeline(
                     result = skipped_outcome(record)
                 await _send_outcome(key, result)
         finally:
+            if rules is not None:  # a reservation of a record that got no outcome here
+                rules.release(record)
             if running.get(key) is done:
                 del running[key]
             if not done.done():

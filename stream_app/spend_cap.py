@@ -5,10 +5,11 @@ A worker learns a capped job's spend from two sources, both keyed by record inde
 record is counted once whichever arrives first: the outcomes it produces itself, and every
 outcome of the job on `batch.results`, which each worker reads with its own group-less
 consumer (`stream_app.cancel_listener`). Before a record's first call the worker reserves
-that call's expected cost; the call goes only when spend + reservations + its own
-estimate stay within the cap. Once a record of a job is refused, every later record of
-that job on this worker is refused too (the job has stopped; records are not cherry-picked
-to fill the cap).
+that call's expected cost; the call goes when spend + reservations + its own estimate stay
+within the cap, waits while it fits only without the reservations of calls in flight (they
+may cost less than reserved), and is refused once the spend alone leaves no room for it.
+Once a record of a job is refused, every later record of that job on this worker is
+refused too (the job has stopped; records are not cherry-picked to fill the cap).
 
 The overshoot bound: the cap can be passed only by calls that started before the spend
 that reached it was visible here. On one worker that is the error of the estimates of the
@@ -21,6 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import Enum
+
+
+class Verdict(Enum):
+    ADMIT = "admit"  # reserved: the call may go
+    WAIT = "wait"  # fits only once calls in flight have settled (they may cost less)
+    REFUSE = "refuse"  # the spend alone leaves no room: the job has reached its cap
 
 
 @dataclass
@@ -56,22 +64,23 @@ class SpendCap:
         job = self._jobs.get(job_id)
         return job.spent if job is not None else Decimal(0)
 
-    def reserve(self, job_id: str, index: int, estimate: Decimal) -> bool:
-        """May record `index` make its first call, expected to cost `estimate` USD? True
-        reserves it (until `settle`); False means the job has reached its cap here."""
+    def reserve(self, job_id: str, index: int, estimate: Decimal) -> Verdict:
+        """May record `index` make its first call, expected to cost `estimate` USD? ADMIT
+        reserves it (until `settle`); WAIT: not before a call in flight settles; REFUSE:
+        the job has reached its cap here (for good)."""
         job = self._jobs.get(job_id)
-        if job is None:
-            return True
-        if index in job.billed:
-            return True  # its outcome is known: it will not call again
+        if job is None or index in job.billed:
+            return Verdict.ADMIT  # no cap; or its outcome is known: it will not call again
         if job.exhausted:
-            return False
+            return Verdict.REFUSE
+        if job.spent + estimate > job.cap:
+            job.exhausted = True
+            return Verdict.REFUSE
         committed = job.spent + sum(job.reserved.values(), Decimal(0))
         if committed + estimate > job.cap:
-            job.exhausted = True
-            return False
+            return Verdict.WAIT
         job.reserved[index] = estimate
-        return True
+        return Verdict.ADMIT
 
     def settle(self, job_id: str, index: int, cost: Decimal) -> None:
         """Record `index` of the job billed `cost` USD in all (its outcome); idempotent."""

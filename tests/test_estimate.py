@@ -7,7 +7,7 @@ from decimal import Decimal
 from schemas import TaskSpec
 from stream_app.estimate import Pace, UsageHistory, estimate_job, output_chars
 from stream_app.pricing import price_for
-from stream_app.spend_cap import SpendCap
+from stream_app.spend_cap import SpendCap, Verdict
 from stream_app.tasks import prepare_task
 from stream_app.usage import Usage
 
@@ -94,15 +94,20 @@ def test_backlog_comes_before_the_job() -> None:
 
 def test_spend_cap_reserves_settles_and_stops_for_good() -> None:
     cap = SpendCap()
-    assert cap.reserve("free", 0, Decimal(100))  # not capped
+    assert cap.reserve("free", 0, Decimal(100)) is Verdict.ADMIT  # not capped
     cap.watch("j", Decimal("1.00"))
-    assert cap.reserve("j", 0, Decimal("0.40"))
-    assert cap.reserve("j", 1, Decimal("0.40"))
-    assert not cap.reserve("j", 2, Decimal("0.40"))  # 1.20 > 1.00 with the reservations
+    assert cap.reserve("j", 0, Decimal("0.40")) is Verdict.ADMIT
+    assert cap.reserve("j", 1, Decimal("0.40")) is Verdict.ADMIT
+    # 1.20 > 1.00 only with the reservations: wait for the calls in flight.
+    assert cap.reserve("j", 2, Decimal("0.40")) is Verdict.WAIT
     cap.settle("j", 0, Decimal("0.10"))
     cap.settle("j", 0, Decimal("0.10"))  # the same outcome read again is counted once
     assert cap.spent("j") == Decimal("0.10")
-    # Once refused, the job stays stopped on this worker even though 0.40 would fit now.
-    assert not cap.reserve("j", 3, Decimal("0.01"))
+    assert cap.reserve("j", 2, Decimal("0.40")) is Verdict.ADMIT  # 0.10 + 0.40 + 0.40
+    cap.settle("j", 1, Decimal("0.45"))
+    cap.settle("j", 2, Decimal("0.40"))
+    # The spend alone (0.95) leaves no room: refused, and for good on this worker.
+    assert cap.reserve("j", 3, Decimal("0.10")) is Verdict.REFUSE
+    assert cap.reserve("j", 4, Decimal("0.01")) is Verdict.REFUSE
     # A record whose outcome is known is never refused (a redelivery re-sends it).
-    assert cap.reserve("j", 0, Decimal("5"))
+    assert cap.reserve("j", 0, Decimal("5")) is Verdict.ADMIT
