@@ -7,7 +7,7 @@ import datetime as dt
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
@@ -123,7 +123,8 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٣" (int() refuses the first).
+    if not (raw.isascii() and raw.isdigit()):
         raise ApiError(400, "invalid_parameter", f"{name} must be a non-negative integer")
     return int(raw)
 
@@ -203,59 +204,6 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def job_status(request: Request) -> Response:
-    caller = _caller(request)
-    service: Service = request.state.service
-    job_id = request.path_params["job_id"]
-    offset = _int_param(request, "offset", 0) or 0
-    limit = _int_param(request, "limit", None)
-    job = service.pipeline.job(job_id)
-
-    def live_result(index: int) -> dict[str, Any] | None:
-        return service.pipeline.result(job_id, index)
-
-    lookup: Callable[[int], dict[str, Any] | None] = live_result
-    if job is None:
-        forwarded = await _forward_to_owner(request, service, job_id)
-        if forwarded is not None:
-            return forwarded
-        archived = service.archived(job_id)
-        if archived is not None:
-            job, archived_results = archived
-            lookup = archived_results.get
-    if job is None or not _visible(job, caller):
-        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
-    last = job.total_records if job.total_records is not None else job.highest_index + 1
-    end = last if limit is None else min(last, offset + limit)
-    results = []
-    for index in range(offset, end):
-        stored = lookup(index)
-        if stored is not None:
-            results.append(result_view(stored))
-    return JSONResponse({**job_summary(job, service), "results": results})
-
-
-async def _forward_to_owner(request: Request, service: Service, job_id: str) -> Response | None:
-    """Jobs live on the worker owning their partition; ask it when that is not us."""
-    if request.headers.get(_FORWARDED):
-        return None
-    owner = service.owner_url(job_id)
-    if service.is_local(owner):
-        return None
-    http: httpx.AsyncClient = request.state.http
-    try:
-        reply = await http.get(
-            f"{owner}{request.url.path}",
-            params=dict(request.query_params),
-            headers=_forward_headers(request),
-        )
-    except httpx.HTTPError:
-        raise ApiError(
-            503, "owner_unavailable", "the worker holding this job did not answer; retry"
-        ) from None
-    return Response(reply.content, status_code=reply.status_code, media_type="application/json")
-
-
 async def list_jobs(request: Request) -> Response:
     caller = _caller(request)
     service: Service = request.state.service
@@ -308,7 +256,7 @@ def create_api(settings: Settings) -> Starlette:
         Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
         Route("/api/v1/batch/estimate", estimate.estimate_batch, methods=["POST"]),
         Route("/api/v1/tasks", estimate.list_tasks, methods=["GET"]),
-        Route("/api/v1/batch/{job_id}/status", job_status, methods=["GET"]),
+        Route("/api/v1/batch/{job_id}/status", results.job_status, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/cancel", cancel.cancel_job, methods=["POST"]),
         Route("/api/v1/batch/{job_id}/results", results.results_page, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/results.ndjson", results.results_ndjson, methods=["GET"]),

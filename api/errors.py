@@ -6,6 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from stream_app.exceptions import BrokerUnavailable
 from stream_app.logs import get_logger
 
 log = get_logger(__name__)
@@ -37,9 +38,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
+async def _broker_unavailable(request: Request, exc: Exception) -> Response:
+    # The job (or cancel) was not accepted: the client may retry once the broker is back.
+    log.error("broker unavailable", path=request.url.path, reason=str(exc))
+    return error_response(503, "broker_unavailable", str(exc))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return error_response(500, "internal_error", "internal error; the request was not processed")
 
 
-EXCEPTION_HANDLERS = {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    BrokerUnavailable: _broker_unavailable,
+    Exception: _unexpected,
+}

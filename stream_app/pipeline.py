@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
@@ -22,6 +22,7 @@ from stream_app.cancellation import (
     record_scope,
     skipped_outcome,
 )
+from stream_app.exceptions import BrokerUnavailable
 from stream_app.faust_fixes import guard_stale_acks
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
@@ -71,6 +72,8 @@ class Pipeline:
     cancelled: CancelledJobs = field(default_factory=CancelledJobs)
     feed: JobFeed = field(default_factory=JobFeed)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # Outcomes this worker sent to `batch.results` (new or re-sent known ones): progress.
+    outcomes_sent: int = 0
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -115,54 +118,56 @@ class Pipeline:
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
 
-    async def publish_job(self, created: JobCreated, records: list[RecordEvent]) -> None:
-        """What an upstream producer does: announce the job, then send its records."""
-        await self.jobs_topic.send(key=created.job_id.encode(), value=_dump(created))
-        for event in records:
-            await self.records_topic.send(
-                key=record_key(event.job_id, event.index), value=_dump(event)
-            )
-        await self.app.producer.flush()
+    async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
+        """What an upstream producer does: announce the job on `batch.jobs`, then send its
+        records to `batch.records` (`records`: each record's JSON object, in index order),
+        and wait until the broker has acknowledged all of them (acks=all).
+
+        Raises BrokerUnavailable when that takes longer than KAFKA_PUBLISH_TIMEOUT_SECONDS
+        (the broker is down or unreachable); part of the job may then be on Kafka.
+        """
+        job_id = created.job_id
+
+        async def send_all() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=_dump(created))
+            for index, record in enumerate(records):
+                value = orjson.dumps(
+                    {"job_id": job_id, "index": index, "record": orjson.Fragment(record)}
+                )
+                await self.records_topic.send(key=record_key(job_id, index), value=value)
+            await self.app.producer.flush()
+
+        await self._within_publish_timeout(send_all(), f"job {job_id}")
 
     async def publish_cancel(self, job_id: str) -> None:
-        """Announce on `batch.jobs` that the job is cancelled (every worker reads it)."""
+        """Announce on `batch.jobs` that the job is cancelled (every worker reads it).
+        Raises BrokerUnavailable as publish_job does."""
         event = JobCancelled(job_id=job_id, cancelled_at=time.time())
-        await self.jobs_topic.send(key=job_id.encode(), value=_dump(event))
-        await self.app.producer.flush()
+
+        async def send() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=_dump(event))
+            await self.app.producer.flush()
+
+        await self._within_publish_timeout(send(), f"cancel of job {job_id}")
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged everything produced (at shutdown). Raises
+        BrokerUnavailable after KAFKA_PUBLISH_TIMEOUT_SECONDS."""
+        await self._within_publish_timeout(self.app.producer.flush(), "the final flush")
+
+    async def _within_publish_timeout(self, sending: Awaitable[None], what: str) -> None:
+        timeout = self.settings.kafka_publish_timeout_seconds
+        try:
+            await asyncio.wait_for(sending, timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge {what} within {timeout:g} s "
+                "(KAFKA_PUBLISH_TIMEOUT_SECONDS)"
+            ) from None
 
 
 def _dump(model: Any) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
-
-
-async def ensure_topics(bootstrap_servers: str, wanted: dict[str, int]) -> set[str]:
-    """Create missing topics with explicit partition counts; refuse mismatched ones.
-    Returns the names of the topics it created.
-
-    Tansu auto-creates unknown topics with its own partition count, and a table's changelog
-    must match its source topic, so everything is declared before any agent starts.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
-        if missing:
-            await admin.create_topics(missing)
-            log.info("created topics", topics=",".join(t.name for t in missing))
-        present = [name for name in wanted if name in existing]
-        if present:
-            described = await admin.describe_topics(present)
-            for topic in described:
-                count = len(topic.get("partitions", []))
-                if count and count != wanted[topic["topic"]]:
-                    raise RuntimeError(
-                        f"topic {topic['topic']!r} has {count} partitions, the service is "
-                        f"configured for {wanted[topic['topic']]} (KAFKA_PARTITIONS)"
-                    )
-    finally:
-        await admin.close()
-    return {topic.name for topic in missing}
 
 
 def build_pipeline(
@@ -321,6 +326,7 @@ def build_pipeline(
             # drops duplicates) instead of paying for the call again.
             log.info("record already processed", job=record.job_id, index=record.index)
             await results_topic.send(key=record.job_id.encode(), value=orjson.dumps(known))
+            pipeline.outcomes_sent += 1
             return
         # Registered before any wait, so a redelivered copy waits for this one's outcome.
         done = running[key] = asyncio.get_running_loop().create_future()
@@ -356,6 +362,7 @@ def build_pipeline(
         await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
         if rules is not None:
             rules.settle(result)
+        pipeline.outcomes_sent += 1
         # Priced by the same fold as the job's status, so the counters add up to its cost.
         cost = apply_result(None, result, ledger.price_for(result), 0.0).estimated_cost
         metrics.outcome(result, cost)

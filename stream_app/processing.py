@@ -74,7 +74,12 @@ class IntakeGate:
 
     @property
     def count(self) -> int:
+        """Records admitted and without an outcome yet (waiting for the budget or in a call)."""
         return self._count
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def admit(self) -> None:
         if self._closed:

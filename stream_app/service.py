@@ -13,28 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.contrib.asgi import faust_app_running
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
-from schemas import BatchRecord, JobCreated, RecordEvent
+from schemas import BatchRecord, JobCreated
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
 from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
+from stream_app.dir_lock import DirLock
+from stream_app.exceptions import BrokerUnavailable
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
 from stream_app.llm import InsightClient, build_anthropic_client
-from stream_app.local_state import drop_unreconcilable
+from stream_app.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.logs import get_logger
 from stream_app.metrics import MeteredTransport, WorkerMetrics
 from stream_app.mirror import SqliteMirror
-from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline, ensure_topics
+from stream_app.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.pricing import is_known_model, price_for
 from stream_app.processing import IntakeGate, RecordProcessor, RetryPolicy
 from stream_app.ratelimit import RateBudget
 from stream_app.settings import Settings
+from stream_app.stall import Backlog, StallWatch
+from stream_app.topics import ensure_topics, leader_topic
 
 log = get_logger(__name__)
 
@@ -65,6 +70,10 @@ class Service:
     # Since when (monotonic seconds) the assignment check has not been ok, while the
     # broker answers.
     _unassigned_since: float | None = field(default=None, repr=False)
+    stall: StallWatch | None = None
+    backlog: Backlog | None = None
+    # (monotonic seconds, records) of the last backlog read: read at most every 5 s.
+    _backlog_read: tuple[float, int] = field(default=(-1e9, 0), repr=False)
 
     def stop_intake(self) -> None:
         """No record starts from now on; calls in flight finish (at SIGTERM/SIGINT)."""
@@ -111,8 +120,38 @@ class Service:
                 self._unassigned_since = now
             elif now - self._unassigned_since > deadline_seconds:
                 reason = f"not ready for {deadline_seconds:.0f} s: {assignment}"
+            if reason is None:
+                reason = await self._check_stall(now, assignment)
             if reason is not None:
                 self.give_up(reason)
+
+    async def _check_stall(self, now: float, assignment: str) -> str | None:
+        if self.stall is None or self.backlog is None:
+            return None
+        if self.gate.closed:
+            excuse: str | None = "stopping"
+        elif assignment != "ok":
+            excuse = assignment
+        else:
+            state = self.breaker.report()["state"]
+            excuse = None if state == "available" else f"provider {state}"
+        in_flight = self.gate.count
+        outcomes = self.pipeline.outcomes_sent
+        backlog = 0
+        if excuse is None and in_flight == 0:
+            read_at, backlog = self._backlog_read
+            if now - read_at >= 5.0:
+                records = self.settings.topic_records
+                owned = [TopicPartition(records, p) for p in self.owned_partitions()]
+                try:
+                    backlog = await asyncio.wait_for(self.backlog.count(owned), timeout=5.0)
+                except Exception as exc:  # the broker checks report it; not a stall
+                    log.warning("could not read the backlog", error=type(exc).__name__)
+                    backlog = 0
+                self._backlog_read = (now, backlog)
+        return self.stall.observe(
+            now, backlog=backlog, in_flight=in_flight, outcomes=outcomes, excuse=excuse
+        )
 
     def give_up(self, reason: str) -> None:
         log.error("worker cannot become ready; stopping so it is restarted", reason=reason)
@@ -130,8 +169,8 @@ class Service:
         created = (created or JobCreated(job_id=job_id, total_records=0)).model_copy(
             update={"total_records": len(records), "created_at": time.time(), "owner": owner}
         )
-        events = [RecordEvent(job_id=job_id, index=i, record=r) for i, r in enumerate(records)]
-        await self.pipeline.publish_job(created, events)
+        values = (r.model_dump_json(exclude_none=True).encode() for r in records)
+        await self.pipeline.publish_job(created, values)
         return job_id
 
     def is_local(self, owner_url: str | None) -> bool:
@@ -220,14 +259,31 @@ class Service:
 
 @asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[Service]:
-    """Build every client from Settings, start the Faust app, and stop it all on exit."""
+    """Build every client from Settings, start the Faust app, and stop it all on exit.
+
+    Raises DirectoryInUse when another worker holds BATCH_JOB_STORAGE_PATH, ValueError when
+    the broker or the provider's key is not resolved yet.
+    """
+    # One worker per state directory: a second one would repair (drop) stores the first
+    # still writes. Raises DirectoryInUse.
+    storage_lock = DirLock(
+        settings.batch_job_storage_path, "the worker's state directory (BATCH_JOB_STORAGE_PATH)"
+    )
+    try:
+        async with _running_service(settings) as service:
+            yield service
+    finally:
+        storage_lock.release()
+
+
+@asynccontextmanager
+async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     if not settings.kafka_bootstrap_servers:
         raise ValueError("KAFKA_BOOTSTRAP_SERVERS must be resolved before the service starts")
     if settings.anthropic_api_key is None:
         raise ValueError("ANTHROPIC_API_KEY must be resolved before the service starts")
     if not is_known_model(settings.claude_model):
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
-    settings.batch_job_storage_path.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
     anthropic_client = build_anthropic_client(
@@ -302,8 +358,18 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         metrics=metrics,
         rules=rules,
     )
-    created = await ensure_topics(settings.kafka_bootstrap_servers, pipeline.topic_partitions)
+    created = await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
+        group_id=settings.kafka_app_id,
+    )
     pipeline.discard_stale_state(created)
+    if settings.batch_persistence_backend != "memory":
+        adopt_cluster(
+            pipeline.tabledir,
+            pipeline.changelogs,
+            await kafka_cluster_id(settings.kafka_bootstrap_servers),
+        )
     if settings.batch_persistence_backend != "memory" and settings.batch_heal_local_state:
         await drop_unreconcilable(
             pipeline.tabledir, pipeline.changelogs, settings.kafka_bootstrap_servers
@@ -333,15 +399,24 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
+            service.stall = StallWatch(settings.batch_stall_after_seconds)
+            service.backlog = Backlog(
+                settings.kafka_bootstrap_servers, admin, settings.kafka_app_id
+            )
             watchdog = asyncio.create_task(service.watch(settings.batch_ready_deadline_seconds))
             try:
                 yield service
             finally:
                 watchdog.cancel()
+                await service.backlog.close()
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)
-            await pipeline.app.producer.flush()
+            try:
+                await pipeline.flush()
+            except BrokerUnavailable as exc:
+                # Unacknowledged outcomes were not committed either: redelivered later.
+                log.error("outcomes not acknowledged at stop", reason=str(exc))
             log.info("drained", calls_abandoned=left)
     finally:
         await cancel_listener.stop()

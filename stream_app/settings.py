@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # start. One record per produce batch keeps it right. On by default for the embedded
     # broker; set it when KAFKA_BOOTSTRAP_SERVERS points at a Tansu broker.
     kafka_one_record_per_batch: bool = False
+    # How long a submit or cancel waits for the broker to acknowledge what it produced
+    # before answering 503 broker_unavailable; also bounds the producer flush at shutdown.
+    kafka_publish_timeout_seconds: float = Field(30.0, gt=0)
     # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
     # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
     embedded_broker: EmbeddedBroker = "auto"

@@ -48,7 +48,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10.0, **kwargs)
+        return httpx.Client(base_url=self.base_url, **{"timeout": 10.0, **kwargs})
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

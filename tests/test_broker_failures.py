@@ -124,3 +124,56 @@ def test_broker_restart_mid_job_finishes_exactly_once(
     # again, at most the calls in flight.
     assert len(TEXTS) <= calls <= len(TEXTS) + concurrency
     assert service.stop(signal.SIGTERM) == 0
+
+
+def test_a_submit_while_the_broker_is_down_answers_503_and_the_worker_still_stops(
+    start: StartService, private_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    port = free_port()
+    broker = private_broker(port)
+    service = start(
+        workdir=tmp_path / "node",
+        kafka_bootstrap_servers=f"127.0.0.1:{port}",
+        kafka_publish_timeout_seconds=3,
+    )
+    with service.client(timeout=60) as client:
+        assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
+        broker.kill()
+        reply = client.post("/api/v1/batch", json={"records": [{"text": TEXTS[3]}]})
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "broker_unavailable"
+        assert "KAFKA_PUBLISH_TIMEOUT_SECONDS" in error["message"]
+    # SIGTERM still stops it (the final flush is bounded too), and says what it could not do.
+    assert service.stop(signal.SIGTERM, timeout=120) == 0
+    assert "outcomes not acknowledged at stop" in service.logs() or "drained" in service.logs()
+
+
+def test_state_built_from_another_kafka_cluster_is_dropped_not_mixed_in(
+    start: StartService, private_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    """Switching a worker's state directory between clusters (e.g. EMBEDDED_BROKER=tansu
+    then kafka) must not let one cluster's store offsets skip the other's changelog."""
+    workdir = tmp_path / "node"
+    first_port, second_port = free_port(), free_port()
+    first_data = tmp_path / "first-cluster"
+    first = private_broker(first_port, data=first_data)
+    on_first = {"kafka_bootstrap_servers": f"127.0.0.1:{first_port}"}
+    job_id, before = finished_job(start, workdir, **on_first)
+    first.stop()
+
+    # A smaller history on another cluster: its changelog offsets are below the first's.
+    private_broker(second_port)
+    service = start(workdir=workdir, kafka_bootstrap_servers=f"127.0.0.1:{second_port}")
+    with service.client() as client:
+        assert client.get(f"/api/v1/batch/{job_id}/status").status_code == 404
+        assert wait_completed(client, submit(client, TEXTS[6:7]))["completed_count"] == 1
+    assert service.stop() == 0
+    assert "built from another Kafka cluster" in service.logs()
+
+    # Back on the first cluster: every result of its job is there again.
+    private_broker(first_port, data=first_data)
+    again = start(workdir=workdir, **on_first)
+    with again.client() as client:
+        assert status(client, job_id) == before
+    assert "built from another Kafka cluster" in again.logs()

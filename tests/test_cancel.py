@@ -12,7 +12,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from simulator.testing import SimulatorHandle
-from stream_app.pipeline import ensure_topics
+from stream_app.topics import ensure_topics
 from tests.conftest import StartService
 from tests.sse import collect
 from tests.support import Namespace, ServiceProcess, status, submit, wait_completed, wait_until

@@ -208,6 +208,8 @@ def test_bad_http_input_gets_a_clear_4xx(start: StartService) -> None:
             ("/api/v1/nothing", 404, "not_found"),
             ("/api/v1/batch/abc/status?limit=-1", 400, "invalid_parameter"),
             ("/api/v1/batch/abc/status?offset=x", 400, "invalid_parameter"),
+            ("/api/v1/batch/abc/status?offset=%C2%B2", 400, "invalid_parameter"),
+            ("/api/v1/batch/abc/status?limit=%D9%A3", 400, "invalid_parameter"),
         ]:
             reply = client.get(path)
             assert (reply.status_code, reply.json()["error"]["code"]) == (code, error), path

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from stream_app.settings import Settings
+from stream_app.testing import ROOT, SERVICE_ENV_PREFIXES
 
 FIELDS = sorted(Settings.model_fields)
 
@@ -52,3 +56,31 @@ def test_set_values_are_still_validated(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("KAFKA_PARTITIONS", "0")
     with pytest.raises(ValueError, match="kafka_partitions"):
         Settings()
+
+
+def test_invalid_settings_stop_the_launcher_with_one_line_each_and_no_secret(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_ENV_PREFIXES)} | {
+        "PYTHONPATH": str(ROOT),
+        "KAFKA_PARTITIONS": "abc",
+        "BATCH_MAX_CONCURRENT_LLM_CALLS": "0",
+        "API_KEYS": "sk-very-secret",
+        "ANTHROPIC_API_KEY": "sk-also-secret",
+        "PORT": "not-a-port",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_app"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert all(line.startswith("error: invalid configuration: ") for line in lines), lines
+    named = {line.split(": ")[2] for line in lines}
+    assert {"KAFKA_PARTITIONS", "BATCH_MAX_CONCURRENT_LLM_CALLS", "PORT"} <= named, lines
+    assert "secret" not in done.stderr + done.stdout
