@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-import orjson
+from pydantic import ValidationError
 
 from schemas import JobCreated, RecordEvent, ResultEvent, TaskSpec
 from stream_app.aggregation import result_key
@@ -103,12 +103,11 @@ class JobRules:
         if not value or not self.spend.is_capped(job_id):
             return
         try:
-            data = orjson.loads(value)
-            index = int(data["index"])
-            usage = Usage.of(data)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            result = ResultEvent.model_validate_json(value)
+        except ValidationError:
             return  # the aggregate agent dead-letters it
-        self.spend.settle(job_id, index, self._price_of(data.get("model")).cost_of(usage))
+        cost = self._price_of(result.model).cost_of(Usage.of(result))
+        self.spend.settle(job_id, result.index, cost)
         self._changed(job_id)
 
     # -- asked by the process agent ------------------------------------------------------

@@ -111,3 +111,19 @@ def test_spend_cap_reserves_settles_and_stops_for_good() -> None:
     assert cap.reserve("j", 4, Decimal("0.01")) is Verdict.REFUSE
     # A record whose outcome is known is never refused (a redelivery re-sends it).
     assert cap.reserve("j", 0, Decimal("5")) is Verdict.ADMIT
+
+
+def test_outcomes_read_from_batch_results_count_against_the_cap() -> None:
+    from schemas import JobCreated, ResultEvent
+    from stream_app.job_rules import JobRules
+
+    rules = JobRules(None, lambda model: PRICE)  # type: ignore[arg-type]
+    rules.learn(JobCreated(job_id="j", total_records=3, max_cost_usd=1.0))
+    billed = ResultEvent(
+        job_id="j", index=0, success=False, error="x", input_tokens=1000, output_tokens=100
+    )
+    rules.observe_result("j", billed.model_dump_json().encode())
+    rules.observe_result("j", b"{not json")  # unreadable: ignored, never raised
+    rules.observe_result("free", billed.model_dump_json().encode())  # not capped: ignored
+    assert rules.spend.spent("j") == PRICE.cost(1000, 100)
+    assert rules.spend.spent("free") == 0

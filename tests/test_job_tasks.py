@@ -302,3 +302,40 @@ def test_the_cli_estimates_asks_and_submits_with_a_task(
     bad.write_text(json.dumps({"instructions": "x", "output_schema": {"type": "string"}}))
     refused = insight("submit", str(data), "--task", str(bad), url=url)
     assert refused.returncode == 1 and "unsupported_schema" in refused.stderr
+
+
+def test_the_cap_holds_across_two_workers(start: StartService, simulator: SimulatorHandle) -> None:
+    """Records of one job run on both workers; each learns the other's spend from
+    `batch.results`, so together they stop near the cap, not at twice it."""
+    simulator.configure(latency_ms=150)
+    concurrency = 3
+    first = start(batch_max_concurrent_llm_calls=concurrency)
+    second = start(
+        batch_max_concurrent_llm_calls=concurrency, workdir=first.log_path.parent.parent / "svc2"
+    )
+
+    def shared() -> bool:
+        owned = [httpx.get(f"{w.base_url}/api/v1/ready").json() for w in (first, second)]
+        parts = [set(o["partitions"]) for o in owned]
+        return all(o["ready"] for o in owned) and parts[0] | parts[1] == {0, 1, 2, 3} and all(parts)
+
+    wait_until(shared, timeout=90, interval=0.2, what="the two workers to share the partitions")
+    with first.client() as client:
+        texts = [f"Shared {i}: {t}" for i, t in enumerate(TICKETS * 5)]
+        cap = 0.016
+        job_id = submit(client, texts, task=TRIAGE, max_cost_usd=cap)
+        body = wait_over(client, job_id)
+    second.ensure_alive()
+    requests = [r for r in simulator.stats()["requests"] if r["status"] == 200]
+    spent = Decimal(str(body["estimated_cost_usd"]))
+    largest = max(billed_cost([r]) for r in requests)
+    print(
+        f"two workers, cap ${cap}: spent ${spent:.6f} in {len(requests)} calls "
+        f"({float(spent) / cap:.1%} of the cap, largest call ${largest:.6f})"
+    )
+    assert body["status"] == "budget_exhausted" and spent == billed_cost(requests)
+    assert body["skipped_count"] == len(texts) - len(requests) > 0
+    # The stated bound: the other worker's calls in flight, plus estimate error and the
+    # moment an outcome takes to reach the other worker (one call each, on a loaded machine).
+    # Without shared spend each worker would spend up to the cap: about twice it.
+    assert spent <= Decimal(str(cap)) + (concurrency + 2) * largest
