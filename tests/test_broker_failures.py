@@ -145,7 +145,7 @@ def test_a_submit_while_the_broker_is_down_answers_503_and_the_worker_still_stop
         assert error["code"] == "broker_unavailable"
         assert "KAFKA_PUBLISH_TIMEOUT_SECONDS" in error["message"]
     # SIGTERM still stops it (the final flush is bounded too), and says what it could not do.
-    assert service.stop(signal.SIGTERM, timeout=120) == 0
+    assert service.stop(signal.SIGTERM, timeout=180) == 0
     assert "outcomes not acknowledged at stop" in service.logs() or "drained" in service.logs()
 
 
