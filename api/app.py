@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hmac
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.errors import EXCEPTION_HANDLERS, ApiError
+from api.job_options import job_options
 from schemas import BatchAccepted, BatchRequest
 from stream_app.aggregation import JobStatus
 from stream_app.service import Service, running_service
@@ -59,6 +61,9 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "cancelled_at": _iso(job.cancelled_at),
+        "task": job.task,
+        "model": job.model,
+        "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
     }
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
@@ -87,6 +92,8 @@ def result_view(stored: dict[str, Any]) -> dict[str, Any]:
         view["error"] = stored["error"]
     if stored.get("skipped"):
         view["skipped"] = True
+        if stored.get("skip_reason"):
+            view["skip_reason"] = stored["skip_reason"]
     if stored.get("record_id") is not None:
         view["record_id"] = stored["record_id"]
     view["tokens_used"] = _tokens_used(stored)
@@ -150,7 +157,9 @@ async def submit_batch(request: Request) -> Response:
             raise ApiError(
                 422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
             )
-    job_id = await service.submit(batch.records, owner=caller, priority=batch.priority)
+    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
+    job_id = await service.submit(batch.records, owner=caller, created=created)
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
     return JSONResponse(accepted.model_dump(), status_code=202)
@@ -228,7 +237,7 @@ async def ready(request: Request) -> Response:
 
 def create_api(settings: Settings) -> Starlette:
     # Imported here because they use the helpers above (app.py is split by resource later).
-    from api import cancel, events, metrics, results, web
+    from api import cancel, estimate, events, metrics, results, web
 
     api_keys = settings.api_key_table()
 
@@ -245,6 +254,8 @@ def create_api(settings: Settings) -> Starlette:
     routes = [
         Route("/api/v1/batch", submit_batch, methods=["POST"]),
         Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
+        Route("/api/v1/batch/estimate", estimate.estimate_batch, methods=["POST"]),
+        Route("/api/v1/tasks", estimate.list_tasks, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/status", results.job_status, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/cancel", cancel.cancel_job, methods=["POST"]),
         Route("/api/v1/batch/{job_id}/results", results.results_page, methods=["GET"]),

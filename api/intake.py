@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, Response
 
 from api.app import _await_visible, _caller, _describe
 from api.errors import ApiError
-from schemas import BatchAccepted, BatchRecord, BatchRequest, JobCreated
-from schemas.http import Priority
+from api.job_options import JobOptions, job_options, query_options
+from schemas import BatchAccepted, BatchRecord, BatchRequest
 from stream_app.service import Service
 
 NDJSON = "application/x-ndjson"
@@ -43,19 +43,29 @@ async def submit_stream(request: Request, media_type: str) -> Response:
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
     spool_dir.mkdir(parents=True, exist_ok=True)
-    # Job options: query parameters, or a first NDJSON line {"job": {...}} (which wins).
-    options = _query_options(request)
     with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
-        if media_type == CSV:
-            count = await _spool_csv(request, spool, service)
-        else:
-            count = await _spool_ndjson(request, spool, service, options)
-        if count == 0:
-            raise ApiError(422, "validation_error", "records: the body holds no record")
-        job_id = await _publish(service, spool, count, caller, options.priority)
+        count, options = await spool_records(request, spool, service, media_type)
+        job_id = await _publish(service, spool, count, caller, options)
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=count)
     return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+async def spool_records(
+    request: Request, spool: IO[bytes], service: Service, media_type: str
+) -> tuple[int, JobOptions]:
+    """Validate the streamed records into `spool` (one JSON record a line); returns how
+    many and the job's options (query parameters, or an NDJSON body's `{"job": ...}` line,
+    which wins). Raises ApiError (413, 422) at the first bad line."""
+    options = _validated_options(query_options(request.query_params), 0, service)
+    if media_type == CSV:
+        count = await _spool_csv(request, spool, service)
+    else:
+        count, from_line = await _spool_ndjson(request, spool, service)
+        options = from_line or options
+    if count == 0:
+        raise ApiError(422, "validation_error", "records: the body holds no record")
+    return count, options
 
 
 async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, str]]:
@@ -94,22 +104,14 @@ def _too_many(limit: int) -> ApiError:
     return ApiError(413, "too_many_records", f"at most {limit} records per request")
 
 
-def _query_options(request: Request) -> BatchRequest:
-    """`?priority=` for streamed bodies, validated like the JSON body's field."""
-    options = {k: v for k, v in request.query_params.items() if k == "priority"}
-    try:
-        return BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", _describe(exc)) from None
-
-
 async def _spool_ndjson(
-    request: Request, spool: IO[bytes], service: Service, options: BatchRequest
-) -> int:
+    request: Request, spool: IO[bytes], service: Service
+) -> tuple[int, JobOptions | None]:
     settings = service.settings
     max_chars = settings.batch_max_text_chars
     count = 0
     first = True
+    options = None
     async for number, line in _lines(request, max_chars * 6 + _LINE_OVERHEAD):
         if not line.strip():
             continue
@@ -118,9 +120,7 @@ async def _spool_ndjson(
         except orjson.JSONDecodeError as exc:
             raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
         if first and isinstance(data, dict) and set(data) == {"job"}:
-            given = _check_job_options(data["job"], number)
-            for name in given.model_fields_set - {"records"}:
-                setattr(options, name, getattr(given, name))
+            options = _check_job_options(data["job"], number, service)
             first = False
             continue
         first = False
@@ -133,18 +133,27 @@ async def _spool_ndjson(
         if count > settings.batch_max_records_per_request:
             raise _too_many(settings.batch_max_records_per_request)
         _write(spool, record)
-    return count
+    return count, options
 
 
-def _check_job_options(options: Any, line: int) -> BatchRequest:
+def _check_job_options(options: Any, line: int, service: Service) -> JobOptions:
     """A first line `{"job": {...}}` carries the options the JSON body would (validated
     the same way: unknown options are refused)."""
     if not isinstance(options, dict):
         raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
+    return _validated_options(options, line, service)
+
+
+def _validated_options(options: dict[str, Any], line: int, service: Service) -> JobOptions:
+    where = f"line {line}: job." if line else "query: "
     try:
-        return BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
+        batch = BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
     except ValidationError as exc:
-        raise ApiError(422, "validation_error", f"line {line}: job.{_describe(exc)}") from None
+        raise ApiError(422, "validation_error", f"{where}{_describe(exc)}") from None
+    try:
+        return job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.code, f"{where}{exc.message}") from None
 
 
 async def _spool_csv(request: Request, spool: IO[bytes], service: Service) -> int:
@@ -221,12 +230,10 @@ async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tupl
 
 
 async def _publish(
-    service: Service, spool: IO[bytes], count: int, owner: str | None, priority: Priority
+    service: Service, spool: IO[bytes], count: int, owner: str | None, options: JobOptions
 ) -> str:
     job_id = uuid.uuid4().hex
-    created = JobCreated(
-        job_id=job_id, total_records=count, created_at=time.time(), owner=owner, priority=priority
-    )
+    created = options.created(job_id, count, time.time(), owner)
     spool.seek(0)
     await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
     return job_id

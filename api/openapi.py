@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from schemas.http import BatchAccepted, BatchRequest
 from schemas.views import (
     ErrorBody,
+    Estimate,
     Health,
     JobList,
     JobStatusResponse,
@@ -23,6 +24,7 @@ from schemas.views import (
     Readiness,
     ResultsPage,
     ResultView,
+    TaskPresets,
 )
 
 SWAGGER_UI_DIR = Path(swagger_ui.__file__).parent / "static"
@@ -37,6 +39,8 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ResultView, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
+    (Estimate, "serialization"),
+    (TaskPresets, "serialization"),
 ]
 _ERRORS = {
     "400": "Bad request: `invalid_json`, `invalid_parameter`.",
@@ -45,7 +49,9 @@ _ERRORS = {
     "409": "`job_finished`: the job completed or failed before the cancel.",
     "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST.",
     "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
-    "422": "`validation_error`: the body (or the line it names) does not fit the schema.",
+    "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
+    "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "
+    "not accept (named in the message); `unknown_task`: no such preset.",
     "503": (
         "`owner_unavailable`: the worker holding the job did not answer; "
         "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
@@ -137,6 +143,39 @@ def _paths() -> dict[str, Any]:
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
                     **_errors("400", "401", "413", "415", "422", "503"),
                 },
+            }
+        },
+        "/api/v1/batch/estimate": {
+            "post": {
+                "summary": "Estimate a batch's cost and duration",
+                "description": (
+                    "The same body as POST /api/v1/batch (JSON, NDJSON or CSV). Nothing is "
+                    "published and no model is called: input tokens from the characters "
+                    "sent, output tokens from recent records of the same task (else from "
+                    "the output schema), cost with and without prompt caching, duration "
+                    "from the backlog and the request budget."
+                ),
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref(BatchRequest)},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "200": _json(Estimate, "The estimate."),
+                    **_errors("400", "401", "413", "422"),
+                },
+            }
+        },
+        "/api/v1/tasks": {
+            "get": {
+                "summary": "Task presets",
+                "description": 'Names usable as `"task": "<name>"` in a batch.',
+                "security": _SECURED,
+                "responses": {"200": _json(TaskPresets, "The presets."), **_errors("401")},
             }
         },
         "/api/v1/batch/jobs": {

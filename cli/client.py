@@ -22,11 +22,12 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def submit_ndjson(self, lines: Iterable[bytes]) -> dict[str, Any]:
-        """POST /api/v1/batch with the records streamed as NDJSON (chunked upload)."""
+    def submit_ndjson(self, lines: Iterable[bytes], estimate: bool = False) -> dict[str, Any]:
+        """POST /api/v1/batch (or /api/v1/batch/estimate) with the records streamed as
+        NDJSON (chunked upload)."""
         return self._json(
             "POST",
-            "/api/v1/batch",
+            "/api/v1/batch/estimate" if estimate else "/api/v1/batch",
             content=lines,
             headers={"content-type": "application/x-ndjson"},
             timeout=httpx.Timeout(30.0, write=None, read=300.0),

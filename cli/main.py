@@ -2,6 +2,8 @@
 
     insight submit tickets.jsonl            # send, then follow with a progress bar
     insight submit reviews.csv --text-column body --no-wait
+    insight submit tickets.jsonl --task support-ticket-triage --max-cost 5
+    insight estimate tickets.jsonl --task task.json   # cost and duration, nothing runs
     insight status JOB | insight jobs | insight cancel JOB
     insight results JOB -o out.csv          # or out.jsonl; --failed for failures only
 
@@ -92,8 +94,91 @@ def _client(ctx: typer.Context) -> ApiClient:
     return client
 
 
-def _ndjson_chunks(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+TASK_OPTION = typer.Option(
+    help="A preset name (support-ticket-triage, review-insights) or a JSON file "
+    '{"instructions", "output_schema", "model"?, "max_tokens"?}.'
+)
+MAX_COST_OPTION = typer.Option(help="Spending cap of the job in USD.")
+
+
+def _job_options(task: str | None, max_cost: float | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if task is not None:
+        path = Path(task)
+        if path.suffix == ".json" or path.is_file():
+            try:
+                options["task"] = json.loads(path.read_text())
+            except OSError as exc:
+                raise CliError(f"{task}: {exc.strerror}") from None
+            except json.JSONDecodeError as exc:
+                raise CliError(f"{task}: not JSON: {exc}") from None
+        else:
+            options["task"] = task
+    if max_cost is not None:
+        options["max_cost_usd"] = max_cost
+    return options
+
+
+def _checked_records(
+    file: Path, fmt: Format | None, text_column: str, id_column: str | None
+) -> tuple[Callable[[], Iterator[dict[str, Any]]], int]:
+    if not file.is_file():
+        raise CliError(f"{file}: no such file")
+    kind = detect_format(file, fmt)
+
+    def records() -> Iterator[dict[str, Any]]:
+        try:
+            yield from read_records(file, kind, text_column=text_column, id_column=id_column)
+        except OSError as exc:
+            raise CliError(f"{file}: {exc.strerror}") from None
+
+    # First pass: every line is checked (and counted) before anything is sent.
+    count = sum(1 for _ in records())
+    if count == 0:
+        raise CliError(f"{file}: no records")
+    return records, count
+
+
+def _estimate_line(est: dict[str, Any]) -> str:
+    cap = f", cap ${est['max_cost_usd']:.2f}" if est.get("max_cost_usd") else ""
+    return (
+        f"estimate: {est['records']} records, {est['input_tokens']:,} input + "
+        f"{est['output_tokens']:,} output tokens, ${est['cost_usd']:.4f} "
+        f"(${est['cost_usd_without_caching']:.4f} without caching){cap}, "
+        f"~{est['duration_seconds']:.0f} s; task {est['task']} on {est['model']}"
+    )
+
+
+@app.command()
+@_one_line_errors
+def estimate(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="As for submit.")],
+    text_column: Annotated[str, typer.Option(help="CSV: the column holding the text.")] = "text",
+    id_column: Annotated[str | None, typer.Option(help="CSV: the record id column.")] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help="jsonl, csv or text.")] = None,
+    task: Annotated[str | None, TASK_OPTION] = None,
+    max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The estimate as JSON.")] = False,
+) -> None:
+    """What FILE would cost and take as a batch; nothing runs, no model is called."""
+    client = _client(ctx)
+    records, _ = _checked_records(file, fmt, text_column, id_column)
+    est = client.submit_ndjson(
+        _ndjson_chunks(records(), _job_options(task, max_cost)), estimate=True
+    )
+    if as_json:
+        out.print(json.dumps(est), markup=False)
+    else:
+        out.print(_estimate_line(est), markup=False)
+
+
+def _ndjson_chunks(
+    records: Iterator[dict[str, Any]], options: dict[str, Any] | None = None
+) -> Iterator[bytes]:
     chunk = bytearray()
+    if options:
+        chunk += json.dumps({"job": options}, ensure_ascii=False).encode() + b"\n"
     for record in records:
         chunk += json.dumps(record, ensure_ascii=False).encode() + b"\n"
         if len(chunk) >= _CHUNK_BYTES:
@@ -121,24 +206,35 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Follow the job until it ends.")
     ] = True,
+    task: Annotated[str | None, TASK_OPTION] = None,
+    max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before an expensive job.")
+    ] = False,
+    confirm_above: Annotated[
+        float,
+        typer.Option(
+            envvar="INSIGHT_CONFIRM_ABOVE_USD",
+            help="Ask for confirmation when the estimate is above this many USD.",
+        ),
+    ] = 1.0,
 ) -> None:
-    """Send FILE as one batch (streamed), then follow it with a live progress bar."""
+    """Send FILE as one batch (streamed), then follow it with a live progress bar. The
+    estimate is asked first; above --confirm-above USD you are asked to go on (--yes)."""
     client = _client(ctx)
-    if not file.is_file():
-        raise CliError(f"{file}: no such file")
-    kind = detect_format(file, fmt)
-
-    def records() -> Iterator[dict[str, Any]]:
-        try:
-            yield from read_records(file, kind, text_column=text_column, id_column=id_column)
-        except OSError as exc:
-            raise CliError(f"{file}: {exc.strerror}") from None
-
-    # First pass: every line is checked (and counted) before anything is sent.
-    count = sum(1 for _ in records())
-    if count == 0:
-        raise CliError(f"{file}: no records")
-    accepted = client.submit_ndjson(_ndjson_chunks(records()))
+    records, count = _checked_records(file, fmt, text_column, id_column)
+    options = _job_options(task, max_cost)
+    estimate = client.submit_ndjson(_ndjson_chunks(records(), options), estimate=True)
+    err.print(_estimate_line(estimate), markup=False)
+    if estimate["cost_usd"] > confirm_above and not yes:
+        if not sys.stdin.isatty():
+            raise CliError(
+                f"the estimate (${estimate['cost_usd']:.4f}) is above --confirm-above "
+                f"(${confirm_above:.2f}); pass --yes to submit"
+            )
+        if not typer.confirm("submit?", err=True):
+            raise typer.Exit(1)
+    accepted = client.submit_ndjson(_ndjson_chunks(records(), options))
     job_id = accepted["job_id"]
     if not wait:
         out.print(job_id)
@@ -148,10 +244,11 @@ def submit(
 
 
 def _finished(body: dict[str, Any]) -> bool:
-    if body["status"] in ("completed", "failed", "budget_exhausted"):
+    if body["status"] in ("completed", "failed"):
         return True
     done = body["completed_count"] + body["failed_count"] + body.get("skipped_count", 0)
-    return body["status"] == "cancelled" and done >= (body["total_records"] or 0)
+    stopping = body["status"] in ("cancelled", "budget_exhausted")
+    return stopping and done >= (body["total_records"] or 0)
 
 
 def _follow(client: ApiClient, job_id: str) -> None:

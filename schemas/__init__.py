@@ -4,6 +4,7 @@ from schemas.cancel import JobCancelled, JobEvent, parse_job_event
 from schemas.events import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from schemas.http import BatchAccepted, BatchRecord, BatchRequest
 from schemas.insight import Insight, InsightResponse, ResponseMetadata
+from schemas.task import TaskResponse, TaskSpec
 
 __all__ = [
     "BatchAccepted",
@@ -18,5 +19,7 @@ __all__ = [
     "RecordEvent",
     "ResponseMetadata",
     "ResultEvent",
+    "TaskResponse",
+    "TaskSpec",
     "parse_job_event",
 ]

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.http import BatchRecord, Priority
 from schemas.insight import InsightResponse
+from schemas.task import TaskResponse, TaskSpec
+
+SkipReason = Literal["cancelled", "budget_exhausted"]
 
 
 class JobCreated(BaseModel):
@@ -20,6 +23,13 @@ class JobCreated(BaseModel):
     owner: str | None = None
     # Share of the provider budget while other jobs wait (stream_app.scheduler).
     priority: Priority | None = None
+    # The job's own task (a preset is expanded at submit, so every worker reads the same
+    # thing); absent: the default Smart Summary & Insight task.
+    task: TaskSpec | None = None
+    # The preset the task came from, when it did (for people and the estimate's history).
+    task_name: str | None = Field(None, max_length=100)
+    # Spending cap in USD: records not yet sent once it is reached are skipped.
+    max_cost_usd: float | None = Field(None, gt=0)
 
 
 class RecordEvent(BaseModel):
@@ -42,10 +52,15 @@ class ResultEvent(BaseModel):
     job_id: str = Field(min_length=1, max_length=200)
     index: int = Field(ge=0)
     success: bool
-    response: InsightResponse | None = None
+    # The default task's answer, or a custom task's fields (plus metadata).
+    response: InsightResponse | TaskResponse | None = None
     error: str | None = None
-    # True when the record was not processed because its job was cancelled first.
+    # True when the record was not processed: its job was cancelled, or its spending cap
+    # was reached, before the record's first call (`skip_reason` says which).
     skipped: bool | None = None
+    skip_reason: SkipReason | None = None
+    # The model that billed the tokens below (prices differ per model); None: CLAUDE_MODEL.
+    model: str | None = None
     record_id: str | None = None
     # Every billed attempt of this record, successful or not. Cache writes and reads are
     # billed apart from input_tokens; cache_creation_1h_input_tokens is the part of the

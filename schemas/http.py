@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.task import TaskSpec
+
 
 class BatchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +37,14 @@ class BatchRequest(BaseModel):
         "normal",
         description="The job's share of the provider budget while other jobs wait: high 4x "
         "normal, low only what nobody else waits for.",
+    )
+    task: TaskSpec | str | None = Field(
+        None,
+        description="The job's own task, or the name of a preset (`GET /api/v1/tasks`); "
+        "absent: the default Smart Summary & Insight task.",
+    )
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Spending cap in USD (default BATCH_MAX_COST_PER_JOB_USD)."
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from schemas.insight import InsightResponse
+from schemas.task import TaskResponse, TaskSpec
 
 JobState = Literal["pending", "running", "completed", "cancelled", "budget_exhausted", "failed"]
 
@@ -28,11 +29,19 @@ class ResultView(BaseModel):
 
     index: int = Field(ge=0, description="Position of the record in the batch (from 0).")
     success: bool
-    response: InsightResponse | None = Field(None, description="Present when success is true.")
+    response: InsightResponse | TaskResponse | None = Field(
+        None,
+        description="Present when success is true: the task's fields (the default task's "
+        "summary, insights, sentiment, topics, or what a custom task's output_schema asks) "
+        "plus `metadata`.",
+    )
     error: str | None = Field(None, description="Why the record failed or was skipped.")
     skipped: bool | None = Field(
-        None, description="true when the job was cancelled before the record started."
+        None,
+        description="true when the job was cancelled, or reached its spending cap, before "
+        "the record started.",
     )
+    skip_reason: Literal["cancelled", "budget_exhausted"] | None = None
     record_id: str | None = Field(None, description="The record's own `id`, when it had one.")
     tokens_used: int = Field(ge=0, description="Every billed token of the record.")
     attempts: int = Field(ge=0, description="Provider calls made for the record.")
@@ -68,6 +77,15 @@ class JobSummary(BaseModel):
     stalled: bool | None = Field(
         None, description="While pending or running: no outcome for BATCH_STALL_AFTER_SECONDS."
     )
+    task: str | None = Field(
+        None, description="The job's task: a preset's name, `custom`, or null (the default)."
+    )
+    model: str | None = Field(None, description="The task's model (null: CLAUDE_MODEL).")
+    max_cost_usd: float | None = Field(
+        None,
+        description="The spending cap; `status` becomes `budget_exhausted` when it is "
+        "reached (records not yet sent are skipped; `estimated_cost` is the spend).",
+    )
 
 
 class JobStatusResponse(JobSummary):
@@ -92,6 +110,32 @@ class ResultsPage(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "failing"]
     reason: str | None = None
+
+
+class Estimate(BaseModel):
+    """What a batch would cost and take (POST /api/v1/batch/estimate); nothing runs."""
+
+    records: int = Field(ge=0)
+    input_tokens: int = Field(ge=0, description="Every prompt token, cached or not.")
+    output_tokens: int = Field(ge=0)
+    cache_creation_input_tokens: int = Field(ge=0, description="Of input_tokens: cache writes.")
+    cache_read_input_tokens: int = Field(ge=0, description="Of input_tokens: cache reads.")
+    cost_usd: float = Field(ge=0, description="USD, with prompt caching as it will run.")
+    cost_usd_without_caching: float = Field(ge=0)
+    max_cost_usd: float | None = Field(description="The job's spending cap, if any.")
+    duration_seconds: float = Field(
+        ge=0, description="Backlog ahead plus the job, at the budget's and concurrency's pace."
+    )
+    output_basis: str = Field(
+        description="`history of N` (records of the same task) or `schema` (a guess)."
+    )
+    task: str
+    model: str
+
+
+class TaskPresets(BaseModel):
+    default: str = Field(description="The task of a job that names none.")
+    presets: dict[str, TaskSpec]
 
 
 class Readiness(BaseModel):

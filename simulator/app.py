@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import math
 import random
@@ -97,6 +98,30 @@ class _Billing:
     stop_reason: str | None = None
 
 
+class PromptCache:
+    """Prefixes written to the prompt cache, by content, with when each expires.
+
+    As with the API, an entry is usable only once the call that wrote it has answered: calls
+    that arrive while the first one is still running write the prefix too."""
+
+    def __init__(self) -> None:
+        # key -> (when the entry became usable, when it expires)
+        self._entries: dict[str, tuple[float, float]] = {}
+
+    def usage(self, key: str, tokens: int, arrived: float, done: float, ttl: float) -> CacheUsage:
+        """A read when the prefix was cached and fresh when the call arrived, else a write;
+        either keeps it for `ttl` seconds from `done`."""
+        since, until = self._entries.get(key, (math.inf, 0.0))
+        hit = since <= arrived < until
+        if hit:
+            self._entries[key] = (since, max(until, done + ttl))
+        elif arrived >= until:  # missing or expired: this call's write makes the entry
+            self._entries[key] = (done, done + ttl)
+        else:  # written meanwhile by an overlapping call: keep the earliest entry
+            self._entries[key] = (min(since, done), max(until, done + ttl))
+        return CacheUsage(read=tokens) if hit else CacheUsage(write_5m=tokens)
+
+
 class Simulator:
     """Mutable simulator state and the handlers that use it.
 
@@ -108,6 +133,7 @@ class Simulator:
         self.stats = Stats()
         self._limiter = RateLimiter()
         self._memory = MarkerMemory()
+        self._prompt_cache = PromptCache()
         self._rng = random.Random(config.seed)
 
     async def messages(self, request: Request) -> Response:
@@ -141,6 +167,7 @@ class Simulator:
 
     async def _serve_messages(self, request: Request, billing: _Billing) -> Response:
         request_id: str = request.state.request_id
+        request.state.arrived = time.time()
         config = self.config
         if config.api_keys is not None and _credential(request) not in config.api_keys:
             return _error(401, _FORCED_MESSAGES[401], request_id)
@@ -193,6 +220,19 @@ class Simulator:
             markers.cache_write, markers.cache_write_1h, markers.cache_read, markers.usage_nulls
         )
         done = time.time()
+        if cache == CacheUsage() and parsed.cache_key is not None:
+            # Markers win; otherwise a long enough prefix marked cache_control is cached.
+            if parsed.cache_prefix_tokens >= config.cache_min_tokens:
+                cache = self._prompt_cache.usage(
+                    parsed.cache_key,
+                    parsed.cache_prefix_tokens,
+                    request.state.arrived,
+                    done,
+                    config.cache_ttl_seconds,
+                )
+                parsed = dataclasses.replace(
+                    parsed, input_tokens=max(0, parsed.input_tokens - parsed.cache_prefix_tokens)
+                )
         self._limiter.charge_output(done, reply.output_tokens)
         billing.input_tokens, billing.output_tokens = parsed.input_tokens, reply.output_tokens
         billing.cache, billing.stop_reason = cache, reply.stop_reason
@@ -229,6 +269,7 @@ class Simulator:
         self.stats.reset()
         self._limiter = RateLimiter()
         self._memory = MarkerMemory()
+        self._prompt_cache = PromptCache()
         self._rng = random.Random(self.config.seed)
         return _json(200, {"status": "reset"})
 

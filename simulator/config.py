@@ -32,6 +32,11 @@ class SimulatorConfig(BaseModel):
     api_keys: list[str] | None = None
     # When set, only these models exist; others get 404 not_found_error.
     models: list[str] | None = None
+    # Prompt caching: a prefix marked cache_control (system blocks up to the last marked one,
+    # with the tools and output schema) of at least this many tokens is written to the
+    # cache on first use and read from it for `cache_ttl_seconds` after its last use.
+    cache_min_tokens: int = Field(default=1024, ge=1)
+    cache_ttl_seconds: float = Field(default=300.0, gt=0)
 
     def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
         """A validated copy with ``patch`` applied (``model_copy`` would skip validation)."""

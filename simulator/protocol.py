@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,9 @@ class MessagesRequest:
     input_tokens: int
     output_schema: Mapping[str, Any] | None
     forced_tool: Mapping[str, Any] | None
+    # The prefix marked cache_control (none: 0 and None): its tokens and an id of its content.
+    cache_prefix_tokens: int = 0
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ def parse_messages_request(body: Any, *, require_max_tokens: bool) -> MessagesRe
             raise InvalidRequest(f"messages.{index}.role: Input should be 'user' or 'assistant'")
     tools = body.get("tools") or []
     output_schema = _output_schema(body.get("output_config"))
+    prefix = cache_prefix(model, body.get("system"), tools, output_schema)
     return MessagesRequest(
         model=model,
         max_tokens=max_tokens if require_max_tokens else None,
@@ -108,7 +113,28 @@ def parse_messages_request(body: Any, *, require_max_tokens: bool) -> MessagesRe
         input_tokens=estimate_input_tokens(body.get("system"), messages, tools, output_schema),
         output_schema=output_schema,
         forced_tool=_forced_tool(tools, body.get("tool_choice")),
+        cache_prefix_tokens=prefix[0],
+        cache_key=prefix[1],
     )
+
+
+def cache_prefix(
+    model: str, system: Any, tools: Any, output_schema: Mapping[str, Any] | None
+) -> tuple[int, str | None]:
+    """(tokens, key) of the prompt prefix up to the last system block marked cache_control:
+    tools, output schema and system text in that order (as the API orders its cache prefix).
+    (0, None) when no system block is marked."""
+    if not isinstance(system, list):
+        return 0, None
+    marked = [i for i, b in enumerate(system) if isinstance(b, dict) and b.get("cache_control")]
+    if not marked:
+        return 0, None
+    parts = [orjson.dumps(tools).decode() if tools else ""]
+    parts.append(orjson.dumps(output_schema).decode() if output_schema is not None else "")
+    parts += list(_block_texts(system[: marked[-1] + 1]))
+    chars = sum(map(len, parts))
+    key = hashlib.sha256("\0".join([model, *parts]).encode()).hexdigest()
+    return token_estimate(chars), key
 
 
 def estimate_input_tokens(

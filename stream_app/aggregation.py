@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal
@@ -13,7 +13,9 @@ from schemas import JobCancelled, JobCreated, ResultEvent
 from stream_app.pricing import Price
 from stream_app.usage import Usage
 
-JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
+JobState = Literal["pending", "running", "completed", "cancelled", "budget_exhausted", "failed"]
+# States a job stays in once set, while its last outcomes come in.
+_STOPPED = ("cancelled", "budget_exhausted", "failed")
 
 
 class JobStatus(BaseModel):
@@ -38,6 +40,10 @@ class JobStatus(BaseModel):
     updated_at: float | None = None
     owner: str | None = None
     cancelled_at: float | None = None
+    # The job's task (preset name, "custom", or None for the default), model, and cap (USD).
+    task: str | None = None
+    model: str | None = None
+    max_cost_usd: Decimal | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
 
@@ -60,7 +66,7 @@ class JobStatus(BaseModel):
 
 
 def _settle(job: JobStatus) -> JobStatus:
-    if job.status in ("cancelled", "failed"):
+    if job.status in _STOPPED:
         return job
     if job.total_records is not None and job.outcomes >= job.total_records:
         job.status = "completed"
@@ -79,6 +85,11 @@ def apply_created(job: JobStatus | None, event: JobCreated, now: float) -> JobSt
     job.total_records = event.total_records
     job.created_at = event.created_at or now
     job.owner = event.owner
+    if event.task is not None:
+        job.task = event.task_name or "custom"
+        job.model = event.task.model
+    if event.max_cost_usd is not None:
+        job.max_cost_usd = Decimal(str(event.max_cost_usd))
     job.updated_at = now
     return _settle(job)
 
@@ -88,6 +99,9 @@ def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: 
     job = job.model_copy() if job is not None else JobStatus(job_id=result.job_id, created_at=now)
     if result.skipped:
         job.skipped_count += 1
+        if result.skip_reason == "budget_exhausted" and job.status not in _STOPPED:
+            # Its spending cap was reached: the rest of its records are being skipped.
+            job.status = "budget_exhausted"
     elif result.success:
         job.completed_count += 1
     else:
@@ -146,11 +160,20 @@ class JobLedger:
         jobs: MutableMapping[str, dict[str, Any]],
         results: MutableMapping[str, dict[str, Any]],
         price: Price,
+        price_of: Callable[[str | None], Price] | None = None,
     ) -> None:
         self._jobs = jobs
         self._results = results
         self._price = price
+        # A result billed by another model than CLAUDE_MODEL (a task's own) is priced so.
+        self._price_of = price_of
         self._recounted: set[str] = set()
+
+    def price_for(self, result: ResultEvent) -> Price:
+        """The price of the model that billed `result`."""
+        if self._price_of is None or result.model is None:
+            return self._price
+        return self._price_of(result.model)
 
     def forget_recounts(self) -> None:
         """After a rebalance, recovery may have replayed old values again."""
@@ -190,7 +213,7 @@ class JobLedger:
         job = self.job(event.job_id)
         if result_out_of_range(job, event):
             return Applied.OUT_OF_RANGE, job
-        job = apply_result(job, event, self._price, now)
+        job = apply_result(job, event, self.price_for(event), now)
         stored = event.model_dump(mode="json", exclude_none=True)
         if offset is not None:
             stored["offset"] = offset
@@ -211,14 +234,15 @@ class JobLedger:
                 "skipped_count": 0,
                 **Usage().fields(),
                 "estimated_cost": Decimal(0),
-                # A cancel is not undone by counting again.
-                "status": "cancelled" if stored.status == "cancelled" else "pending",
+                # A cancel (or a reached cap) is not undone by counting again.
+                "status": stored.status if stored.status in _STOPPED else "pending",
             }
         )
         for index in range(end):
             raw = self._results.get(result_key(job_id, index))
             if raw is not None:
-                job = apply_result(job, ResultEvent.model_validate(raw), self._price, now)
+                result = ResultEvent.model_validate(raw)
+                job = apply_result(job, result, self.price_for(result), now)
         if job.outcomes == stored.outcomes:
             return None
         job.updated_at = now

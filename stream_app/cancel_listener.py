@@ -1,4 +1,6 @@
-"""Every worker reads all of `batch.jobs` for cancellations, with a consumer of its own.
+"""Every worker reads all of `batch.jobs` for cancellations and each job's terms (task,
+spending cap), and all of `batch.results` for the spend of capped jobs, with a consumer of
+its own.
 
 Why its own consumer, outside the consumer group: the group gives each `batch.jobs`
 partition to one worker, but every worker may hold queued records of any job (records of
@@ -21,8 +23,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from schemas import JobCancelled, parse_job_event
+from schemas import JobCancelled, JobCreated, parse_job_event
 from stream_app.cancellation import CancelledJobs
+from stream_app.job_rules import JobRules
 from stream_app.logs import get_logger
 from stream_app.scheduler import PRIORITIES, JobDirectory
 
@@ -40,10 +43,15 @@ class CancelListener:
         topic: str,
         partitions: int,
         cancelled: CancelledJobs,
+        *,
         directory: JobDirectory | None = None,
+        rules: JobRules | None = None,
+        results_topic: str | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
+        self._rules = rules
+        self._results_topic = results_topic if rules is not None else None
         # The service declared the topic with this many partitions before starting.
         self._partitions = partitions
         self._cancelled = cancelled
@@ -81,35 +89,55 @@ class CancelListener:
         await consumer.start()
         try:
             assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
+            if self._results_topic is not None:
+                assigned += [
+                    TopicPartition(self._results_topic, p) for p in range(self._partitions)
+                ]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
             ends = await consumer.end_offsets(assigned)
+            # Job events and results are caught up apart: only records of capped jobs
+            # wait for the results (a long history of results delays nothing else).
             pending = {tp for tp, end in ends.items() if end > 0}
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
-                for messages in batches.values():
+                for tp, messages in batches.items():
                     for message in messages:
-                        self._apply(message.value)
+                        if tp.topic == self._topic:
+                            self._apply(message.value)
+                        elif self._rules is not None and message.key:
+                            self._rules.observe_result(
+                                message.key.decode(errors="replace"), message.value
+                            )
                 if pending:
                     pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-                if not pending and not self._cancelled.caught_up.is_set():
-                    self._cancelled.caught_up.set()
-                    log.info(
-                        "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
-                    )
+                if not any(tp.topic == self._topic for tp in pending):
+                    if not self._cancelled.caught_up.is_set():
+                        self._cancelled.caught_up.set()
+                        log.info(
+                            "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
+                        )
+                if not pending and self._rules is not None:
+                    self._rules.results_caught_up.set()
         finally:
             await consumer.stop()
 
     def _apply(self, value: bytes | None) -> None:
         if not value:
             return
-        if b"cancelled" not in value:
-            self._learn(value)  # most events announce jobs
+        if self._rules is None and b"cancelled" not in value:
+            self._learn(value)  # most events announce jobs; only owner and priority matter
             return
         try:
             event = parse_job_event(value)
         except ValidationError:
             return  # the aggregate agent dead-letters it
+        if isinstance(event, JobCreated):
+            if self._rules is not None:
+                self._rules.learn(event)
+            if self._directory is not None:
+                self._directory.learn(event.job_id, event.owner, event.priority)
+            return
         if isinstance(event, JobCancelled) and self._cancelled.add(event.job_id):
             log.info(
                 "job cancelled: its records that have not started are skipped", job_id=event.job_id

@@ -29,7 +29,9 @@ from stream_app.ratelimit import Grant, RateBudget
 SKIPPED_ERROR = "skipped: the job was cancelled before this record started"
 # States after which nothing changes any more (a cancelled job is over once every record
 # has its outcome: calls in flight at the cancel finish, the rest are skipped).
-FINAL_STATES = frozenset({"completed", "failed", "budget_exhausted"})
+# A job whose spending cap was reached is like a cancelled one: over once every record has
+# its outcome.
+FINAL_STATES = frozenset({"completed", "failed"})
 
 
 class CancelledBeforeCall(BaseException):
@@ -49,7 +51,7 @@ def is_finished(job: JobStatus) -> bool:
     """True when the job's status and counts will not change any more."""
     if job.status in FINAL_STATES:
         return True
-    if job.status == "cancelled":
+    if job.status in ("cancelled", "budget_exhausted"):
         return job.total_records is not None and job.outcomes >= job.total_records
     return False
 
@@ -66,6 +68,7 @@ def skipped_outcome(event: RecordEvent, now: float | None = None) -> ResultEvent
         index=event.index,
         success=False,
         skipped=True,
+        skip_reason="cancelled",
         error=SKIPPED_ERROR,
         record_id=event.record.id,
         attempts=0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import anthropic
 import httpx2
@@ -11,24 +12,18 @@ import orjson
 from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
-from schemas import BatchRecord, Insight
+from schemas import BatchRecord, Insight, TaskSpec
+from stream_app.tasks import DEFAULT_INSTRUCTIONS, PreparedTask, prepare_task
 from stream_app.usage import Usage
 
-SYSTEM_PROMPT = (
-    "You analyse business texts (support tickets, reviews, incident reports, call notes). "
-    "For the text you are given, write a faithful summary of one or two sentences, up to "
-    "five concrete insights, the overall sentiment and a few topic keywords. Use only what "
-    "the text says."
-)
+# The default task's instructions and output format (stream_app.tasks builds the prompt).
+SYSTEM_PROMPT = DEFAULT_INSTRUCTIONS
 # Structured outputs take a JSON schema; the SDK rewrites pydantic's schema into the
 # subset the API accepts (constraints move into descriptions).
 INSIGHT_OUTPUT_FORMAT: JSONOutputFormatParam = {
     "type": "json_schema",
     "schema": anthropic.transform_schema(Insight),
 }
-
-
-_SCHEMA_CHARS = len(orjson.dumps(INSIGHT_OUTPUT_FORMAT))
 
 
 @dataclass(frozen=True)
@@ -59,36 +54,50 @@ class InsightClient:
         self._max_tokens = max_tokens
         # A reply cut off at max_tokens is retried once with this much room.
         self.max_tokens_ceiling = max(max_tokens, max_tokens_ceiling or max_tokens)
+        # The task of records whose job has none of its own.
+        self.default_task = prepare_task(
+            None, name=None, default_model=model, default_max_tokens=max_tokens
+        )
+
+    def prepare(self, spec: TaskSpec | None, name: str | None = None) -> PreparedTask:
+        """A job's task with this client's defaults (model, max_tokens)."""
+        if spec is None:
+            return self.default_task
+        return prepare_task(
+            spec, name=name, default_model=self.model, default_max_tokens=self._max_tokens
+        )
+
+    def ceiling_for(self, task: PreparedTask) -> int:
+        return max(task.max_tokens, self.max_tokens_ceiling)
 
     @property
     def max_tokens(self) -> int:
         return self._max_tokens
 
-    def request_chars(self, record: BatchRecord) -> int:
+    def request_chars(self, record: BatchRecord, task: PreparedTask | None = None) -> int:
         """Characters the request sends, for estimating its input tokens before it goes."""
-        return len(SYSTEM_PROMPT) + len(record.text) + _SCHEMA_CHARS
+        return (task or self.default_task).request_chars(record.text)
 
-    async def analyze(self, record: BatchRecord, max_tokens: int | None = None) -> Reply:
+    async def analyze(
+        self, record: BatchRecord, max_tokens: int | None = None, task: PreparedTask | None = None
+    ) -> Reply:
         """Raises the SDK's APIStatusError / APIConnectionError when the call is refused
         or does not arrive; anything else the answer holds is in the Reply."""
-        room = max_tokens or self._max_tokens
+        task = task or self.default_task
+        room = max_tokens or task.max_tokens
         # The raw response carries the provider's rate-limit headers for the budget.
         raw = await self._client.messages.with_raw_response.create(
-            model=self.model,
-            max_tokens=room,
-            system=SYSTEM_PROMPT,
-            messages=[{"role": "user", "content": record.text}],
-            output_config={"format": INSIGHT_OUTPUT_FORMAT},
+            **task.request(record.text, room)
         )
         message = await raw.parse()
         text = "".join(block.text for block in message.content if block.type == "text")
         return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
 
 
-def parse_insight(text: str) -> Insight | str:
-    """The structured output, or why it is not one (first line of the error)."""
+def parse_insight(text: str) -> dict[str, Any] | str:
+    """The default task's structured output, or why it is not one (first line of the error)."""
     try:
-        return Insight.model_validate(orjson.loads(text))
+        return Insight.model_validate(orjson.loads(text)).model_dump()
     except (orjson.JSONDecodeError, ValidationError) as exc:
         return first_line(exc)
 

@@ -27,6 +27,7 @@ from stream_app.cancellation import (
 from stream_app.exceptions import BrokerUnavailable
 from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
 from stream_app.job_feed import JobFeed
+from stream_app.job_rules import JobRules
 from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
@@ -204,6 +205,7 @@ def build_pipeline(
     feed: JobFeed | None = None,
     metrics: WorkerMetrics | None = None,
     directory: JobDirectory | None = None,
+    rules: JobRules | None = None,
 ) -> Pipeline:
     s = settings
     cancelled = cancelled if cancelled is not None else CancelledJobs()
@@ -247,7 +249,9 @@ def build_pipeline(
     # Keyed like batch.records and written by the process agent, so co-partitioned with it:
     # a redelivered record whose outcome is already known is not sent to Claude again.
     processed = app.Table(PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema)
-    ledger = JobLedger(job_table, result_table, price)
+    ledger = JobLedger(
+        job_table, result_table, price, rules.price_of if rules is not None else None
+    )
     pipeline = Pipeline(
         s,
         app,
@@ -386,16 +390,23 @@ def build_pipeline(
             if await cancelled.should_skip(record.job_id):
                 await _send_outcome(key, skipped_outcome(record))
                 return
+            # The job's task, or the outcome without a call (its spending cap was reached).
+            task = await rules.admit(record) if rules is not None else None
+            if isinstance(task, ResultEvent):
+                await _send_outcome(key, task)
+                return
             await gate.admit()
             async with gate.in_flight():
                 try:
                     with record_scope(record.job_id):
-                        result = await processor.process(record)
+                        result = await processor.process(record, task)
                 except CancelledBeforeCall:
                     # Its job was cancelled while it waited for the rate budget.
                     result = skipped_outcome(record)
                 await _send_outcome(key, result)
         finally:
+            if rules is not None:  # a reservation of a record that got no outcome here
+                rules.release(record)
             if running.get(key) is done:
                 del running[key]
             if not done.done():
@@ -405,9 +416,12 @@ def build_pipeline(
         outcome = result.model_dump(mode="json", exclude_none=True)
         processed[key] = outcome
         await results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
+        if rules is not None:
+            rules.settle(result)
         pipeline.outcomes_sent += 1
         # Priced by the same fold as the job's status, so the counters add up to its cost.
-        metrics.outcome(result, apply_result(None, result, price, 0.0).estimated_cost)
+        cost = apply_result(None, result, ledger.price_for(result), 0.0).estimated_cost
+        metrics.outcome(result, cost)
 
     async def _parse_record(event: EventT) -> RecordEvent | None:
         try:

@@ -14,10 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anthropic
 
-from schemas import Insight, InsightResponse, RecordEvent, ResponseMetadata, ResultEvent
+from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
 from stream_app.aggregation import result_key
 from stream_app.breaker import Admission, ProviderBreaker
 from stream_app.llm import InsightClient, Reply, first_line
@@ -36,6 +37,7 @@ from stream_app.provider_answers import (
 )
 from stream_app.ratelimit import RateBudget
 from stream_app.retry_timing import WaitReading
+from stream_app.tasks import PreparedTask
 from stream_app.usage import Usage
 
 log = get_logger(__name__)
@@ -130,6 +132,7 @@ class _Run:
 
     event: RecordEvent
     started: float
+    task: PreparedTask
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
 
@@ -151,8 +154,9 @@ class RecordProcessor:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
 
-    async def process(self, event: RecordEvent) -> ResultEvent:
-        run = _Run(event, time.monotonic())
+    async def process(self, event: RecordEvent, task: PreparedTask | None = None) -> ResultEvent:
+        """`task`: the record's job's task (None: the default task)."""
+        run = _Run(event, time.monotonic(), task or self.client.default_task)
         try:
             return await self._attempts(run)
         except Exception as exc:  # the record's boundary: it gets an outcome whatever happens
@@ -176,7 +180,8 @@ class RecordProcessor:
 
     async def _attempts(self, run: _Run) -> ResultEvent:
         event, key = run.event, run.key
-        max_tokens = self.client.max_tokens
+        max_tokens = run.task.max_tokens
+        ceiling = self.client.ceiling_for(run.task)
         widened = False
         failures = 0  # attempts that used up one of the record's retries
         while True:
@@ -191,7 +196,7 @@ class RecordProcessor:
                 continue
             if isinstance(answer, Succeeded):
                 self.breaker.answered(admission)
-                return self._succeeded(run, answer.insight)
+                return self._succeeded(run, answer.fields)
             if isinstance(answer, RateLimited):
                 self._throttled(run, admission, answer)
                 continue
@@ -212,7 +217,7 @@ class RecordProcessor:
                     self.breaker.answered(admission)
                     return self._failed(
                         run,
-                        f"output truncated at {self.client.max_tokens} tokens, and the larger "
+                        f"output truncated at {run.task.max_tokens} tokens, and the larger "
                         f"max_tokens was refused: {answer.message}",
                     )
                 if self.breaker.configuration_fault(
@@ -225,8 +230,8 @@ class RecordProcessor:
             if isinstance(answer, ContentFault):
                 return self._failed(run, answer.message)
             if isinstance(answer, Truncated):
-                if not widened and self.client.max_tokens_ceiling > max_tokens:
-                    widened, max_tokens = True, self.client.max_tokens_ceiling
+                if not widened and ceiling > max_tokens:
+                    widened, max_tokens = True, ceiling
                     log.info(
                         "output truncated: retrying once with more room",
                         job=event.job_id,
@@ -251,7 +256,7 @@ class RecordProcessor:
         """One attempt: a budget slot, the call, and what its answer means; None when the
         call did not go out after all."""
         record = run.event.record
-        chars = self.client.request_chars(record)
+        chars = self.client.request_chars(record, run.task)
         grant = await self.budget.acquire(
             self.budget.estimate_input_tokens(chars),
             self.budget.estimate_output_tokens(max_tokens),
@@ -263,7 +268,7 @@ class RecordProcessor:
                 return None
             run.attempts += 1
             try:
-                reply: Reply = await self.client.analyze(record, max_tokens)
+                reply: Reply = await self.client.analyze(record, max_tokens, run.task)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
                 if isinstance(exc, anthropic.APIStatusError):
                     headers = exc.response.headers
@@ -272,7 +277,7 @@ class RecordProcessor:
                 )
             billed, headers = reply.usage, reply.headers
             run.usage += billed
-            return read_reply(reply)
+            return read_reply(reply, run.task.parse)
         finally:
             # Cache writes count against the provider's input-token limit; reads do not.
             billed_input = billed.input_tokens + billed.cache_creation_input_tokens
@@ -332,17 +337,18 @@ class RecordProcessor:
         )
         await self.sleep(delay)
 
-    def _succeeded(self, run: _Run, insight: Insight) -> ResultEvent:
+    def _succeeded(self, run: _Run, fields: dict[str, Any]) -> ResultEvent:
         usage = run.usage
-        response = InsightResponse(
-            **insight.model_dump(),
+        shape = InsightResponse if run.task.is_default else TaskResponse
+        response = shape(
+            **fields,
             metadata=ResponseMetadata(
                 tokens_used=usage.total,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cache_creation_input_tokens=usage.cache_creation_input_tokens,
                 cache_read_input_tokens=usage.cache_read_input_tokens,
-                model=self.client.model,
+                model=run.task.model,
                 attempts=run.attempts,
                 latency_ms=int((time.monotonic() - run.started) * 1000),
             ),
@@ -355,7 +361,10 @@ class RecordProcessor:
 
 
 def _outcome(
-    run: _Run, *, response: InsightResponse | None = None, error: str | None = None
+    run: _Run,
+    *,
+    response: InsightResponse | TaskResponse | None = None,
+    error: str | None = None,
 ) -> ResultEvent:
     event = run.event
     return ResultEvent(
@@ -367,5 +376,6 @@ def _outcome(
         record_id=event.record.id,
         attempts=run.attempts,
         finished_at=time.time(),
+        model=run.task.model,
         **run.usage.fields(),
     )

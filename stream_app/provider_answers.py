@@ -20,12 +20,12 @@ Provider messages are passed on with anything that looks like an API key removed
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 
-from schemas import Insight
 from stream_app.llm import Reply, parse_insight
 from stream_app.retry_timing import (
     ProviderWait,
@@ -38,7 +38,8 @@ from stream_app.retry_timing import (
 
 @dataclass(frozen=True)
 class Succeeded:
-    insight: Insight
+    # The answer's fields, valid for the record's task.
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,11 @@ STOP_REASONS: dict[str, str] = {
 }
 
 
-def read_reply(reply: Reply) -> Answer:
-    """What a delivered (HTTP 200, billed) answer means, from its stop reason and content."""
+def read_reply(
+    reply: Reply, parse: Callable[[str], dict[str, Any] | str] = parse_insight
+) -> Answer:
+    """What a delivered (HTTP 200, billed) answer means, from its stop reason and content.
+    `parse` reads the text for the record's task (fields, or why it is not valid)."""
     stop = reply.stop_reason
     if stop == "refusal":
         return ContentFault("the model declined to answer this record (stop_reason refusal)")
@@ -137,8 +141,8 @@ def read_reply(reply: Reply) -> Answer:
         if stop == "max_tokens":
             return Truncated(reply.usage.output_tokens, reply.max_tokens)
         return _unusable(stop, f"the model returned no content (stop_reason {stop})")
-    parsed = parse_insight(reply.text)
-    if isinstance(parsed, Insight):
+    parsed = parse(reply.text)
+    if isinstance(parsed, dict):
         return Succeeded(parsed)
     if stop == "max_tokens":
         return Truncated(reply.usage.output_tokens, reply.max_tokens)

@@ -20,7 +20,6 @@ from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
 from schemas import BatchRecord, JobCreated
-from schemas.http import Priority
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
@@ -28,6 +27,7 @@ from stream_app.cancellation import CancellableBudget, CancelledJobs, SkipCancel
 from stream_app.dir_lock import DirLock
 from stream_app.exceptions import BrokerUnavailable
 from stream_app.job_feed import JobFeed
+from stream_app.job_rules import JobRules
 from stream_app.llm import InsightClient, build_anthropic_client
 from stream_app.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.logs import get_logger
@@ -63,6 +63,7 @@ class Service:
     admin: AIOKafkaAdminClient
     canonical_url: str
     gate: IntakeGate
+    rules: JobRules
     # Called once with the reason when the worker gives up (it then stops, exit code 1).
     on_fatal: Callable[[str], None] = lambda reason: None
     fatal: str | None = None
@@ -161,17 +162,13 @@ class Service:
         os.kill(os.getpid(), signal.SIGTERM)
 
     async def submit(
-        self, records: list[BatchRecord], owner: str | None, priority: Priority = "normal"
+        self, records: list[BatchRecord], owner: str | None, created: JobCreated | None = None
     ) -> str:
         """Publish a job and its records, as an upstream producer would; returns its id.
-        Each record carries the job's owner and priority for the scheduler."""
-        job_id = uuid.uuid4().hex
-        created = JobCreated(
-            job_id=job_id,
-            total_records=len(records),
-            created_at=time.time(),
-            owner=owner,
-            priority=priority,
+        `created`: the job's announcement (its id is used) with the job's options."""
+        job_id = created.job_id if created is not None else uuid.uuid4().hex
+        created = (created or JobCreated(job_id=job_id, total_records=0)).model_copy(
+            update={"total_records": len(records), "created_at": time.time(), "owner": owner}
         )
         values = (r.model_dump_json(exclude_none=True).encode() for r in records)
         await self.pipeline.publish_job(created, values)
@@ -314,13 +311,23 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         probe_max_seconds=settings.batch_probe_max_seconds,
     )
     gate = IntakeGate()
-    processor = RecordProcessor(
-        client=InsightClient(
-            anthropic_client,
-            model=settings.claude_model,
-            max_tokens=settings.claude_max_tokens,
-            max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+    insight_client = InsightClient(
+        anthropic_client,
+        model=settings.claude_model,
+        max_tokens=settings.claude_max_tokens,
+        max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+    )
+    rules = JobRules(
+        insight_client,
+        lambda model: price_for(
+            model or settings.claude_model,
+            settings.batch_cost_per_1k_input_tokens,
+            settings.batch_cost_per_1k_output_tokens,
         ),
+        announce_wait_seconds=settings.batch_job_announce_wait_seconds,
+    )
+    processor = RecordProcessor(
+        client=insight_client,
         budget=budget,
         policy=RetryPolicy(
             retries=settings.batch_record_retry_count,
@@ -352,6 +359,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         feed=JobFeed(),
         metrics=metrics,
         directory=directory,
+        rules=rules,
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
@@ -377,7 +385,9 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         settings.topic_jobs,
         settings.kafka_partitions,
         cancelled,
-        directory,
+        directory=directory,
+        rules=rules,
+        results_topic=settings.topic_results,
     )
     await cancel_listener.start()
     try:
@@ -393,7 +403,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 lookahead=settings.batch_lookahead_records,
             )
             service = Service(
-                settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate
+                settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
             service.stall = StallWatch(settings.batch_stall_after_seconds)
             service.backlog = Backlog(

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
 
+    # A job's spending cap when its request names none (USD); None: no cap.
+    batch_max_cost_per_job_usd: float | None = Field(None, gt=0)
+    # How long a record waits for its job's `created` event before it runs with the
+    # default task (records of jobs that were never announced).
+    batch_job_announce_wait_seconds: float = Field(10.0, ge=0)
     # Cost: None means "use the built-in price table for claude_model".
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None

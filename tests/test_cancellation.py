@@ -138,6 +138,7 @@ def test_skipped_outcome_bills_nothing() -> None:
         "index": 7,
         "success": False,
         "skipped": True,
+        "skip_reason": "cancelled",
         "error": SKIPPED_ERROR,
         "record_id": "r",
         "input_tokens": 0,

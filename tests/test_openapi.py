@@ -59,6 +59,11 @@ def test_document_is_valid_and_answers_fit_it(
         check(spec, "ResultsPage", client.get(f"/api/v1/batch/{job_id}/results").json())
         check(spec, "Health", client.get("/api/v1/health").json())
         check(spec, "Readiness", client.get("/api/v1/ready").json())
+        check(spec, "TaskPresets", client.get("/api/v1/tasks").json())
+        body = {"records": [{"text": "Slow app."}], "task": "review-insights", "max_cost_usd": 1}
+        check(spec, "Estimate", client.post("/api/v1/batch/estimate", json=body).json())
+        capped = client.post("/api/v1/batch", json=body).json()["job_id"]
+        check(spec, "JobStatusResponse", wait_completed(client, capped, headers=auth))
         running = submit(client, ["Export hangs. [[sim:slow=1500]]"] * 2)
         check(spec, "JobSummary", client.post(f"/api/v1/batch/{running}/cancel").json())
 
