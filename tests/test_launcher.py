@@ -107,11 +107,19 @@ def test_a_second_instance_on_the_same_folder_or_ports_refuses_and_harms_nothing
         clashes = {
             "BATCH_JOB_STORAGE_PATH": (env, tmp_path),
             "EMBEDDED_KAFKA_DATA": (
-                {**env, "EMBEDDED_BROKER_PORT": str(free_port())},
+                {
+                    **env,
+                    "EMBEDDED_BROKER_PORT": str(free_port()),
+                    "SIMULATOR_PORT": str(free_port()),
+                },
                 tmp_path / "other-state",
             ),
             "EMBEDDED_BROKER_PORT": (
-                {**env, "EMBEDDED_KAFKA_DATA": str(tmp_path / "other-kafka")},
+                {
+                    **env,
+                    "EMBEDDED_KAFKA_DATA": str(tmp_path / "other-kafka"),
+                    "SIMULATOR_PORT": str(free_port()),
+                },
                 tmp_path / "third-state",
             ),
             "SIMULATOR_PORT": (
