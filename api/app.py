@@ -129,6 +129,31 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return int(raw)
 
 
+def parse_batch(body: bytes, settings: Settings) -> BatchRequest:
+    """A JSON batch body, checked as POST /api/v1/batch checks it. Raises ApiError 400
+    `invalid_json`, 413 `too_many_records` (more than BATCH_MAX_RECORDS_PER_REQUEST, before
+    the records are validated), 422 `validation_error` (a text over BATCH_MAX_TEXT_CHARS)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    limit = settings.batch_max_records_per_request
+    if isinstance(payload, dict) and isinstance(payload.get("records"), list):
+        if len(payload["records"]) > limit:
+            raise ApiError(413, "too_many_records", f"at most {limit} records per request")
+    try:
+        batch = BatchRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", _describe(exc)) from None
+    max_chars = settings.batch_max_text_chars
+    for index, record in enumerate(batch.records):
+        if len(record.text) > max_chars:
+            raise ApiError(
+                422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
+            )
+    return batch
+
+
 async def submit_batch(request: Request) -> Response:
     # Streams of records (NDJSON, CSV) are read line by line (api.intake).
     from api import intake
@@ -138,25 +163,7 @@ async def submit_batch(request: Request) -> Response:
         return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
-    body = await request.body()
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    limit = service.settings.batch_max_records_per_request
-    if isinstance(payload, dict) and isinstance(payload.get("records"), list):
-        if len(payload["records"]) > limit:
-            raise ApiError(413, "too_many_records", f"at most {limit} records per request")
-    try:
-        batch = BatchRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", _describe(exc)) from None
-    max_chars = service.settings.batch_max_text_chars
-    for index, record in enumerate(batch.records):
-        if len(record.text) > max_chars:
-            raise ApiError(
-                422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
-            )
+    batch = parse_batch(await request.body(), service.settings)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
     job_id = await service.submit(batch.records, owner=caller, created=created)

@@ -8,14 +8,11 @@ import time
 from typing import IO
 
 import orjson
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.app import _caller, _describe
-from api.errors import ApiError
+from api.app import _caller, parse_batch
 from api.job_options import JobOptions, job_options
-from schemas import BatchRequest
 from stream_app.aggregation import JobStatus
 from stream_app.estimate import Pace, estimate_job
 from stream_app.service import Service
@@ -47,19 +44,8 @@ async def estimate_batch(request: Request) -> Response:
 
 
 def _json_body(body: bytes, service: Service) -> tuple[int, int, JobOptions]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    limit = service.settings.batch_max_records_per_request
-    if isinstance(payload, dict) and isinstance(payload.get("records"), list):
-        if len(payload["records"]) > limit:
-            raise ApiError(413, "too_many_records", f"at most {limit} records per request")
-    try:
-        batch = BatchRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", _describe(exc)) from None
-    options = job_options(batch.task, batch.max_cost_usd, service.settings)
+    batch = parse_batch(body, service.settings)
+    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     return len(batch.records), sum(len(r.text) for r in batch.records), options
 
 
