@@ -117,6 +117,8 @@ class KafkaPath:
 class Memory:
     # (label, resident set in MiB), in the order measured.
     points: list[tuple[str, float]] = field(default_factory=list)
+    # Sizes whose submit failed (e.g. not acknowledged within KAFKA_PUBLISH_TIMEOUT_SECONDS).
+    failed: list[int] = field(default_factory=list)
 
     def growth(self) -> float | None:
         """Growth from the job before the last one to the last one (0.1 = 10 %)."""
@@ -321,7 +323,12 @@ def run_overhead(
             for size in opts.sizes:
                 simulator.reset()  # the request log would grow with every job
                 progress(f"memory: job of {size} records")
-                sized = submit(workers[0], size)
+                try:
+                    sized = submit(workers[0], size)
+                except RuntimeError as exc:  # a finding, not a reason to lose the rest
+                    progress(str(exc))
+                    memory.failed.append(size)
+                    continue
                 wait_completed(workers[0], sized, timeout=size / 10 + 60)
                 memory.points.append((f"after {size}", rss_bytes(pid) / 2**20))
     return Overhead(
@@ -458,6 +465,8 @@ def rows(report: Report) -> list[list[str]]:
         if growth is not None:
             met = _met(growth <= TARGET_RSS_GROWTH)
             target = f"<= {TARGET_RSS_GROWTH:.0%} growth: {met} ({growth:+.0%})"
+        if report.memory.failed:
+            points += f"; submit failed: {', '.join(map(str, report.memory.failed))}"
         out.append(["worker RSS MiB (1w)", points, target])
     return out
 
