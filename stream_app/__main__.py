@@ -9,29 +9,43 @@ the worker drain first, then the simulator and the broker stop.
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
-import time
 from types import FrameType
 
-from pydantic import SecretStr, ValidationError
 
-from api import create_api
-from stream_app import kafka_local
-from stream_app.dir_lock import DirLock
-from stream_app.embedded import (
+def _stop_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+# First of all, before the slow imports below: a Ctrl-C or SIGTERM during start-up ends the
+# process quietly (nothing has started yet), and SIGINT works even when a parent shell
+# that backgrounded us handed it down ignored. main() installs the real handlers.
+signal.signal(signal.SIGINT, _stop_quietly)
+signal.signal(signal.SIGTERM, _stop_quietly)
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from pydantic import SecretStr, ValidationError  # noqa: E402
+
+from api import create_api  # noqa: E402
+from stream_app import kafka_local  # noqa: E402
+from stream_app.dir_lock import DirLock  # noqa: E402
+from stream_app.embedded import (  # noqa: E402
     ChildProcess,
     ensure_port_free,
     start_simulator,
     start_tansu,
     watch_children,
 )
-from stream_app.exceptions import BrokerUnavailable, StartupFailed
-from stream_app.logs import configure_logging, get_logger
-from stream_app.server import serve
-from stream_app.settings import Settings
+from stream_app.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
+from stream_app.logs import configure_logging, get_logger  # noqa: E402
+from stream_app.server import serve  # noqa: E402
+from stream_app.settings import Settings  # noqa: E402
 
 log = get_logger("stream_app")
 
@@ -85,12 +99,21 @@ def start_embedded_broker(settings: Settings) -> tuple[ChildProcess, dict[str, o
 
 def check_free(settings: Settings) -> None:
     """Fail fast, before any child starts, when another instance uses this one's state
-    directory or HTTP port (StartupFailed says which and which setting to change). The
-    worker takes the state directory's lock for good when it starts."""
+    directory or one of its ports, or HOST cannot be bound (StartupFailed says which and
+    the setting to change). The worker takes the state directory's lock for good when it
+    starts; the broker takes EMBEDDED_KAFKA_DATA's."""
     DirLock(
         settings.batch_job_storage_path, "the worker's state directory (BATCH_JOB_STORAGE_PATH)"
     ).release()
+    try:
+        socket.getaddrinfo(settings.host, settings.port)
+    except OSError as exc:
+        raise StartupFailed(f"HOST {settings.host!r} cannot be used: {exc}") from None
     ensure_port_free(settings.port, "PORT")
+    if not settings.kafka_bootstrap_servers:
+        ensure_port_free(settings.embedded_broker_port, "EMBEDDED_BROKER_PORT")
+    if settings.anthropic_api_key is None:
+        ensure_port_free(settings.simulator_port, "SIMULATOR_PORT")
 
 
 def load_settings() -> Settings | None:
@@ -146,6 +169,10 @@ def main() -> int:
             log.error("stopping: the service cannot work without it", reason=reason)
             api.state.fatal = reason
             os.kill(os.getpid(), signal.SIGTERM)
+            # Nothing can be committed without the broker: waiting for the bounded flush
+            # and Faust's stop (a minute) would only delay the restart. Exit as a crash
+            # would; uncommitted records run again after it (tests/test_crash_recovery.py).
+            exit_after(CHILD_DEATH_GRACE_SECONDS, 1)
 
         watching = watch_children(children, child_exited)
         log.info(
@@ -165,6 +192,22 @@ def main() -> int:
         # The worker has drained by now; the broker goes last so its final commits land.
         for child in reversed(children):
             child.stop()
+
+
+# After the embedded broker (or simulator) died: time for open requests to be answered.
+CHILD_DEATH_GRACE_SECONDS = 5.0
+
+
+def exit_after(seconds: float, code: int) -> None:
+    """Exit with `code` in `seconds` (from a daemon timer), whatever still runs then."""
+
+    def expire() -> None:
+        log.warning("exiting now", code=code)
+        exit_now(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def exit_now(code: int) -> None:

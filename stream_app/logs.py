@@ -52,6 +52,12 @@ class FieldLogger(logging.LoggerAdapter[logging.Logger]):
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    found = _own_fields(record)
+    repeated = getattr(record, "repeated", None)  # set by RepeatFilter
+    return {**found, "repeated": repeated} if repeated else found
+
+
+def _own_fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
     if isinstance(fields, dict):
         return fields
@@ -100,6 +106,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record per (logger, message template) through every `window` seconds.
+
+    While a broker is unreachable aiokafka logs each reconnection attempt at ERROR, a few
+    hundred lines a minute; one line per kind per window says the same. The next line of a
+    kind that got through says how many were held back (`repeated`).
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = record.created
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return False
+        if seen is not None and seen[1]:
+            record.repeated = seen[1]
+        self._last[key] = (now, 0)
+        if len(self._last) > 1000:  # templates are few; bound it anyway
+            self._last.clear()
+        return True
+
+
 def get_logger(name: str) -> FieldLogger:
     return FieldLogger(logging.getLogger(name), {})
 
@@ -120,3 +154,18 @@ def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
     # Faust and aiokafka are chatty at INFO about every rebalance step.
     for noisy in ("aiokafka", "faust", "mode", "httpx", "httpx2", "anthropic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # ... and aiokafka repeats itself while the broker is unreachable.
+    handler.addFilter(_AIOKAFKA_REPEATS)
+
+
+class _Only(logging.Filter):
+    def __init__(self, prefix: str, inner: logging.Filter) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.inner = inner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(self.prefix) or bool(self.inner.filter(record))
+
+
+_AIOKAFKA_REPEATS = _Only("aiokafka", RepeatFilter())

@@ -91,15 +91,15 @@ class Settings(BaseSettings):
     # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
     # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
     embedded_broker: EmbeddedBroker = "auto"
-    embedded_broker_port: int = 9092
+    embedded_broker_port: int = Field(9092, ge=1, le=65535)
     embedded_kafka_data: Path = Path("data/kafka")
     embedded_kafka_cache: Path = Path.home() / ".cache" / "insight-stream" / "kafka"
     embedded_kafka_heap: str = "512m"
-    simulator_port: int = 8090
+    simulator_port: int = Field(8090, ge=1, le=65535)
 
     # HTTP.
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     # How other workers reach this one's API (status reads are forwarded to a job's owner).
     advertised_url: str | None = None
     api_keys: SecretStr | None = None
@@ -118,6 +118,15 @@ class Settings(BaseSettings):
             return data
         return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked at start-up, not when the API is built: a bad value stops the launcher
+        # before it starts anything (exit 2). The message never holds the value.
+        if value is not None:
+            _parse_api_keys(value.get_secret_value())
+        return value
+
     @field_validator("batch_persistence_backend", mode="before")
     @classmethod
     def _file_is_rocksdb(cls, value: object) -> object:
@@ -128,13 +137,19 @@ class Settings(BaseSettings):
         """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
         if self.api_keys is None:
             return {}
-        table: dict[str, str] = {}
-        for item in self.api_keys.get_secret_value().split(","):
-            item = item.strip()
-            if not item:
-                continue
-            name, sep, secret = item.partition(":")
-            if not sep or not name or not secret:
-                raise ValueError("API_KEYS must look like name:secret,name2:secret2")
-            table[secret] = name
-        return table
+        return _parse_api_keys(self.api_keys.get_secret_value())
+
+
+def _parse_api_keys(raw: str) -> dict[str, str]:
+    """secret -> client name. Raises ValueError (without the value) when an item is not
+    `name:secret`."""
+    table: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, secret = item.partition(":")
+        if not sep or not name or not secret:
+            raise ValueError("API_KEYS must look like name:secret,name2:secret2")
+        table[secret] = name
+    return table

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream_app.logs import JsonFormatter, TextFormatter, get_logger, wants_json
+from stream_app.logs import JsonFormatter, RepeatFilter, TextFormatter, get_logger, wants_json
 
 
 @pytest.fixture
@@ -79,3 +79,18 @@ def test_json_unless_a_terminal() -> None:
 
     assert wants_json("auto", io.StringIO()) and not wants_json("auto", Terminal())
     assert wants_json("json", Terminal()) and not wants_json("text", io.StringIO())
+
+
+def test_repeated_lines_are_held_back_and_counted() -> None:
+    repeats = RepeatFilter(window=10.0)
+
+    def record(msg: str, at: float) -> logging.LogRecord:
+        line = logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, None, None)
+        line.created = at
+        return line
+
+    passed = [repeats.filter(record("Unable connect to node %s", t)) for t in (0.0, 1.0, 9.9)]
+    assert passed == [True, False, False]
+    assert repeats.filter(record("another message", 2.0))  # kinds are counted apart
+    later = record("Unable connect to node %s", 10.5)
+    assert repeats.filter(later) and later.repeated == 2

@@ -65,9 +65,9 @@ def test_invalid_settings_stop_the_launcher_with_one_line_each_and_no_secret(
         "PYTHONPATH": str(ROOT),
         "KAFKA_PARTITIONS": "abc",
         "BATCH_MAX_CONCURRENT_LLM_CALLS": "0",
-        "API_KEYS": "sk-very-secret",
-        "ANTHROPIC_API_KEY": "sk-also-secret",
-        "PORT": "not-a-port",
+        "API_KEYS": "alice:ok,zq-very-private",
+        "ANTHROPIC_API_KEY": "zq-also-private",
+        "PORT": "70000",
     }
     done = subprocess.run(
         [sys.executable, "-m", "stream_app"],
@@ -82,5 +82,6 @@ def test_invalid_settings_stop_the_launcher_with_one_line_each_and_no_secret(
     assert "Traceback" not in done.stderr
     assert all(line.startswith("error: invalid configuration: ") for line in lines), lines
     named = {line.split(": ")[2] for line in lines}
-    assert {"KAFKA_PARTITIONS", "BATCH_MAX_CONCURRENT_LLM_CALLS", "PORT"} <= named, lines
-    assert "secret" not in done.stderr + done.stdout
+    expected = {"KAFKA_PARTITIONS", "BATCH_MAX_CONCURRENT_LLM_CALLS", "PORT", "API_KEYS"}
+    assert expected <= named, lines
+    assert "private" not in done.stderr + done.stdout
