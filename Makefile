@@ -34,8 +34,10 @@ lint: $(STAMP)
 kafka: $(STAMP)
 	$(PY) -m stream_app.kafka_local
 
+# One table of the benchmarks (bench/README.md): about 5 minutes. BENCH_ARGS=--all adds
+# the fairness and outage benchmarks; `python -m bench --help` for the rest.
 bench: $(STAMP)
-	$(PY) -m bench.utilization
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data

@@ -196,7 +196,7 @@ def _paths() -> dict[str, Any]:
                     _JOB_ID,
                     _OFFSET,
                     _query(
-                        "limit", "Most results (default: all).", {"type": "integer", "minimum": 0}
+                        "limit", "Most results (default 1000).", {"type": "integer", "minimum": 0}
                     ),
                 ],
                 "responses": {

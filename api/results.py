@@ -24,6 +24,9 @@ from schemas.export import CSV_COLUMNS, csv_row
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# /status lists at most this many results unless `limit` says otherwise: a status call
+# (polled, often) costs the same on a job of any size. Jobs up to this size get them all.
+STATUS_DEFAULT_LIMIT = 1000
 # With failed=true a page reads at most this many indices, then says where to go on.
 SCAN_WINDOW = 10_000
 _YIELD_EVERY = 200
@@ -46,18 +49,18 @@ async def job_status(request: Request) -> Response:
     """GET /api/v1/batch/{job_id}/status?offset=&limit=
 
     The job's summary (`job_summary`) and `results`: the outcomes from index `offset`
-    (default 0) up to `offset + limit` (default: to the end), in index order, records
-    without an outcome left out. Asked of a worker that does not hold the job, it is
+    (default 0) up to `offset + limit` (default 1000: STATUS_DEFAULT_LIMIT), in index
+    order, records without an outcome left out. Asked of a worker that does not hold the job, it is
     relayed to the one that does. Errors: 400 `invalid_parameter`, 401, 404
     `job_not_found`, 503 `owner_unavailable`.
     """
     job_id = request.path_params["job_id"]
     offset = _int_param(request, "offset", 0) or 0
-    limit = _int_param(request, "limit", None)
+    limit = _int_param(request, "limit", STATUS_DEFAULT_LIMIT) or 0
     found = await find_job(request, job_id)
     if isinstance(found, Response):
         return found
-    end = found.end if limit is None else min(found.end, offset + limit)
+    end = min(found.end, offset + limit)
     results = []
     for index in range(offset, end):
         stored = found.result(index)

@@ -18,7 +18,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -27,11 +26,17 @@ from typing import Any
 
 import httpx
 
-from bench.utilization import _sigterm_as_interrupt, job_status, machine, progress, stop_workers
+from bench.harness import (
+    job_status,
+    machine,
+    namespace_env,
+    progress,
+    sigterm_as_interrupt,
+    start_broker,
+    stop_workers,
+)
 from simulator import SimulatorConfig
 from simulator.testing import run_simulator
-from stream_app.embedded import free_port
-from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
 from stream_app.testing import ServiceProcess, start_service, wait_until
 
 CONCURRENCY = 5
@@ -100,17 +105,9 @@ def run_mode(mode: str, opts: Options, broker: str, workdir: Path) -> Result:
     config = SimulatorConfig(requests_per_minute=opts.rpm, latency_ms=LATENCY_MS)
     with ExitStack() as stack:
         simulator = stack.enter_context(run_simulator(config))
-        app_id = f"fair{uuid.uuid4().hex[:10]}"
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": broker,
+            **namespace_env("fair", broker, simulator),
             "KAFKA_PARTITIONS": str(PARTITIONS),
-            "KAFKA_APP_ID": app_id,
-            "TOPIC_JOBS": f"{app_id}.jobs",
-            "TOPIC_RECORDS": f"{app_id}.records",
-            "TOPIC_RESULTS": f"{app_id}.results",
-            "TOPIC_DLQ": f"{app_id}.dlq",
-            "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",
-            "ANTHROPIC_BASE_URL": simulator.base_url,
             "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
             "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
             "BATCH_SCHEDULING": mode,
@@ -156,6 +153,22 @@ def run_mode(mode: str, opts: Options, broker: str, workdir: Path) -> Result:
     )
 
 
+def rows(results: list[Result]) -> list[list[str]]:
+    """[figure, value, target] rows for `python -m bench`'s one table."""
+    out = []
+    for r in results:
+        first = "-" if r.first_result_s is None else f"{r.first_result_s:.1f} s"
+        done = "not in time" if r.completion_s is None else f"{r.completion_s:.1f} s"
+        out.append(
+            [
+                f"{r.mode}: {r.small_records}-record job behind {r.big_records}",
+                f"first result {first}, completed {done}",
+                "",
+            ]
+        )
+    return out
+
+
 def table(results: list[Result], host: dict[str, str | int]) -> str:
     lines = [
         "| scheduling | rpm | big records ahead | small job | first result | completed "
@@ -178,18 +191,15 @@ def run(opts: Options) -> list[Result]:
     results: list[Result] = []
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fair-")))
-        port = free_port()
-        broker = LocalKafka(workdir / "kafka").start(port)
-        stack.callback(broker.stop)
-        progress(f"Apache Kafka {KAFKA_VERSION} on 127.0.0.1:{port}")
+        broker = start_broker(stack, workdir)
         for mode in opts.modes:
-            results.append(run_mode(mode, opts, f"127.0.0.1:{port}", workdir / mode))
+            results.append(run_mode(mode, opts, broker, workdir / mode))
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         results = run(opts)
     except KeyboardInterrupt:

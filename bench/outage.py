@@ -23,28 +23,25 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 
-from bench.utilization import machine
+from bench.harness import (
+    elapsed,
+    machine,
+    namespace_env,
+    progress,
+    sigterm_as_interrupt,
+    start_broker,
+)
 from simulator import SimulatorConfig
 from simulator.testing import run_simulator
-from stream_app.embedded import free_port
-from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
 from stream_app.testing import ServiceProcess, start_service, wait_until
-
-_started = time.monotonic()
-
-
-def progress(message: str) -> None:
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -173,21 +170,10 @@ def measure(opts: Options, worker: ServiceProcess, sim: Any) -> Outcome:
 def run(opts: Options) -> Outcome:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-outage-")))
-        port = free_port()
-        broker = LocalKafka(workdir / "kafka").start(port)
-        stack.callback(broker.stop)
-        progress(f"Apache Kafka {KAFKA_VERSION} on 127.0.0.1:{port}")
+        broker = start_broker(stack, workdir)
         sim = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=opts.latency_ms)))
-        app_id = f"outage{uuid.uuid4().hex[:8]}"
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
-            "KAFKA_APP_ID": app_id,
-            "TOPIC_JOBS": f"{app_id}.jobs",
-            "TOPIC_RECORDS": f"{app_id}.records",
-            "TOPIC_RESULTS": f"{app_id}.results",
-            "TOPIC_DLQ": f"{app_id}.dlq",
-            "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",
-            "ANTHROPIC_BASE_URL": sim.base_url,
+            **namespace_env("outage", broker, sim),
             "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
             "BATCH_SHUTDOWN_TIMEOUT_SECONDS": "5",
         }
@@ -195,6 +181,22 @@ def run(opts: Options) -> Outcome:
         stack.callback(worker.stop)
         progress(f"worker ready; submitting {opts.records} records")
         return measure(opts, worker, sim)
+
+
+def rows(outcome: Outcome) -> list[list[str]]:
+    """[figure, value, target] rows for `python -m bench`'s one table."""
+    return [
+        [
+            f"{outcome.outage_s:g} s outage: failed, paid calls",
+            f"{outcome.failed_count}, {outcome.paid_calls}",
+            f"0, {outcome.records}",
+        ],
+        [
+            "outage: resumed / completed after its end",
+            f"{outcome.resumed_after_s} s / {outcome.completed_after_s} s",
+            "resumed <= 15 s",
+        ],
+    ]
 
 
 def report(outcome: Outcome, host: dict[str, str | int]) -> str:
@@ -222,13 +224,9 @@ def report(outcome: Outcome, host: dict[str, str | int]) -> str:
     return "\n".join([*lines, f"machine: {machine_line}"])
 
 
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         outcome = run(opts)
     except KeyboardInterrupt:
@@ -239,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"result": asdict(outcome), "machine": host}, indent=2))
     else:
         print(report(outcome, host))
-    progress(f"total {time.monotonic() - _started:.1f} s")
+    progress(f"total {elapsed():.1f} s")
     return 0
 
 

@@ -12,31 +12,36 @@ Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 
+from bench.harness import (
+    elapsed,
+    job_status,
+    machine,
+    namespace_env,
+    progress,
+    render,
+    sigterm_as_interrupt,
+    start_broker,
+    start_worker,
+    stop_workers,
+    wait_cluster_ready,
+)
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, max_in_window, run_simulator
-from stream_app.embedded import free_port
-from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
-from stream_app.testing import ServiceProcess, start_service, wait_until
+from stream_app.testing import ServiceProcess, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
 CONCURRENCY = 8
@@ -44,18 +49,6 @@ PARTITIONS = 8
 LATENCY_MS = 40.0
 # Submit this much more than the measured period can accept, so supply never runs out.
 OVERSUPPLY = 1.3
-READY_TIMEOUT_S = 120.0
-# A worker can report ready just before the next worker's join revokes its partitions;
-# 2 s of "all ready" spans several checks, so a rebalance still under way is not mistaken
-# for a settled cluster.
-SETTLE_S = 2.0
-STOP_TIMEOUT_S = 20.0
-
-_started = time.monotonic()
-
-
-def progress(message: str) -> None:
-    print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -89,43 +82,6 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     return Options(args.workers, args.rpm, args.seconds, args.warmup, args.json)
 
 
-def start_worker(shared: dict[str, str], workdir: Path) -> ServiceProcess:
-    # Bounds the stop of a worker whose job did not finish; a finished one drains at once.
-    return start_service({**shared, "BATCH_SHUTDOWN_TIMEOUT_SECONDS": "5"}, workdir, wait=False)
-
-
-def stop_workers(workers: list[ServiceProcess]) -> None:
-    """SIGTERM all at once (they drain in parallel), then kill whatever outlives the deadline."""
-    for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for worker in workers:
-        try:
-            worker.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            progress(f"worker on port {worker.port} ignored SIGTERM; killing it")
-            worker.process.kill()
-            worker.process.wait()
-
-
-def wait_cluster_ready(workers: list[ServiceProcess]) -> None:
-    """All workers ready at the same time, and still so after SETTLE_S (rebalance done)."""
-    since: list[float] = []
-
-    def settled() -> bool:
-        for worker in workers:
-            worker.ensure_alive()
-        if not all(worker.is_ready() for worker in workers):
-            since.clear()
-            return False
-        if not since:
-            since.append(time.monotonic())
-        return time.monotonic() - since[0] >= SETTLE_S
-
-    wait_until(settled, timeout=READY_TIMEOUT_S, interval=0.2, what="all workers ready")
-
-
 def submit(worker: ServiceProcess, count: int) -> str:
     texts = [
         f"Record {i}: the quarterly report for region {i % 7} notes steady growth, "
@@ -141,20 +97,6 @@ def submit(worker: ServiceProcess, count: int) -> str:
         raise RuntimeError(f"submit failed: {reply.status_code} {reply.text[:500]}")
     job_id: str = reply.json()["job_id"]
     return job_id
-
-
-def job_status(worker: ServiceProcess, job_id: str) -> dict[str, Any] | None:
-    try:
-        # limit=0: counters only; the results list would grow with every poll.
-        reply = httpx.get(
-            f"{worker.base_url}/api/v1/batch/{job_id}/status", params={"limit": 0}, timeout=10.0
-        )
-    except httpx.HTTPError:
-        return None
-    if reply.status_code != 200:
-        return None
-    body: dict[str, Any] = reply.json()
-    return body
 
 
 def wait_job(
@@ -245,17 +187,9 @@ def measure(stats: dict[str, Any], opts: Options) -> dict[str, Any]:
 
 def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[str, str]:
     """Settings every worker of one scenario shares: one app id, one topic set, one budget."""
-    app_id = f"bench{uuid.uuid4().hex[:10]}"
     return {
-        "KAFKA_BOOTSTRAP_SERVERS": broker,
+        **namespace_env("bench", broker, simulator),
         "KAFKA_PARTITIONS": str(PARTITIONS),
-        "KAFKA_APP_ID": app_id,
-        "TOPIC_JOBS": f"{app_id}.jobs",
-        "TOPIC_RECORDS": f"{app_id}.records",
-        "TOPIC_RESULTS": f"{app_id}.results",
-        "TOPIC_DLQ": f"{app_id}.dlq",
-        "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",
-        "ANTHROPIC_BASE_URL": simulator.base_url,
         "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
         "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
     }
@@ -302,24 +236,6 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
     )
 
 
-def machine() -> dict[str, str | int]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        # What `nproc` prints: the CPUs this process may run on, not all the host has.
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def failed_cell(result: Result) -> str:
     if result.completed:
         return str(result.failed_count)
@@ -353,15 +269,24 @@ def table(results: list[Result], host: dict[str, str | int]) -> str:
         ]
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    head = " | ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))
-    rule = "-+-".join("-" * w for w in widths)
     footer = (
         f"machine: nproc={host['nproc']} cpu={host['cpu']} python={host['python']} "
         f"date={host['date']}"
     )
-    return "\n".join([head, rule, *lines, *notes(results), footer])
+    return "\n".join([*render(header, rows), *notes(results), footer])
+
+
+def rows(results: list[Result]) -> list[list[str]]:
+    """[figure, value, target] rows for `python -m bench`'s one table."""
+    out = []
+    for r in results:
+        w = f"{r.workers}w at {r.rpm} rpm"
+        share = f"{r.utilization * 100:.1f} %" + ("" if r.window_covered else " (short)")
+        out += [
+            [f"{w}: budget used ({r.measure_s:g} s)", share, "~100 %"],
+            [f"{w}: 429s, failed", f"{r.rate_limited}, {failed_cell(r)}", "0, 0"],
+        ]
+    return out
 
 
 def notes(results: list[Result]) -> list[str]:
@@ -382,26 +307,17 @@ def run(opts: Options) -> list[Result]:
     results: list[Result] = []
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-util-")))
-        port = free_port()
-        broker = LocalKafka(workdir / "kafka").start(port)
-        stack.callback(broker.stop)
-        progress(
-            f"Apache Kafka {KAFKA_VERSION} on 127.0.0.1:{port}; {opts.records} records per scenario"
-        )
+        broker = start_broker(stack, workdir)
+        progress(f"{opts.records} records per scenario")
         for n, count in enumerate(opts.workers):
             scenario_dir = workdir / f"scenario{n}-{count}w"
-            results.append(run_scenario(count, opts, f"127.0.0.1:{port}", scenario_dir))
+            results.append(run_scenario(count, opts, broker, scenario_dir))
     return results
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    # Unwinds through every ExitStack, so workers, simulator and broker are all stopped.
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         results = run(opts)
     except KeyboardInterrupt:
@@ -412,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"results": [asdict(r) for r in results], "machine": host}, indent=2))
     else:
         print(table(results, host))
-    progress(f"total {time.monotonic() - _started:.1f} s")
+    progress(f"total {elapsed():.1f} s")
     return 0
 
 

@@ -14,6 +14,8 @@ from stream_app.pricing import Price
 from stream_app.usage import Usage
 
 JobState = Literal["pending", "running", "completed", "cancelled", "budget_exhausted", "failed"]
+# Jobs whose last written status the ledger keeps (JobLedger._written).
+_WRITTEN_JOBS = 1024
 # States a job stays in once set, while its last outcomes come in.
 _STOPPED = ("cancelled", "budget_exhausted", "failed")
 
@@ -168,6 +170,10 @@ class JobLedger:
         # A result billed by another model than CLAUDE_MODEL (a task's own) is priced so.
         self._price_of = price_of
         self._recounted: set[str] = set()
+        # job_id -> (the value this ledger last wrote, its JobStatus): a job read back as
+        # just written is not validated again (once per outcome, the hot path). Any other
+        # value (a changelog replay) is read from the table as before.
+        self._written: dict[str, tuple[dict[str, Any], JobStatus]] = {}
 
     def price_for(self, result: ResultEvent) -> Price:
         """The price of the model that billed `result`."""
@@ -180,8 +186,22 @@ class JobLedger:
         self._recounted.clear()
 
     def job(self, job_id: str) -> JobStatus | None:
+        """The job's status as stored (treat it as read-only: the apply_* functions copy)."""
         raw = self._jobs.get(job_id)
-        return JobStatus.model_validate(raw) if raw is not None else None
+        if raw is None:
+            return None
+        written = self._written.get(job_id)
+        if written is not None and written[0] == raw:
+            return written[1]
+        return JobStatus.model_validate(raw)
+
+    def _store(self, job: JobStatus) -> None:
+        raw = job.model_dump(mode="json")
+        self._jobs[job.job_id] = raw
+        self._written.pop(job.job_id, None)
+        self._written[job.job_id] = (raw, job)
+        if len(self._written) > _WRITTEN_JOBS:
+            del self._written[next(iter(self._written))]  # the least recently written
 
     def jobs(self) -> list[JobStatus]:
         return [JobStatus.model_validate(raw) for raw in self._jobs.values()]
@@ -191,12 +211,12 @@ class JobLedger:
 
     def record_created(self, event: JobCreated, now: float) -> JobStatus:
         job = apply_created(self.job(event.job_id), event, now)
-        self._jobs[event.job_id] = job.model_dump(mode="json")
+        self._store(job)
         return job
 
     def record_cancelled(self, event: JobCancelled, now: float) -> JobStatus:
         job = apply_cancelled(self.job(event.job_id), event, now)
-        self._jobs[event.job_id] = job.model_dump(mode="json")
+        self._store(job)
         return job
 
     def record_result(
@@ -218,7 +238,7 @@ class JobLedger:
         if offset is not None:
             stored["offset"] = offset
         self._results[key] = stored
-        self._jobs[event.job_id] = job.model_dump(mode="json")
+        self._store(job)
         return Applied.COUNTED, job
 
     def _recount(self, job_id: str, now: float) -> JobStatus | None:
@@ -246,5 +266,5 @@ class JobLedger:
         if job.outcomes == stored.outcomes:
             return None
         job.updated_at = now
-        self._jobs[job_id] = job.model_dump(mode="json")
+        self._store(job)
         return job

@@ -17,7 +17,7 @@ from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
-from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_result, result_key
+from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
 from stream_app.cancellation import (
     CancelledBeforeCall,
     CancelledJobs,
@@ -47,6 +47,7 @@ from stream_app.scheduler import (
     ticket_for,
 )
 from stream_app.settings import Settings
+from stream_app.usage import Usage
 
 log = get_logger(__name__)
 
@@ -147,6 +148,12 @@ class Pipeline:
 
         async def send_all() -> None:
             await self.jobs_topic.send(key=job_id.encode(), value=_dump(created))
+            # Straight to the producer (the bytes are final, and Faust's per-message
+            # bookkeeping cost more than the send): aiokafka batches the records per
+            # partition, and every delivery is awaited, so a lost one raises.
+            producer = self.app.producer
+            topic = self.records_topic.get_topic_name()
+            sent = []
             for index, record in enumerate(records):
                 value = orjson.dumps(
                     {
@@ -156,8 +163,10 @@ class Pipeline:
                         **scheduling,
                     }
                 )
-                await self.records_topic.send(key=record_key(job_id, index), value=value)
-            await self.app.producer.flush()
+                key = record_key(job_id, index)
+                sent.append(await producer.send(topic, key, value, None, None, None))
+            await producer.flush()
+            await asyncio.gather(*sent)
 
         await self._within_publish_timeout(send_all(), f"job {job_id}")
 
@@ -419,8 +428,8 @@ def build_pipeline(
         if rules is not None:
             rules.settle(result)
         pipeline.outcomes_sent += 1
-        # Priced by the same fold as the job's status, so the counters add up to its cost.
-        cost = apply_result(None, result, ledger.price_for(result), 0.0).estimated_cost
+        # Priced as the job's status prices it (apply_result), so the counters add up.
+        cost = ledger.price_for(result).cost_of(Usage.of(result))
         metrics.outcome(result, cost)
 
     async def _parse_record(event: EventT) -> RecordEvent | None:

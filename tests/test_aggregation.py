@@ -2,10 +2,13 @@
 
 from decimal import Decimal
 
+import pytest
+
 from schemas import JobCreated, ResultEvent
 from stream_app.aggregation import (
     Applied,
     JobLedger,
+    JobStatus,
     apply_created,
     apply_result,
     result_out_of_range,
@@ -164,3 +167,25 @@ def test_a_job_without_progress_is_stalled() -> None:
     assert job.stalled(now=800.0, after_seconds=300)  # running, the last outcome is old
     job = apply_result(job, result(1), PRICE, now=900.0)
     assert job.status == "completed" and not job.stalled(now=10_000.0, after_seconds=300)
+
+
+def test_ledger_does_not_validate_again_what_it_just_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per outcome the ledger reads its job back: the value it wrote itself is taken as
+    it was; any other value in the table (a replayed changelog entry) is read from it."""
+    jobs: dict[str, dict] = {}
+    book = JobLedger(jobs, {}, PRICE)
+    book.record_created(JobCreated(job_id="j", total_records=3), now=0.0)
+    older = dict(jobs["j"])
+    book.record_result(result(0), now=1.0)
+    validated: list[dict] = []
+    real = JobStatus.model_validate
+
+    def counting(raw: dict) -> JobStatus:
+        validated.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(JobStatus, "model_validate", counting)
+    book.record_result(result(1), now=2.0)
+    assert book.job("j").completed_count == 2 and validated == []
+    jobs["j"] = older  # the table changed behind the ledger
+    assert book.job("j").completed_count == 0 and validated == [older]

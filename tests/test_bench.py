@@ -1,12 +1,16 @@
-"""A short run of the utilization benchmark (`make bench`), so the README's figures are
+"""Short runs of the benchmarks (`make bench`), so the README's figures are
 checked by the suite, loosely: the budget is used, with no 429s and no failed record.
 (The pace bounds are checked with more margin in test_service and test_cluster.)"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from bench import overhead
 from bench.utilization import Options, run_scenario
+from simulator import SimulatorConfig
+from simulator.testing import run_simulator
 
 
 def test_one_worker_uses_the_budget(broker: str, tmp_path: Path) -> None:
@@ -21,3 +25,24 @@ def test_one_worker_uses_the_budget(broker: str, tmp_path: Path) -> None:
     assert result.rate_limited == 0
     # The README measures ~100 %; a short window on a loaded machine may lose a slot or two.
     assert result.utilization >= 0.85, result
+
+
+def test_overhead_smoke(broker: str, tmp_path: Path) -> None:
+    """bench.overhead on a few hundred records (the README's run: 3,000 and more): every
+    figure is produced, and loosely sane. Speed itself is not asserted here."""
+    opts = overhead.Options(records=300, workers=(1,), sizes=(300,), concurrency=32)
+    memory = overhead.Memory()
+    with run_simulator(SimulatorConfig(latency_ms=0.0)) as simulator:
+        result = overhead.run_overhead(1, opts, broker, simulator, tmp_path, memory)
+    print(result, memory)
+    assert result.completed and result.failed_count == 0
+    assert result.bare_records_per_s > 0 and 0 < result.ratio < 5
+    # Most records are answered after the event stream opened; each shows up within 30 s.
+    assert result.visibility_samples > 100
+    assert result.visibility_p99_s is not None and 0 <= result.visibility_p99_s < 30
+    assert [label for label, _ in memory.points] == ["ready", "after 300", "after 300"]
+    assert memory.growth() is not None and all(mib > 10 for _, mib in memory.points)
+    kafka = asyncio.run(overhead.raw_kafka(broker, 300))
+    assert kafka.records_per_s > 0 and kafka.value_bytes > 100
+    table = overhead.rows(overhead.Report([result], kafka, memory))
+    assert any(row[0] == "1w: service / bare loop" for row in table)
