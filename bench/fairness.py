@@ -13,8 +13,6 @@ Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import tempfile
 import time
@@ -27,11 +25,10 @@ from typing import Any
 import httpx
 
 from bench.harness import (
+    bench_main,
     job_status,
-    machine,
     namespace_env,
     progress,
-    sigterm_as_interrupt,
     start_broker,
     stop_workers,
 )
@@ -199,18 +196,12 @@ def run(opts: Options) -> list[Result]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    try:
-        results = run(opts)
-    except KeyboardInterrupt:
-        progress("interrupted; children stopped")
-        return 130
-    host = machine()
-    if opts.json:
-        print(json.dumps({"results": [asdict(r) for r in results], "machine": host}, indent=2))
-    else:
-        print(table(results, host))
-    return 0
+    return bench_main(
+        lambda: run(opts),
+        as_json=opts.json,
+        to_json=lambda results, host: {"results": [asdict(r) for r in results], "machine": host},
+        to_text=table,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ benchmarks only differ in the settings and the job they send.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import signal
@@ -15,10 +16,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -164,3 +166,28 @@ def render(header: list[str], rows: list[list[str]]) -> list[str]:
     rule = "-+-".join("-" * w for w in widths)
     lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     return [head, rule, *lines]
+
+
+R = TypeVar("R")
+
+
+def bench_main(
+    run: Callable[[], R],
+    *,
+    as_json: bool,
+    to_json: Callable[[R, dict[str, str | int]], dict[str, Any]],
+    to_text: Callable[[R, dict[str, str | int]], str],
+) -> int:
+    """A benchmark's entry point: SIGTERM stops it like Ctrl-C (children are stopped), then
+    its result goes to stdout as text or JSON, with the machine's description. Returns the
+    exit status: 0, or 130 when interrupted."""
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        progress("interrupted; children stopped")
+        return 130
+    host = machine()
+    print(json.dumps(to_json(result, host), indent=2) if as_json else to_text(result, host))
+    progress(f"total {elapsed():.1f} s")
+    return 0

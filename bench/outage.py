@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import signal
 import sys
 import tempfile
 import time
@@ -32,11 +30,9 @@ from typing import Any
 import httpx
 
 from bench.harness import (
-    elapsed,
-    machine,
+    bench_main,
     namespace_env,
     progress,
-    sigterm_as_interrupt,
     start_broker,
 )
 from simulator import SimulatorConfig
@@ -226,19 +222,12 @@ def report(outcome: Outcome, host: dict[str, str | int]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    try:
-        outcome = run(opts)
-    except KeyboardInterrupt:
-        progress("interrupted; children stopped")
-        return 130
-    host = machine()
-    if opts.json:
-        print(json.dumps({"result": asdict(outcome), "machine": host}, indent=2))
-    else:
-        print(report(outcome, host))
-    progress(f"total {elapsed():.1f} s")
-    return 0
+    return bench_main(
+        lambda: run(opts),
+        as_json=opts.json,
+        to_json=lambda outcome, host: {"result": asdict(outcome), "machine": host},
+        to_text=report,
+    )
 
 
 if __name__ == "__main__":

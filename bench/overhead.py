@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,14 +47,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.bare_loop import record_text
 from bench.harness import (
-    elapsed,
+    bench_main,
     job_status,
-    machine,
     namespace_env,
     progress,
     render,
     rss_bytes,
-    sigterm_as_interrupt,
     start_broker,
     start_worker,
     stop_workers,
@@ -474,23 +471,20 @@ def rows(report: Report) -> list[list[str]]:
 HEADER = ["figure", "value", "target"]
 
 
+def _text(report: Report, host: dict[str, str | int]) -> str:
+    lines = render(HEADER, rows(report))
+    lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in host.items()))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    try:
-        report = run(opts)
-    except KeyboardInterrupt:
-        progress("interrupted; children stopped")
-        return 130
-    host = machine()
-    if opts.json:
-        print(json.dumps({**asdict(report), "machine": host}, indent=2))
-    else:
-        lines = render(HEADER, rows(report))
-        lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in host.items()))
-        print("\n".join(lines))
-    progress(f"total {elapsed():.1f} s")
-    return 0
+    return bench_main(
+        lambda: run(opts),
+        as_json=opts.json,
+        to_json=lambda report, host: {**asdict(report), "machine": host},
+        to_text=_text,
+    )
 
 
 if __name__ == "__main__":
