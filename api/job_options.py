@@ -11,7 +11,7 @@ from schemas import JobCreated, TaskSpec
 from schemas.http import Priority
 from stream_app.settings import Settings
 from stream_app.task_schema import UnsupportedSchema
-from stream_app.tasks import UnknownTask, resolve_task
+from stream_app.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,19 @@ def job_options(
     settings: Settings,
     priority: Priority = "normal",
 ) -> JobOptions:
-    """Raises ApiError 422 `unsupported_schema` (the keyword and where it is) or
-    `unknown_task` (a preset name that does not exist)."""
+    """Raises ApiError 422 `unsupported_schema` (the keyword and where it is),
+    `unknown_task` (a preset name that does not exist) or `unknown_model` (a task model
+    without a price that is not CLAUDE_MODEL)."""
     try:
         spec, name = resolve_task(task)
     except UnsupportedSchema as exc:
         raise ApiError(422, "unsupported_schema", str(exc)) from None
     except UnknownTask as exc:
         raise ApiError(422, "unknown_task", str(exc)) from None
+    try:
+        check_task_model(spec.model if spec is not None else None, settings.claude_model)
+    except UnknownModel as exc:
+        raise ApiError(422, "unknown_model", str(exc)) from None
     cap = max_cost_usd if max_cost_usd is not None else settings.batch_max_cost_per_job_usd
     return JobOptions(spec, name, cap, priority)
 

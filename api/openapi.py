@@ -51,7 +51,8 @@ _ERRORS = {
     "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
     "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
     "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "
-    "not accept (named in the message); `unknown_task`: no such preset.",
+    "not accept (named in the message); `unknown_task`: no such preset; `unknown_model`: "
+    "task.model is neither priced nor CLAUDE_MODEL.",
     "503": (
         "`owner_unavailable`: the worker holding the job did not answer; "
         "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "

@@ -130,8 +130,11 @@ class CancelListener:
             return
         try:
             event = parse_job_event(value)
-        except ValidationError:
-            return  # the aggregate agent dead-letters it
+        except ValidationError as exc:
+            # The aggregate agent dead-letters it; records of a refused job must not run
+            # with terms it never asked for.
+            self._refused(value, exc)
+            return
         if isinstance(event, JobCreated):
             if self._rules is not None:
                 self._rules.learn(event)
@@ -142,6 +145,21 @@ class CancelListener:
             log.info(
                 "job cancelled: its records that have not started are skipped", job_id=event.job_id
             )
+
+    def _refused(self, value: bytes, exc: ValidationError) -> None:
+        if self._rules is None:
+            return
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict) or data.get("type", "created") != "created":
+            return
+        job_id = data.get("job_id")
+        if isinstance(job_id, str) and job_id:
+            first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+            where = ".".join(str(p) for p in first["loc"]) or "event"
+            self._rules.reject(job_id, f"invalid job event: {where}: {first['msg']}")
 
     def _learn(self, value: bytes) -> None:
         if self._directory is None:

@@ -35,7 +35,7 @@ from stream_app.logs import get_logger
 from stream_app.pricing import Price
 from stream_app.spend_cap import SpendCap, Verdict
 from stream_app.task_schema import check_output_schema
-from stream_app.tasks import CHARS_PER_TOKEN, PreparedTask
+from stream_app.tasks import CHARS_PER_TOKEN, PreparedTask, check_task_model
 from stream_app.usage import Usage
 
 log = get_logger(__name__)
@@ -49,6 +49,9 @@ class JobTerms:
     task: TaskSpec | None = None
     task_name: str | None = None
     max_cost_usd: Decimal | None = None
+    # Why the job's `created` event was refused (dead-lettered): its records then fail
+    # instead of running with default terms the job never asked for (e.g. without its cap).
+    rejected: str | None = None
 
 
 DEFAULT_TERMS = JobTerms()
@@ -98,6 +101,17 @@ class JobRules:
         if waiting is not None:
             waiting.set()
 
+    def reject(self, job_id: str, reason: str) -> None:
+        """The job's `created` event could not be read (it goes to the dead-letter topic):
+        its records fail with `reason` rather than run without the job's terms. A valid
+        announcement seen earlier wins."""
+        if job_id in self._terms:
+            return
+        self._terms[job_id] = JobTerms(rejected=reason)
+        waiting = self._announced.pop(job_id, None)
+        if waiting is not None:
+            waiting.set()
+
     def observe_result(self, job_id: str, value: bytes | None) -> None:
         """An outcome on `batch.results`: counted against its job's cap, if it has one."""
         if not value or not self.spend.is_capped(job_id):
@@ -116,6 +130,8 @@ class JobRules:
         """The record's task, or the outcome it gets without a call: skipped when its job
         reached its spending cap, failed when its job's task cannot be sent."""
         terms = await self._terms_of(record.job_id)
+        if terms.rejected is not None:
+            return _outcome(record, f"the job's created event was refused: {terms.rejected}")
         try:
             task = self._task(record.job_id, terms)
         except InsightStreamError as exc:
@@ -206,6 +222,7 @@ class JobRules:
         task = self._prepared.get(job_id)
         if task is None:
             check_output_schema(terms.task.output_schema)
+            check_task_model(terms.task.model, self._client.model)
             task = self._client.prepare(terms.task, terms.task_name)
             self._prepared[job_id] = task
             if len(self._prepared) > _PREPARED_KEPT:

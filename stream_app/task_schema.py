@@ -84,9 +84,20 @@ class UnsupportedSchema(InsightStreamError):
         self.path = where
 
 
+# Objects and lists nested deeper than this (about half as many levels of nested
+# properties) are refused before any recursive check runs: jsonschema's own validator and
+# the SDK's rewrite recurse, and a deep enough schema would exhaust Python's stack.
+MAX_DEPTH = 64
+
+
 def check_output_schema(schema: Mapping[str, Any]) -> None:
     """Raise UnsupportedSchema unless `schema` is a valid JSON Schema of an object that
-    structured outputs accept (rules in the module docstring)."""
+    structured outputs accept (rules in the module docstring), nested at most MAX_DEPTH
+    levels of JSON objects and arrays."""
+    if _depth(schema) > MAX_DEPTH:
+        raise UnsupportedSchema(
+            "schema", "", f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
+        )
     try:
         jsonschema.Draft202012Validator.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
@@ -164,6 +175,33 @@ def _check_node(node: Mapping[str, Any], path: str, root: Mapping[str, Any]) -> 
         raise UnsupportedSchema("$ref", path, f"{ref} does not exist")
     if path and "$schema" in node:
         raise UnsupportedSchema("$schema", path, "only allowed at the root")
+    required = node.get("required")
+    declared = node.get("properties")
+    if isinstance(required, list) and isinstance(declared, Mapping):
+        for name in required:
+            if name not in declared:
+                raise UnsupportedSchema(
+                    "required", path, f"{name!r} is not one of the object's properties"
+                )
+
+
+def _depth(value: Any) -> int:
+    """How many levels of dicts and lists `value` nests (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _primitive(value: Any) -> bool:

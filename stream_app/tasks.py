@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from schemas import Insight, TaskSpec
 from stream_app.exceptions import InsightStreamError
+from stream_app.pricing import PRICE_TABLE, is_known_model
 from stream_app.task_schema import api_schema, check_output_schema
 
 DEFAULT_TASK_NAME = "smart-summary"
@@ -59,6 +60,23 @@ CHARS_PER_TOKEN = 4.0
 
 class UnknownTask(InsightStreamError):
     """A task named by a preset that does not exist."""
+
+
+class UnknownModel(InsightStreamError):
+    """A task names a model the service has no price for (and is not CLAUDE_MODEL)."""
+
+
+def check_task_model(model: str | None, default_model: str) -> None:
+    """Raise UnknownModel unless `model` is None, the configured CLAUDE_MODEL, or a model in
+    the price table. A job's own model must be priced (its cap and costs depend on it), and
+    a model the provider does not serve would make every call of the job answer 404, which
+    stops the worker's line for every job (stream_app/breaker.py) instead of failing this one."""
+    if model is None or model == default_model or is_known_model(model):
+        return
+    raise UnknownModel(
+        f"task.model: {model!r} is not a known model (names starting with "
+        f"{', '.join(sorted(PRICE_TABLE))}, or CLAUDE_MODEL {default_model!r})"
+    )
 
 
 PRESETS: dict[str, TaskSpec] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from schemas import TaskSpec
@@ -127,3 +128,21 @@ def test_outcomes_read_from_batch_results_count_against_the_cap() -> None:
     rules.observe_result("free", billed.model_dump_json().encode())  # not capped: ignored
     assert rules.spend.spent("j") == PRICE.cost(1000, 100)
     assert rules.spend.spent("free") == 0
+
+
+async def test_records_of_a_refused_job_fail_instead_of_running_without_its_terms() -> None:
+    from schemas import BatchRecord, JobCreated, RecordEvent, ResultEvent
+    from stream_app.job_rules import JobRules
+
+    rules = JobRules(None, lambda model: PRICE, announce_wait_seconds=30)  # type: ignore[arg-type]
+    record = RecordEvent(job_id="bad", index=0, record=BatchRecord(text="hello"))
+    waiting = asyncio.create_task(rules.admit(record))  # waits for the job's announcement
+    await asyncio.sleep(0)
+    rules.reject("bad", "invalid job event: priority: Input should be 'high', 'normal' or 'low'")
+    outcome = await asyncio.wait_for(waiting, 5)
+    assert isinstance(outcome, ResultEvent) and not outcome.success and not outcome.skipped
+    assert "created event was refused" in (outcome.error or "")
+    # A valid announcement seen first wins over a later refusal.
+    rules.learn(JobCreated(job_id="good", total_records=1, max_cost_usd=1.0))
+    rules.reject("good", "late")
+    assert rules.spend.is_capped("good")

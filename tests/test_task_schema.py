@@ -96,3 +96,30 @@ def test_recursive_schemas_are_refused() -> None:
     }
     with pytest.raises(UnsupportedSchema, match="recursive"):
         check_output_schema(schema)
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {
+            "type": "object",
+            "properties": {"n": schema},
+            "required": ["n"],
+            "additionalProperties": False,
+        }
+    return schema
+
+
+def test_deep_nesting_is_refused_before_any_recursive_check() -> None:
+    check_output_schema(_nested(20))
+    for levels in (40, 100, 5000):  # 5000 would exhaust the stack of a recursive check
+        with pytest.raises(UnsupportedSchema) as refused:
+            check_output_schema(_nested(levels))
+        assert "nested deeper than" in str(refused.value)
+
+
+def test_required_must_name_declared_properties() -> None:
+    schema = {**TICKET, "required": ["product_area", "zzz"]}
+    with pytest.raises(UnsupportedSchema) as refused:
+        check_output_schema(schema)
+    assert refused.value.keyword == "required" and "'zzz'" in str(refused.value)

@@ -91,3 +91,15 @@ def test_presets_and_their_errors() -> None:
     bad = TaskSpec(instructions="x", output_schema={"type": "object", "properties": {"a": {}}})
     with pytest.raises(UnsupportedSchema):
         resolve_task(bad)
+
+
+def test_a_task_model_must_be_priced_or_the_configured_one() -> None:
+    from stream_app.tasks import UnknownModel, check_task_model
+
+    check_task_model(None, "claude-sonnet-4-6")
+    check_task_model("claude-haiku-4-5", "claude-sonnet-4-6")
+    check_task_model("my-own-deployment", "my-own-deployment")  # CLAUDE_MODEL itself
+    for unknown in ("claude-nope-1", "gpt-4"):
+        with pytest.raises(UnknownModel) as refused:
+            check_task_model(unknown, "claude-sonnet-4-6")
+        assert repr(unknown) in str(refused.value)
