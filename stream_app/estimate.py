@@ -13,6 +13,8 @@ pace or at the pace concurrency and the observed latency allow, whichever is slo
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,8 +46,12 @@ class _Seen:
 class UsageHistory:
     """What records of each task (by fingerprint) were billed on this worker."""
 
+    # Latencies of the most recent successful records (ms), for the duration estimate.
+    RECENT = 50
+
     def __init__(self) -> None:
         self._tasks: dict[str, _Seen] = {}
+        self._recent: deque[int] = deque(maxlen=self.RECENT)
 
     def observe(
         self, fingerprint: str, chars: int, usage: Usage, latency_ms: int, now: float = 0.0
@@ -61,6 +67,7 @@ class UsageHistory:
         )
         seen.output_tokens += usage.output_tokens
         seen.latency_ms += latency_ms
+        self._recent.append(latency_ms)
 
     def records(self, fingerprint: str) -> int:
         seen = self._tasks.get(fingerprint)
@@ -79,9 +86,10 @@ class UsageHistory:
         return seen.last_seen if seen and seen.last_seen else None
 
     def latency_seconds(self) -> float | None:
-        records = sum(s.records for s in self._tasks.values())
-        total = sum(s.latency_ms for s in self._tasks.values())
-        return total / records / 1000 if records else None
+        """The median latency of the last RECENT records: recent, so that the pace of an
+        hour ago does not count, and a median, so that a few records held through an
+        outage or a configuration stop do not multiply the estimate."""
+        return statistics.median(self._recent) / 1000 if self._recent else None
 
 
 @dataclass(frozen=True)

@@ -146,3 +146,20 @@ async def test_records_of_a_refused_job_fail_instead_of_running_without_its_term
     rules.learn(JobCreated(job_id="good", total_records=1, max_cost_usd=1.0))
     rules.reject("good", "late")
     assert rules.spend.is_capped("good")
+
+
+def test_the_duration_uses_the_median_of_recent_latencies() -> None:
+    from stream_app.estimate import UsageHistory
+    from stream_app.usage import Usage
+
+    history = UsageHistory()
+    assert history.latency_seconds() is None
+    usage = Usage(input_tokens=100, output_tokens=10)
+    for _ in range(3):  # held through a configuration stop: 22 s each
+        history.observe("task", 400, usage, 22_000)
+    for _ in range(UsageHistory.RECENT - 3):
+        history.observe("task", 400, usage, 500)
+    assert history.latency_seconds() == 0.5  # a few outliers do not move it
+    for _ in range(UsageHistory.RECENT):
+        history.observe("task", 400, usage, 800)
+    assert history.latency_seconds() == 0.8  # only recent records count
