@@ -64,6 +64,7 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "task": job.task,
         "model": job.model,
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
+        "priority": job.priority or "normal",
     }
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.

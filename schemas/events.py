@@ -29,7 +29,7 @@ class JobCreated(BaseModel):
     # The preset the task came from, when it did (for people and the estimate's history).
     task_name: str | None = Field(None, max_length=100)
     # Spending cap in USD: records not yet sent once it is reached are skipped.
-    max_cost_usd: float | None = Field(None, gt=0)
+    max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class RecordEvent(BaseModel):

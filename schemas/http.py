@@ -44,7 +44,10 @@ class BatchRequest(BaseModel):
         "absent: the default Smart Summary & Insight task.",
     )
     max_cost_usd: float | None = Field(
-        None, gt=0, description="Spending cap in USD (default BATCH_MAX_COST_PER_JOB_USD)."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Spending cap in USD (default BATCH_MAX_COST_PER_JOB_USD).",
     )
 
 

@@ -86,6 +86,9 @@ class JobSummary(BaseModel):
         description="The spending cap; `status` becomes `budget_exhausted` when it is "
         "reached (records not yet sent are skipped; `estimated_cost` is the spend).",
     )
+    priority: str = Field(
+        "normal", description="`high`, `normal` or `low`: the job's share of the budget."
+    )
 
 
 class JobStatusResponse(JobSummary):

@@ -46,6 +46,8 @@ class JobStatus(BaseModel):
     task: str | None = None
     model: str | None = None
     max_cost_usd: Decimal | None = None
+    # Its share of the budget while other jobs wait (None: normal).
+    priority: str | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
 
@@ -92,6 +94,7 @@ def apply_created(job: JobStatus | None, event: JobCreated, now: float) -> JobSt
         job.model = event.task.model
     if event.max_cost_usd is not None:
         job.max_cost_usd = Decimal(str(event.max_cost_usd))
+    job.priority = event.priority
     job.updated_at = now
     return _settle(job)
 

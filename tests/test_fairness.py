@@ -113,4 +113,6 @@ def test_a_high_priority_job_overtakes_a_normal_one(start: StartService) -> None
     # Sent after the normal job, finished long before it: 4 slots in 5 while both wait.
     assert normal_then["status"] == "running", normal_then
     assert normal_then["completed_count"] <= 10 + 40, normal_then
+    # The status says which priority each job runs with.
+    assert (final["priority"], normal_final["priority"]) == ("high", "normal")
     print(f"high job done when the normal job had {normal_then['completed_count']} of 200")
