@@ -172,7 +172,7 @@ def main() -> int:
             # Nothing can be committed without the broker: waiting for the bounded flush
             # and Faust's stop (a minute) would only delay the restart. Exit as a crash
             # would; uncommitted records run again after it (tests/test_crash_recovery.py).
-            exit_after(CHILD_DEATH_GRACE_SECONDS, 1)
+            exit_after(CHILD_DEATH_GRACE_SECONDS, 1, children)
 
         watching = watch_children(children, child_exited)
         log.info(
@@ -198,11 +198,14 @@ def main() -> int:
 CHILD_DEATH_GRACE_SECONDS = 5.0
 
 
-def exit_after(seconds: float, code: int) -> None:
-    """Exit with `code` in `seconds` (from a daemon timer), whatever still runs then."""
+def exit_after(seconds: float, code: int, children: list[ChildProcess]) -> None:
+    """Exit with `code` in `seconds` (from a daemon timer), whatever still runs then; the
+    children still running are stopped first (up to 5 s each)."""
 
     def expire() -> None:
         log.warning("exiting now", code=code)
+        for child in reversed(children):
+            child.stop(timeout=5.0)
         exit_now(code)
 
     timer = threading.Timer(seconds, expire)
