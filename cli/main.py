@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -101,8 +102,24 @@ TASK_OPTION = typer.Option(
 MAX_COST_OPTION = typer.Option(help="Spending cap of the job in USD.")
 
 
-def _job_options(task: str | None, max_cost: float | None) -> dict[str, Any]:
+class Priority(StrEnum):
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+PRIORITY_OPTION = typer.Option(
+    help="The job's share of the budget while other jobs wait: high gets 4 times normal's, "
+    "low only what nobody else waits for."
+)
+
+
+def _job_options(
+    task: str | None, max_cost: float | None, priority: Priority | None = None
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
+    if priority is not None:
+        options["priority"] = priority.value
     if task is not None:
         path = Path(task)
         if path.suffix == ".json" or path.is_file():
@@ -208,6 +225,7 @@ def submit(
     ] = True,
     task: Annotated[str | None, TASK_OPTION] = None,
     max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
+    priority: Annotated[Priority | None, PRIORITY_OPTION] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before an expensive job.")
     ] = False,
@@ -223,7 +241,7 @@ def submit(
     estimate is asked first; above --confirm-above USD you are asked to go on (--yes)."""
     client = _client(ctx)
     records, count = _checked_records(file, fmt, text_column, id_column)
-    options = _job_options(task, max_cost)
+    options = _job_options(task, max_cost, priority)
     estimate = client.submit_ndjson(_ndjson_chunks(records(), options), estimate=True)
     err.print(_estimate_line(estimate), markup=False)
     if estimate["cost_usd"] > confirm_above and not yes:

@@ -4,6 +4,7 @@ schema, model), the estimate before running, and the spending cap."""
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,23 @@ def test_the_cli_estimates_asks_and_submits_with_a_task(
         "support-ticket-triage",
         "--max-cost",
         "5",
+        "--priority",
+        "high",
         "--yes",
         url=url,
     )
     assert ok.returncode == 0, ok.stderr
     assert "estimate: 4 records" in ok.stderr
     assert "4 succeeded, 0 failed, 0 skipped of 4" in ok.stdout
+    submitted = re.search(r"job ([0-9a-f]{32})", ok.stdout)
+    assert submitted is not None, ok.stdout
+    with httpx.Client(base_url=url, timeout=10) as client:
+        body = client.get(f"/api/v1/batch/{submitted[1]}/status", params={"limit": "0"}).json()
+    assert (body["task"], body["max_cost_usd"], body["priority"]) == (
+        "support-ticket-triage",
+        5.0,
+        "high",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"instructions": "x", "output_schema": {"type": "string"}}))
     refused = insight("submit", str(data), "--task", str(bad), url=url)
