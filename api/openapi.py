@@ -65,6 +65,19 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+def _batch_body() -> dict[str, Any]:
+    """A batch as POST /api/v1/batch and /api/v1/batch/estimate take it: JSON, or records
+    streamed as NDJSON or CSV."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ref(BatchRequest)},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+
+
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
@@ -132,14 +145,7 @@ def _paths() -> dict[str, Any]:
                         {"enum": ["high", "normal", "low"]},
                     ),
                 ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _ref(BatchRequest)},
-                        "application/x-ndjson": {"schema": {"type": "string"}},
-                        "text/csv": {"schema": {"type": "string"}},
-                    },
-                },
+                "requestBody": _batch_body(),
                 "responses": {
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
                     **_errors("400", "401", "413", "415", "422", "503"),
@@ -157,14 +163,7 @@ def _paths() -> dict[str, Any]:
                     "from the backlog and the request budget."
                 ),
                 "security": _SECURED,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _ref(BatchRequest)},
-                        "application/x-ndjson": {"schema": {"type": "string"}},
-                        "text/csv": {"schema": {"type": "string"}},
-                    },
-                },
+                "requestBody": _batch_body(),
                 "responses": {
                     "200": _json(Estimate, "The estimate."),
                     **_errors("400", "401", "413", "422"),

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from bench.harness import (
     job_status,
     namespace_env,
     progress,
+    results_json,
     start_broker,
     stop_workers,
 )
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return bench_main(
         lambda: run(opts),
         as_json=opts.json,
-        to_json=lambda results, host: {"results": [asdict(r) for r in results], "machine": host},
+        to_json=results_json,
         to_text=table,
     )
 

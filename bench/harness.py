@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -169,6 +170,11 @@ def render(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 R = TypeVar("R")
+
+
+def results_json(results: Sequence[Any], host: dict[str, str | int]) -> dict[str, Any]:
+    """`--json` output of a benchmark that measures a list of scenarios (dataclasses)."""
+    return {"results": [asdict(r) for r in results], "machine": host}
 
 
 def bench_main(

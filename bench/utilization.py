@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from bench.harness import (
     namespace_env,
     progress,
     render,
+    results_json,
     start_broker,
     start_worker,
     stop_workers,
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return bench_main(
         lambda: run(opts),
         as_json=opts.json,
-        to_json=lambda results, host: {"results": [asdict(r) for r in results], "machine": host},
+        to_json=results_json,
         to_text=table,
     )
 

@@ -24,10 +24,8 @@ def _stop_quietly(signum: int, frame: FrameType | None) -> None:
 signal.signal(signal.SIGINT, _stop_quietly)
 signal.signal(signal.SIGTERM, _stop_quietly)
 
-import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 from pydantic import SecretStr, ValidationError  # noqa: E402
@@ -44,7 +42,7 @@ from stream_app.embedded import (  # noqa: E402
 )
 from stream_app.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
 from stream_app.logs import configure_logging, get_logger  # noqa: E402
-from stream_app.server import serve  # noqa: E402
+from stream_app.server import exit_after, exit_now, serve  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
 
 log = get_logger("stream_app")
@@ -145,6 +143,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     watching = None
+
+    def stop_children(timeout: float | None = None) -> None:
+        for child in reversed(children):
+            child.stop(timeout)
+
     try:
         check_free(settings)
         updates: dict[str, object] = {}
@@ -172,7 +175,7 @@ def main() -> int:
             # Nothing can be committed without the broker: waiting for the bounded flush
             # and Faust's stop (a minute) would only delay the restart. Exit as a crash
             # would; uncommitted records run again after it (tests/test_crash_recovery.py).
-            exit_after(CHILD_DEATH_GRACE_SECONDS, 1, children)
+            exit_after(CHILD_DEATH_GRACE_SECONDS, 1, before=lambda: stop_children(5.0))
 
         watching = watch_children(children, child_exited)
         log.info(
@@ -190,41 +193,11 @@ def main() -> int:
         if watching is not None:
             watching.set()
         # The worker has drained by now; the broker goes last so its final commits land.
-        for child in reversed(children):
-            child.stop()
+        stop_children()
 
 
 # After the embedded broker (or simulator) died: time for open requests to be answered.
 CHILD_DEATH_GRACE_SECONDS = 5.0
-
-
-def exit_after(seconds: float, code: int, children: list[ChildProcess]) -> None:
-    """Exit with `code` in `seconds` (from a daemon timer), whatever still runs then; the
-    children still running are stopped first (up to 5 s each)."""
-
-    def expire() -> None:
-        log.warning("exiting now", code=code)
-        for child in reversed(children):
-            child.stop(timeout=5.0)
-        exit_now(code)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-
-
-def exit_now(code: int) -> None:
-    """Exit with `code` without waiting for threads that outlived the stop.
-
-    When the broker is gone, Faust's consumer thread can stay stuck in aiokafka's retries
-    after the bounded stop gave up on it, and a normal interpreter exit would wait for it
-    forever: a stopped worker must not hang. Logs are flushed first; every state that must
-    survive is in Kafka or already closed by the stop.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

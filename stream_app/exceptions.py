@@ -1,6 +1,13 @@
 """One root exception; subclasses name what happened."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, at most 200 characters (its type's name when empty): what
+    goes into a record's `error` and into log fields."""
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 class InsightStreamError(Exception):
     """Root of every error this service raises on purpose."""
 

@@ -13,6 +13,7 @@ from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
 from schemas import BatchRecord, Insight, TaskSpec
+from stream_app.exceptions import first_line
 from stream_app.tasks import DEFAULT_INSTRUCTIONS, PreparedTask, prepare_task
 from stream_app.usage import Usage
 
@@ -100,11 +101,6 @@ def parse_insight(text: str) -> dict[str, Any] | str:
         return Insight.model_validate(orjson.loads(text)).model_dump()
     except (orjson.JSONDecodeError, ValidationError) as exc:
         return first_line(exc)
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def build_anthropic_client(

@@ -24,11 +24,10 @@ from stream_app.cancellation import (
     record_scope,
     skipped_outcome,
 )
-from stream_app.exceptions import BrokerUnavailable
+from stream_app.exceptions import BrokerUnavailable, first_line
 from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
-from stream_app.llm import first_line
 from stream_app.local_state import discard_tables
 from stream_app.logs import get_logger
 from stream_app.lookahead import LookAhead

@@ -21,7 +21,8 @@ import anthropic
 from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
 from stream_app.aggregation import result_key
 from stream_app.breaker import Admission, ProviderBreaker
-from stream_app.llm import InsightClient, Reply, first_line
+from stream_app.exceptions import first_line
+from stream_app.llm import InsightClient, Reply
 from stream_app.logs import get_logger
 from stream_app.provider_answers import (
     Answer,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import logging
 import os
 import sys
 import threading
@@ -18,12 +19,14 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from stream_app.logs import get_logger
+from stream_app.service import FAUST_STOP_SECONDS
 from stream_app.settings import Settings
+
+log = get_logger(__name__)
 
 # How long open HTTP connections (event streams, long downloads) may keep the server up.
 HTTP_GRACEFUL_SECONDS = 30
-# Faust's own stop (faust_app_running(stop_timeout=...) in stream_app/service.py).
-FAUST_STOP_SECONDS = 30
 # Asyncio tasks left over once the server has stopped get this long to end.
 LEFTOVER_SECONDS = 5
 
@@ -41,22 +44,39 @@ def stop_deadline(settings: Settings) -> float:
     )
 
 
-def _exit_at(deadline: float) -> None:
-    """From a daemon thread: if the process still runs `deadline` seconds from now, print
-    every thread's stack (to find what hung) and exit with 1. A stop must end."""
+def exit_now(code: int) -> None:
+    """Exit with `code` without waiting for threads that outlived the stop.
+
+    When the broker is gone, Faust's consumer thread can stay stuck in aiokafka's retries
+    after the bounded stop gave up on it, and a normal interpreter exit would wait for it
+    forever: a stopped worker must not hang. Logs are flushed first; every state that must
+    survive is in Kafka or already closed by the stop.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def exit_after(seconds: float, code: int, before: Callable[[], None] | None = None) -> None:
+    """From a daemon timer: if the process still runs `seconds` from now, call `before`
+    (what to do on the way out), then exit_now(`code`). A stop must end."""
 
     def expire() -> None:
-        print(
-            f"the stop did not end within {deadline:.0f} s; exiting. Threads:",
-            file=sys.stderr,
-            flush=True,
-        )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        os._exit(1)
+        log.warning("exiting now", code=code, after_seconds=seconds)
+        if before is not None:
+            before()
+        exit_now(code)
 
-    timer = threading.Timer(deadline, expire)
+    timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+
+
+def _dump_threads() -> None:
+    """Every thread's stack on stderr: what the stop hung on."""
+    print("the stop did not end in time. Threads:", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
 class _Server(uvicorn.Server):
@@ -71,7 +91,7 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self._stopping:
             self._stopping = True
-            _exit_at(self._deadline)
+            exit_after(self._deadline, 1, before=_dump_threads)
         for hook in self._on_signal:
             hook()
         super().handle_exit(sig, frame)
@@ -82,7 +102,7 @@ class _Server(uvicorn.Server):
         asyncio.run would then wait, without a bound, for every leftover task and for the
         default executor's threads; with the broker gone, aiokafka's can hang there (seen
         in tests/test_broker_failures.py). Leftover tasks get LEFTOVER_SECONDS; the
-        process exits right after (stream_app.__main__.exit_now).
+        process exits right after (exit_now).
         """
         factory = self.config.get_loop_factory()
         loop = factory() if factory is not None else asyncio.new_event_loop()

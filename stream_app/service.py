@@ -45,6 +45,8 @@ from stream_app.topics import ensure_topics, leader_topic
 log = get_logger(__name__)
 
 _BROKER_CHECK_TTL = 1.0
+# How long Faust's own stop may take (consumer, tables, producer), in seconds.
+FAUST_STOP_SECONDS = 30.0
 
 
 @dataclass
@@ -391,7 +393,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     await cancel_listener.start()
     try:
-        async with faust_app_running(pipeline.app, stop_timeout=30.0):
+        async with faust_app_running(pipeline.app, stop_timeout=FAUST_STOP_SECONDS):
             log.info(
                 "worker started",
                 app_id=settings.kafka_app_id,

@@ -23,7 +23,7 @@ from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
 from schemas import Insight, TaskSpec
-from stream_app.exceptions import InsightStreamError
+from stream_app.exceptions import InsightStreamError, first_line
 from stream_app.pricing import PRICE_TABLE, is_known_model
 from stream_app.task_schema import api_schema, check_output_schema
 
@@ -190,12 +190,12 @@ class PreparedTask:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            return _first_line(exc)
+            return first_line(exc)
         if self.is_default:
             try:
                 return Insight.model_validate(data).model_dump()
             except ValidationError as exc:
-                return _first_line(exc)
+                return first_line(exc)
         if not isinstance(data, dict):
             return "the answer is not a JSON object"
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(data))
@@ -237,8 +237,3 @@ def prepare_task(
         cache_prefix=math.ceil(prefix_chars / CHARS_PER_TOKEN) >= cache_min_tokens(model),
         _validator=jsonschema.Draft202012Validator(dict(schema)) if schema is not None else None,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
