@@ -27,7 +27,7 @@ from schemas import JobCancelled, JobCreated, parse_job_event
 from stream_app.cancellation import CancelledJobs
 from stream_app.job_rules import JobRules
 from stream_app.logs import get_logger
-from stream_app.scheduler import PRIORITIES, JobDirectory
+from stream_app.scheduler import JobDirectory
 
 log = get_logger(__name__)
 
@@ -125,9 +125,8 @@ class CancelListener:
     def _apply(self, value: bytes | None) -> None:
         if not value:
             return
-        if self._rules is None and b"cancelled" not in value:
-            self._learn(value)  # most events announce jobs; only owner and priority matter
-            return
+        if self._rules is None and self._directory is None and b"cancelled" not in value:
+            return  # only cancels matter then; skip parsing the announcements
         try:
             event = parse_job_event(value)
         except ValidationError as exc:
@@ -160,20 +159,3 @@ class CancelListener:
             first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
             where = ".".join(str(p) for p in first["loc"]) or "event"
             self._rules.reject(job_id, f"invalid job event: {where}: {first['msg']}")
-
-    def _learn(self, value: bytes) -> None:
-        if self._directory is None:
-            return
-        try:
-            data = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return  # the aggregate agent dead-letters it
-        if not isinstance(data, dict) or data.get("type", "created") != "created":
-            return
-        job_id, owner, priority = data.get("job_id"), data.get("owner"), data.get("priority")
-        if isinstance(job_id, str):
-            self._directory.learn(
-                job_id,
-                owner if isinstance(owner, str) else None,
-                priority if priority in PRIORITIES else None,
-            )
