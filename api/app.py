@@ -155,6 +155,30 @@ def parse_batch(body: bytes, settings: Settings) -> BatchRequest:
     return batch
 
 
+async def read_json_body(request: Request, settings: Settings) -> bytes:
+    """The whole body of a JSON request, refused with 413 `body_too_large` as soon as it
+    exceeds BATCH_MAX_JSON_BODY_BYTES (by its Content-Length, or while it is read), so a JSON
+    body never holds more than that in memory. Streams (NDJSON, CSV) have no such limit."""
+    limit = settings.batch_max_json_body_bytes
+    too_large = ApiError(
+        413,
+        "body_too_large",
+        f"a JSON body may hold at most {limit} bytes (BATCH_MAX_JSON_BODY_BYTES); send larger "
+        "jobs as application/x-ndjson (a record a line), which is read as a stream",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def submit_batch(request: Request) -> Response:
     # Streams of records (NDJSON, CSV) are read line by line (api.intake).
     from api import intake
@@ -164,7 +188,7 @@ async def submit_batch(request: Request) -> Response:
         return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
-    batch = parse_batch(await request.body(), service.settings)
+    batch = parse_batch(await read_json_body(request, service.settings), service.settings)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
     job_id = await service.submit(batch.records, owner=caller, created=created)

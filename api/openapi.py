@@ -47,7 +47,8 @@ _ERRORS = {
     "401": "`unauthorized`: API_KEYS is set and no valid `Authorization: Bearer <key>` came.",
     "404": "`job_not_found` (unknown, or another client's job).",
     "409": "`job_finished`: the job completed or failed before the cancel.",
-    "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST.",
+    "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST; `body_too_large`: a "
+    "JSON body over BATCH_MAX_JSON_BODY_BYTES (send large jobs as NDJSON).",
     "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
     "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
     "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "

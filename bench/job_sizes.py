@@ -168,9 +168,14 @@ def run_job(worker: ServiceProcess, records: int) -> JobFigures:
     job_id = reply.json()["job_id"]
     progress(f"job of {records}: 202 after {post_s:.2f} s; waiting for completion")
     poller = StatusPoller(worker, job_id)
+
+    def finished() -> bool:
+        worker.ensure_alive()
+        return poller.finished()
+
     try:
         wait_until(
-            lambda: worker.ensure_alive() or poller.finished(),
+            finished,
             timeout=records / 5 + 120,
             interval=0.5,
             what=f"job {job_id}",

@@ -24,7 +24,7 @@ from stream_app.cancellation import (
     record_scope,
     skipped_outcome,
 )
-from stream_app.exceptions import BrokerUnavailable, first_line
+from stream_app.exceptions import BrokerUnavailable, JobNeverAnnounced, first_line
 from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
@@ -53,6 +53,20 @@ log = get_logger(__name__)
 JOB_TABLE = "job-status"
 RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
+# Record deliveries of a submit awaited together: bounds what a submit holds in memory
+# (one future each) whatever the job's size.
+PUBLISH_WINDOW = 5000
+# Each table partition is a RocksDB database of its own (3 tables x KAFKA_PARTITIONS). With
+# Faust's defaults (64 MiB write buffers, 3 of them, a 2 GiB block cache each) a database
+# keeps everything written in memory until 64 MiB have accumulated, so the worker's memory
+# grew with the size of the jobs it had processed (issue 9: ~150 MiB for 10,000 records).
+# Small write buffers are flushed to disk early and the block cache is capped: memory per
+# database is bounded (~2 x 4 MiB memtables + 8 MiB cache), whatever the job's size.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 * 2**20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 * 2**20,
+}
 
 
 def record_key(job_id: str, index: int) -> bytes:
@@ -133,26 +147,34 @@ class Pipeline:
         return self.ledger.result(job_id, index)
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
-        """What an upstream producer does: announce the job on `batch.jobs`, then send its
-        records to `batch.records` (`records`: each record's JSON object, in index order),
-        and wait until the broker has acknowledged all of them (acks=all).
+        """What an upstream producer does, all or nothing: send the job's records to
+        `batch.records` (`records`: each record's JSON object, in index order), wait until
+        the broker has acknowledged all of them (acks=all), and only then announce the job
+        on `batch.jobs` (its `created` event) and wait for that acknowledgement too.
+
+        The records carry `created_follows: true`: a worker holds each one until the
+        announcement comes, and dead-letters it, without a call, if none does (the submit
+        failed halfway: stream_app.job_rules). So a job either exists whole or not at all.
+
+        Deliveries are awaited in windows of PUBLISH_WINDOW records (aiokafka batches them
+        per partition): the memory held is bounded by the window, not the job.
 
         Raises BrokerUnavailable when that takes longer than KAFKA_PUBLISH_TIMEOUT_SECONDS
-        (the broker is down or unreachable); part of the job may then be on Kafka.
+        (the broker is down or unreachable); the job was then not announced.
         """
         job_id = created.job_id
         # Each record carries its job's owner and priority, for the scheduler of whichever
         # worker reads it.
         scheduling = created.model_dump(include={"owner", "priority"}, exclude_none=True)
+        scheduling["created_follows"] = True
 
         async def send_all() -> None:
-            await self.jobs_topic.send(key=job_id.encode(), value=_dump(created))
             # Straight to the producer (the bytes are final, and Faust's per-message
             # bookkeeping cost more than the send): aiokafka batches the records per
             # partition, and every delivery is awaited, so a lost one raises.
             producer = self.app.producer
             topic = self.records_topic.get_topic_name()
-            sent = []
+            window: list[Awaitable[Any]] = []
             for index, record in enumerate(records):
                 value = orjson.dumps(
                     {
@@ -163,9 +185,17 @@ class Pipeline:
                     }
                 )
                 key = record_key(job_id, index)
-                sent.append(await producer.send(topic, key, value, None, None, None))
-            await producer.flush()
-            await asyncio.gather(*sent)
+                window.append(await producer.send(topic, key, value, None, None, None))
+                if len(window) >= PUBLISH_WINDOW:
+                    await asyncio.gather(*window)
+                    window.clear()
+            await asyncio.gather(*window)
+            # Every record is on Kafka: now the job exists.
+            jobs_topic = self.jobs_topic.get_topic_name()
+            announced = await producer.send(
+                jobs_topic, job_id.encode(), _dump(created), None, None, None
+            )
+            await announced
 
         await self._within_publish_timeout(send_all(), f"job {job_id}")
 
@@ -252,11 +282,18 @@ def build_pipeline(
     table_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
     )
-    job_table = app.Table(JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema)
-    result_table = app.Table(RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    options = ROCKSDB_OPTIONS if store == "rocksdb://" else None
+    job_table = app.Table(
+        JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
+    )
+    result_table = app.Table(
+        RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
+    )
     # Keyed like batch.records and written by the process agent, so co-partitioned with it:
     # a redelivered record whose outcome is already known is not sent to Claude again.
-    processed = app.Table(PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    processed = app.Table(
+        PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
+    )
     ledger = JobLedger(
         job_table, result_table, price, rules.price_of if rules is not None else None
     )
@@ -399,7 +436,12 @@ def build_pipeline(
                 await _send_outcome(key, skipped_outcome(record))
                 return
             # The job's task, or the outcome without a call (its spending cap was reached).
-            task = await rules.admit(record) if rules is not None else None
+            try:
+                task = await rules.admit(record) if rules is not None else None
+            except JobNeverAnnounced as exc:
+                # Its submit failed halfway: the job does not exist, nothing is paid.
+                await dead_letter(event, str(exc))
+                return
             if isinstance(task, ResultEvent):
                 await _send_outcome(key, task)
                 return

@@ -327,6 +327,10 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             settings.batch_cost_per_1k_output_tokens,
         ),
         announce_wait_seconds=settings.batch_job_announce_wait_seconds,
+        # A submit gives up after KAFKA_PUBLISH_TIMEOUT_SECONDS: by then its job is
+        # announced or never will be (its records wait this long, then are dead-lettered).
+        created_follows_wait_seconds=settings.kafka_publish_timeout_seconds
+        + settings.batch_job_announce_wait_seconds,
     )
     processor = RecordProcessor(
         client=insight_client,

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
+    # A JSON body is parsed whole in memory (a few times its size as Python objects); larger
+    # jobs go as NDJSON or CSV, which are read line by line into a spool file.
+    batch_max_json_body_bytes: int = Field(32 * 2**20, ge=1)
     log_level: str = "INFO"
     # json: one JSON object a line; text: for people; auto: JSON unless stderr is a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"
