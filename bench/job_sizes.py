@@ -281,6 +281,39 @@ def rows(figures: list[JobFigures]) -> list[list[str]]:
     return out
 
 
+def summary_rows(figures: list[JobFigures]) -> list[list[str]]:
+    """[figure, value, target] rows, for `python -m bench`'s one table."""
+    out = []
+    for f in figures:
+        n = f"{f.records:,} records"
+        done = "" if f.completed else " (incomplete)"
+        out += [
+            [f"{n}: POST (202) s", f"{f.post_s:.2f}{done}", ""],
+            [
+                f"{n}: status / page p50 / p99 ms",
+                f"{_ms(f.status_p50_ms)} / {_ms(f.status_p99_ms)}, "
+                f"{_ms(f.page_p50_ms)} / {_ms(f.page_p99_ms)}",
+                "",
+            ],
+            [
+                f"{n}: worker RSS MiB before / after",
+                f"{f.rss_before_mib:.0f} / {f.rss_after_mib:.0f}",
+                "",
+            ],
+        ]
+    g = growth(figures)
+    if g is not None:
+        met = "met" if g <= TARGET_RSS_GROWTH else "NOT met"
+        out.append(
+            [
+                f"RSS after {figures[-1].records:,} vs after {figures[-2].records:,}",
+                f"{g:+.0%}",
+                f"<= {TARGET_RSS_GROWTH:.0%}: {met}",
+            ]
+        )
+    return out
+
+
 def summary(figures: list[JobFigures]) -> str:
     g = growth(figures)
     if g is None:

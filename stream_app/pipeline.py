@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,11 @@ from typing import Any, cast
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import EventT, TableT
+from faust.types import TP, EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
-from stream_app.aggregation import Applied, JobLedger, JobStatus, result_key
+from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_created, result_key
 from stream_app.cancellation import (
     CancelledBeforeCall,
     CancelledJobs,
@@ -56,6 +57,8 @@ PROCESSED_TABLE = "processed-records"
 # Record deliveries of a submit awaited together: bounds what a submit holds in memory
 # (one future each) whatever the job's size.
 PUBLISH_WINDOW = 5000
+# Jobs published here and not yet in the job-status table that this instance remembers.
+ANNOUNCED_KEPT = 1024
 # Each table partition is a RocksDB database of its own (3 tables x KAFKA_PARTITIONS). With
 # Faust's defaults (64 MiB write buffers, 3 of them, a 2 GiB block cache each) a database
 # keeps everything written in memory until 64 MiB have accumulated, so the worker's memory
@@ -102,6 +105,10 @@ class Pipeline:
     outcomes_sent: int = 0
     # Records read ahead in batch.records, waiting for a call slot (stream_app.lookahead).
     lookahead: LookAhead[EventT] | None = None
+    # Jobs this instance published whose `created` event the aggregate agent has not
+    # applied yet (it can lag seconds behind a busy batch.results), so that a status read
+    # right after the 202 finds the job: read-your-writes (see `job`).
+    announced: OrderedDict[str, JobStatus] = field(default_factory=OrderedDict)
 
     @property
     def topic_partitions(self) -> dict[str, int]:
@@ -138,7 +145,22 @@ class Pipeline:
         return dropped
 
     def job(self, job_id: str) -> JobStatus | None:
-        return self.ledger.job(job_id)
+        """The job's status as stored; or, for a job this instance has just published and
+        whose table partition it holds, `pending` as announced until the aggregate agent
+        has applied its `created` event."""
+        job = self.ledger.job(job_id)
+        if job is not None:
+            self.announced.pop(job_id, None)
+            return job
+        pending = self.announced.get(job_id)
+        if pending is not None and self._holds_job(job_id):
+            return pending
+        return None
+
+    def _holds_job(self, job_id: str) -> bool:
+        topic = self.settings.topic_jobs
+        partition = self.app.producer.key_partition(topic, job_id.encode()).partition
+        return TP(topic, partition) in self.app.consumer.assignment()
 
     def jobs(self) -> list[JobStatus]:
         return self.ledger.jobs()
@@ -196,6 +218,9 @@ class Pipeline:
                 jobs_topic, job_id.encode(), _dump(created), None, None, None
             )
             await announced
+            self.announced[job_id] = apply_created(None, created, time.time())
+            while len(self.announced) > ANNOUNCED_KEPT:
+                self.announced.popitem(last=False)
 
         await self._within_publish_timeout(send_all(), f"job {job_id}")
 
