@@ -23,8 +23,11 @@ from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.job_options import job_options
 from schemas import BatchAccepted, BatchRequest
 from stream_app.aggregation import JobStatus
+from stream_app.logs import get_logger
 from stream_app.service import Service, running_service
 from stream_app.settings import Settings
+
+log = get_logger(__name__)
 
 _FORWARDED = "x-insight-stream-forwarded"
 _VISIBLE_WITHIN_SECONDS = 5.0
@@ -188,10 +191,19 @@ async def submit_batch(request: Request) -> Response:
         return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
+    began = time.monotonic()
     batch = parse_batch(await read_json_body(request, service.settings), service.settings)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
+    read = time.monotonic()
     job_id = await service.submit(batch.records, owner=caller, created=created)
+    log.info(
+        "job accepted",
+        job_id=job_id,
+        records=len(batch.records),
+        read_seconds=round(read - began, 2),
+        publish_seconds=round(time.monotonic() - read, 2),
+    )
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
     return JSONResponse(accepted.model_dump(), status_code=202)

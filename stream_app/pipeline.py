@@ -293,7 +293,11 @@ def build_pipeline(
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
         producer_acks=-1,
         # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
-        producer_max_batch_size=1 if s.kafka_one_record_per_batch else 16384,
+        # 256 KiB batches (Kafka's own default is 16 KiB): a submit publishes 10,000 records
+        # in about half the time (issue 9: 2.0-2.2 s against 0.8-1.2 s, measured warm on 2
+        # loaded cores); outcomes are produced as they come, so linger, not size, sets their
+        # latency.
+        producer_max_batch_size=1 if s.kafka_one_record_per_batch else 262144,
         table_standby_replicas=0,
         # Stopping must not wait for records held at the closed intake gate: they stay
         # unacknowledged, so uncommitted, and are processed after the restart.
