@@ -36,6 +36,7 @@ from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.provider_answers import redact
+from stream_app.replicas import active_partitions, stored_values
 from stream_app.scheduler import (
     FairScheduler,
     FifoScheduler,
@@ -128,6 +129,15 @@ class Pipeline:
 
     def jobs(self) -> list[JobStatus]:
         return self.ledger.jobs()
+
+    def held_jobs(self) -> list[JobStatus]:
+        """Every job whose status this worker holds: on the partitions it owns and on
+        those it keeps a standby replica of (TABLE_STANDBY_REPLICAS)."""
+        return [JobStatus.model_validate(raw) for raw in stored_values(self.tables[0])]
+
+    def owned_job_partitions(self) -> set[int]:
+        """The job-status partitions this worker owns now (its own answers are current)."""
+        return active_partitions(self.tables[0])
 
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
@@ -237,7 +247,10 @@ def build_pipeline(
         producer_acks=-1,
         # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
         producer_max_batch_size=1 if s.kafka_one_record_per_batch else 16384,
-        table_standby_replicas=0,
+        # Other workers keep a standby replica of each table partition, read by the API
+        # while the partition's owner is dead (api.forwarding) and replayed from where it
+        # stands when a standby becomes the owner (README: "Reads during a failover").
+        table_standby_replicas=s.table_standby_replicas,
         # Stopping must not wait for records held at the closed intake gate: they stay
         # unacknowledged, so uncommitted, and are processed after the restart.
         stream_wait_empty=False,
@@ -252,11 +265,19 @@ def build_pipeline(
     table_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
     )
-    job_table = app.Table(JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema)
-    result_table = app.Table(RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    # A standby applies each changelog entry as it comes (Faust buffers 1000 by default,
+    # which would leave a replica that far behind; its global tables use 1 for the same
+    # reason, faust/app/base.py GlobalTable).
+    table_options: dict[str, Any] = {
+        "partitions": s.kafka_partitions,
+        "schema": table_schema,
+        "standby_buffer_size": 1,
+    }
+    job_table = app.Table(JOB_TABLE, **table_options)
+    result_table = app.Table(RESULT_TABLE, **table_options)
     # Keyed like batch.records and written by the process agent, so co-partitioned with it:
     # a redelivered record whose outcome is already known is not sent to Claude again.
-    processed = app.Table(PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema)
+    processed = app.Table(PROCESSED_TABLE, **table_options)
     ledger = JobLedger(
         job_table, result_table, price, rules.price_of if rules is not None else None
     )

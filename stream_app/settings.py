@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # How long a submit or cancel waits for the broker to acknowledge what it produced
     # before answering 503 broker_unavailable; also bounds the producer flush at shutdown.
     kafka_publish_timeout_seconds: float = Field(30.0, gt=0)
+    # Copies of every table partition that other workers keep up to date from its
+    # changelog (Faust standby replicas): they answer reads while the owner is dead.
+    table_standby_replicas: int = Field(1, ge=0, le=16)
     # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
     # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
     embedded_broker: EmbeddedBroker = "auto"
