@@ -407,7 +407,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
-            service.stall = StallWatch(settings.batch_stall_after_seconds)
+            service.stall = StallWatch(settings.batch_stall_exit_seconds)
             service.backlog = Backlog(
                 settings.kafka_bootstrap_servers, admin, settings.kafka_app_id
             )
