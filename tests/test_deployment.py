@@ -348,6 +348,9 @@ def test_the_proxy_is_the_one_port_and_round_robins_over_every_worker(tmp_path: 
     assert find(block, "client_max_body_size")[0]["args"] == ["0"]
     assert find(block, "proxy_request_buffering")[0]["args"] == ["off"]
     assert find(block, "proxy_buffering")[0]["args"] == ["off"]
+    # Only connection failures move a request on and count against a worker: the API's own
+    # 503s (every worker answers them during a rebalance) would empty the rotation.
+    assert find(block, "proxy_next_upstream")[0]["args"] == ["error", "timeout"]
     (location,) = find(block, "location")
     assert find(location["block"], "proxy_pass")[0]["args"] == [f"http://{upstream['args'][0]}"]
 
