@@ -366,6 +366,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
         {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
+        configs=pipeline.topic_configs,
         group_id=settings.kafka_app_id,
     )
     pipeline.discard_stale_state(created)
