@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +47,7 @@ from stream_app.scheduler import (
     ticket_for,
 )
 from stream_app.settings import Settings
+from stream_app.topics import CHANGELOG_CONFIG
 from stream_app.usage import Usage
 
 log = get_logger(__name__)
@@ -97,6 +98,11 @@ class Pipeline:
         names = [s.topic_jobs, s.topic_records, s.topic_results, s.topic_dlq]
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
+
+    @property
+    def topic_configs(self) -> dict[str, Mapping[str, str]]:
+        """Topic configs the service sets when it creates a topic: the changelogs compacted."""
+        return {topic: CHANGELOG_CONFIG for topic in self.changelogs.values()}
 
     @property
     def tabledir(self) -> Path:

@@ -393,6 +393,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
         {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
+        configs=pipeline.topic_configs,
         group_id=settings.kafka_app_id,
     )
     pipeline.discard_stale_state(created)
@@ -434,7 +435,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
-            service.stall = StallWatch(settings.batch_stall_after_seconds)
+            service.stall = StallWatch(settings.batch_stall_exit_seconds)
             service.backlog = Backlog(
                 settings.kafka_bootstrap_servers, admin, settings.kafka_app_id
             )
