@@ -45,7 +45,12 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat()
 
 
-def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any]:
+def job_summary(
+    job: JobStatus, service: Service | None = None, *, stale: bool = False
+) -> dict[str, Any]:
+    """A job's summary as the API shows it (status, list, events). `stale`: read from a
+    standby replica because the owner did not answer; `as_of` then says up to when the
+    replica holds the job's changes (its last change, ISO 8601 UTC)."""
     summary: dict[str, Any] = {
         "job_id": job.job_id,
         "status": job.status,
@@ -68,7 +73,10 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "model": job.model,
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
         "priority": job.priority or "normal",
+        "stale": stale,
     }
+    if stale:
+        summary["as_of"] = _iso(job.updated_at if job.updated_at is not None else job.created_at)
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
         summary["provider"] = service.breaker.report()
@@ -248,13 +256,6 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def list_jobs(request: Request) -> Response:
-    caller = _caller(request)
-    service: Service = request.state.service
-    jobs = [job_summary(job, service) for job in service.list_jobs() if _visible(job, caller)]
-    return JSONResponse({"jobs": jobs, "count": len(jobs)})
-
-
 async def health(request: Request) -> Response:
     """Liveness: 200 `{"status": "ok"}`, or 503 with the reason when the worker crashed or
     gave up (it is then stopping, exit code 1, to be restarted)."""
@@ -281,7 +282,7 @@ async def ready(request: Request) -> Response:
 
 def create_api(settings: Settings) -> Starlette:
     # Imported here because they use the helpers above (app.py is split by resource later).
-    from api import cancel, estimate, events, metrics, results, web
+    from api import cancel, estimate, events, jobs, metrics, results, web
 
     api_keys = settings.api_key_table()
 
@@ -297,7 +298,7 @@ def create_api(settings: Settings) -> Starlette:
 
     routes = [
         Route("/api/v1/batch", submit_batch, methods=["POST"]),
-        Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
+        Route("/api/v1/batch/jobs", jobs.list_jobs, methods=["GET"]),
         Route("/api/v1/batch/estimate", estimate.estimate_batch, methods=["POST"]),
         Route("/api/v1/tasks", estimate.list_tasks, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/status", results.job_status, methods=["GET"]),

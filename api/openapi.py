@@ -55,7 +55,9 @@ _ERRORS = {
     "not accept (named in the message); `unknown_task`: no such preset; `unknown_model`: "
     "task.model is neither priced nor CLAUDE_MODEL.",
     "503": (
-        "`owner_unavailable`: the worker holding the job did not answer; "
+        "`owner_unavailable`: the worker holding the job did not answer and the one "
+        "asked holds no standby replica of it (reads are otherwise answered from the "
+        'replica, marked `"stale": true`); '
         "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
         "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
     ),
@@ -182,6 +184,11 @@ def _paths() -> dict[str, Any]:
         "/api/v1/batch/jobs": {
             "get": {
                 "summary": "List jobs",
+                "description": (
+                    "The same list whichever worker is asked: it merges its own jobs with "
+                    "every other worker's. `stale`: a worker did not answer, its jobs come "
+                    "from standby replicas."
+                ),
                 "security": _SECURED,
                 "responses": {
                     "200": _json(JobList, "Every job visible to the caller."),

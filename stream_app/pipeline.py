@@ -6,7 +6,7 @@ import asyncio
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +14,7 @@ from typing import Any, cast
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import TP, EventT, TableT
+from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
@@ -37,6 +37,7 @@ from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.provider_answers import redact
+from stream_app.replicas import active_partitions, stored_values
 from stream_app.scheduler import (
     FairScheduler,
     FifoScheduler,
@@ -47,6 +48,7 @@ from stream_app.scheduler import (
     ticket_for,
 )
 from stream_app.settings import Settings
+from stream_app.topics import CHANGELOG_CONFIG
 from stream_app.usage import Usage
 
 log = get_logger(__name__)
@@ -121,6 +123,11 @@ class Pipeline:
         return {name: s.kafka_partitions for name in names}
 
     @property
+    def topic_configs(self) -> dict[str, Mapping[str, str]]:
+        """Topic configs the service sets when it creates a topic: the changelogs compacted."""
+        return {topic: CHANGELOG_CONFIG for topic in self.changelogs.values()}
+
+    @property
     def tabledir(self) -> Path:
         return Path(self.app.conf.tabledir)
 
@@ -162,10 +169,19 @@ class Pipeline:
     def _holds_job(self, job_id: str) -> bool:
         topic = self.settings.topic_jobs
         partition = self.app.producer.key_partition(topic, job_id.encode()).partition
-        return TP(topic, partition) in self.app.consumer.assignment()
+        return partition in self.owned_job_partitions()
 
     def jobs(self) -> list[JobStatus]:
         return self.ledger.jobs()
+
+    def held_jobs(self) -> list[JobStatus]:
+        """Every job whose status this worker holds: on the partitions it owns and on
+        those it keeps a standby replica of (TABLE_STANDBY_REPLICAS)."""
+        return [JobStatus.model_validate(raw) for raw in stored_values(self.tables[0])]
+
+    def owned_job_partitions(self) -> set[int]:
+        """The job-status partitions this worker owns now (its own answers are current)."""
+        return active_partitions(self.tables[0])
 
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
@@ -298,7 +314,10 @@ def build_pipeline(
         # loaded cores); outcomes are produced as they come, so linger, not size, sets their
         # latency.
         producer_max_batch_size=1 if s.kafka_one_record_per_batch else 262144,
-        table_standby_replicas=0,
+        # Other workers keep a standby replica of each table partition, read by the API
+        # while the partition's owner is dead (api.forwarding) and replayed from where it
+        # stands when a standby becomes the owner (README: "Reads during a failover").
+        table_standby_replicas=s.table_standby_replicas,
         # Stopping must not wait for records held at the closed intake gate: they stay
         # unacknowledged, so uncommitted, and are processed after the restart.
         stream_wait_empty=False,
@@ -313,18 +332,27 @@ def build_pipeline(
     table_schema: faust.Schema = faust.Schema(
         key_type=str, value_type=None, key_serializer="raw", value_serializer="json"
     )
-    options = ROCKSDB_OPTIONS if store == "rocksdb://" else None
-    job_table = app.Table(
-        JOB_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
-    )
-    result_table = app.Table(
-        RESULT_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
-    )
+    # A standby applies each changelog entry as it comes (Faust buffers 1000 by default,
+    # which would leave a replica that far behind; its global tables use 1 for the same
+    # reason, faust/app/base.py GlobalTable).
+    table_options: dict[str, Any] = {
+        "partitions": s.kafka_partitions,
+        "schema": table_schema,
+        "standby_buffer_size": 1,
+    }
+
+    def table(name: str) -> TableT:
+        # A dict of its own per table: Faust's store pops keys from the one it is given.
+        storage: dict[str, Any] = (
+            {"options": dict(ROCKSDB_OPTIONS)} if store == "rocksdb://" else {}
+        )
+        return app.Table(name, **table_options, **storage)
+
+    job_table = table(JOB_TABLE)
+    result_table = table(RESULT_TABLE)
     # Keyed like batch.records and written by the process agent, so co-partitioned with it:
     # a redelivered record whose outcome is already known is not sent to Claude again.
-    processed = app.Table(
-        PROCESSED_TABLE, partitions=s.kafka_partitions, schema=table_schema, options=options
-    )
+    processed = table(PROCESSED_TABLE)
     ledger = JobLedger(
         job_table, result_table, price, rules.price_of if rules is not None else None
     )

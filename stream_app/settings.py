@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     batch_retry_after_cap_seconds: float = Field(300.0, gt=0)
     # A job with no new outcome for this long is reported as stalled in its status.
     batch_stall_after_seconds: float = Field(300.0, gt=0)
+    # A worker that holds uncommitted records and does nothing with them for this long,
+    # with nothing to explain it, gives up (stream_app/stall.py). Apart from the flag above
+    # so that a short flag (to see stalls soon) cannot kill a worker that is only slow.
+    batch_stall_exit_seconds: float = Field(300.0, gt=0)
     # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
     batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
     # A worker whose partitions stay unassigned or unrecovered this long while the broker
@@ -88,6 +92,9 @@ class Settings(BaseSettings):
     # How long a submit or cancel waits for the broker to acknowledge what it produced
     # before answering 503 broker_unavailable; also bounds the producer flush at shutdown.
     kafka_publish_timeout_seconds: float = Field(30.0, gt=0)
+    # Copies of every table partition that other workers keep up to date from its
+    # changelog (Faust standby replicas): they answer reads while the owner is dead.
+    table_standby_replicas: int = Field(1, ge=0, le=16)
     # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
     # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
     embedded_broker: EmbeddedBroker = "auto"

@@ -57,7 +57,7 @@ class StallWatch:
             return None
         return (
             f"{backlog} records wait on this worker's partitions and none got an outcome or "
-            f"was started for {idle:.0f} s (BATCH_STALL_AFTER_SECONDS)"
+            f"was started for {idle:.0f} s (BATCH_STALL_EXIT_SECONDS)"
         )
 
 

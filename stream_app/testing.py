@@ -67,7 +67,9 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        # Generous: `make run` starts a JVM broker, the simulator and the worker, and on a
+        # 2-core machine under other load that took over 90 s (seen in a parallel run).
         wait_until(self.is_ready, timeout=timeout, interval=0.1, what="/api/v1/ready")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0, *, group: bool = False) -> int:

@@ -128,10 +128,14 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
     assert by_job[csv_job][1:3] == ["completed", "2/2"]
 
     # Cancel a running job, then again (idempotent); a finished job cannot be cancelled.
+    # 600 records at 400 ms each, 5 at a time: about 48 s, far longer than the cancel takes
+    # even on a loaded machine (60 records once finished before the CLI could cancel).
     simulator.configure(latency_ms=400)
     many = tmp_path / "many.txt"
-    many.write_text("".join(ticket(i) + "\n" for i in range(60)))
-    running = insight("submit", str(many), "--no-wait", url=url).stdout.strip()
+    many.write_text("".join(ticket(i) + "\n" for i in range(600)))
+    sent = insight("submit", str(many), "--no-wait", "--yes", url=url)
+    assert sent.returncode == 0, sent.stderr
+    running = sent.stdout.strip()
     with service.client() as client:
         wait_until(
             lambda: status(client, running, params={"limit": "0"})["completed_count"] > 0,

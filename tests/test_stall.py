@@ -35,7 +35,7 @@ def test_backlog_with_nothing_happening_for_the_whole_period_is_a_stall() -> Non
     assert _idle(watch, 1.0) is None  # idle from here
     assert _idle(watch, 10.9) is None
     reason = _idle(watch, 11.0)
-    assert reason is not None and "5 records" in reason and "BATCH_STALL_AFTER_SECONDS" in reason
+    assert reason is not None and "5 records" in reason and "BATCH_STALL_EXIT_SECONDS" in reason
 
 
 def test_any_sign_of_life_or_a_legitimate_wait_restarts_the_period() -> None:
