@@ -2,11 +2,13 @@
 
 By default: bench.overhead with its defaults (3,000 records at 32 calls in flight, 1 and
 2 workers, a 10,000-record memory job), a short bench.utilization (1 worker, 20 s
-measured after 5 s) and bench.job_sizes (jobs of 1,000 and 10,000 records: submit time,
-status and page latency, worker memory). `--all` adds bench.fairness and bench.outage with
-their defaults (about 6 more minutes) and a 100,000-record job to bench.job_sizes (about 40
-more minutes on 2 cores). Each benchmark keeps its own command and flags for longer runs
-(bench/README.md). Progress goes to stderr; stdout holds only the table.
+measured after 5 s), bench.job_sizes (jobs of 1,000 and 10,000 records: submit time,
+status and page latency, worker memory) and bench.table_memory (the table stores' memory
+after 10,000 and 100,000 records' writes, Faust's default options against the pipeline's).
+`--all` adds bench.fairness and bench.outage with their defaults (about 6 more minutes)
+and a 100,000-record job to bench.job_sizes (40 minutes or more on 2 cores). Each
+benchmark keeps its own command and flags for longer runs (bench/README.md). Progress goes
+to stderr; stdout holds only the table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from bench import fairness, job_sizes, outage, overhead, utilization
+from bench import fairness, job_sizes, outage, overhead, table_memory, utilization
 from bench.harness import elapsed, machine, progress, render, sigterm_as_interrupt
 
 
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             job_sizes.Options(sizes=job_sizes.ALL_SIZES if args.all else job_sizes.DEFAULT_SIZES)
         )
         table += [["job sizes", *row] for row in job_sizes.summary_rows(sizes)]
+        tables = table_memory.run(table_memory.SIZES)
+        table += [["table memory", *row] for row in table_memory.rows(tables)]
         if args.all:
             fair = fairness.run(fairness.parse_args([]))
             table += [["fairness", *row] for row in fairness.rows(fair)]

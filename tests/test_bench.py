@@ -63,3 +63,15 @@ def test_job_sizes_smoke(broker: str, tmp_path: Path) -> None:
         assert f.rss_after_mib > 10
     assert job_sizes.growth(figures) is not None
     assert any("RSS after" in row[0] for row in job_sizes.summary_rows(figures))
+
+
+def test_table_memory_smoke() -> None:
+    """bench.table_memory on small sizes: both kinds measured, every point present."""
+    from bench import table_memory
+
+    results = table_memory.run((500, 2000))
+    assert [r["kind"] for r in results] == ["faust-default", "pipeline"]
+    for r in results:
+        assert list(r["points"]) == ["open", "after 500", "after 2000"]
+        assert all(mib > 10 for mib in r["points"].values())
+    assert len(table_memory.rows(results)) == 2
