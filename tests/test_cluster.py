@@ -53,7 +53,7 @@ def start_cluster(
             and not owned[0] & owned[1]
         )
 
-    wait_until(settled, timeout=60, interval=0.2, what="both workers ready with half each")
+    wait_until(settled, timeout=120, interval=0.2, what="both workers ready with half each")
     return workers
 
 
