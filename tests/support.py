@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "Namespace",
     "ServiceProcess",
     "partition_of",
+    "pace_bound",
     "start_service",
     "status",
     "submit",
@@ -47,6 +49,20 @@ class Namespace:
             "TOPIC_RESULTS": t["results"],
             "TOPIC_DLQ": t["dlq"],
         }
+
+
+# The longest a request may trail its grant on the way to the provider (event loop, SDK,
+# HTTP) on a loaded 2-core machine: 1 s was seen with a load average of 10.
+CLIENT_DELAY_SECONDS = 1.0
+
+
+def pace_bound(rpm: float, window: float) -> int:
+    """Most requests the provider may see in any `window` seconds from a cluster paced at
+    `rpm`: the timetable grants at most ceil(rpm * w / 60) + 1 in any w seconds
+    (stream_app/ratelimit.py), and a request reaches the provider up to
+    CLIENT_DELAY_SECONDS after its grant, so arrivals in `window` come from grants in
+    `window` + that delay."""
+    return math.ceil(rpm * (window + CLIENT_DELAY_SECONDS) / 60) + 1
 
 
 def submit(client: httpx.Client, texts: list[str], **kwargs: Any) -> str:

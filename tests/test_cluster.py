@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from stream_app.embedded import free_port
 from tests.conftest import StartService
 from tests.support import (
     ServiceProcess,
+    pace_bound,
     partition_of,
     status,
     submit,
@@ -85,7 +85,7 @@ def test_two_workers_share_one_budget(
     stats = simulator.stats()
     assert stats["by_status"] == {"200": 36}
     for window in (1.0, 2.0, 5.0):
-        assert simulator.max_requests_in_window(window) <= math.ceil(rpm * window / 60) + 1
+        assert simulator.max_requests_in_window(window) <= pace_bound(rpm, window), window
     sent = arrivals(stats)
     assert sent[-1] - sent[0] >= 35 * 60.25 / rpm - 0.5
     for worker in workers:
@@ -114,7 +114,7 @@ def test_provider_limit_below_configured_is_adopted(
     stats = simulator.stats()
     assert stats["by_status"] == {"200": 30}
     for window in (2.0, 5.0, 10.0):
-        bound = math.ceil(provider_rpm * window / 60) + 1 + learning
+        bound = pace_bound(provider_rpm, window) + learning
         assert simulator.max_requests_in_window(window) <= bound, window
     sent = arrivals(stats)
     assert sent[-1] - sent[0] >= (30 - 1 - learning) * 60.25 / provider_rpm - 0.5
