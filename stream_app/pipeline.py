@@ -25,7 +25,13 @@ from stream_app.cancellation import (
     skipped_outcome,
 )
 from stream_app.exceptions import BrokerUnavailable, first_line
-from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
+from stream_app.faust_fixes import (
+    deliver_without_a_task_per_message,
+    ebb_when_the_producer_buffer_drains,
+    guard_stale_acks,
+    guard_unacked_commits,
+    send_without_an_event_loop_turn,
+)
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
 from stream_app.local_state import discard_tables
@@ -54,6 +60,10 @@ log = get_logger(__name__)
 JOB_TABLE = "job-status"
 RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
+# Below the broker's default message.max.bytes (1 MiB), which a batch must not exceed.
+PRODUCER_BATCH_BYTES = 512 * 1024
+# Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
+PRODUCER_BUFFER_MESSAGES = 1000
 
 
 def record_key(job_id: str, index: int) -> bytes:
@@ -242,7 +252,11 @@ def build_pipeline(
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
         producer_acks=-1,
         # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
-        producer_max_batch_size=1 if s.kafka_one_record_per_batch else 16384,
+        # Otherwise large: aiokafka keeps one open batch per partition and, once it is full,
+        # a send waits until the sender takes it, with one request in flight per broker. At
+        # 16 KiB (its default) one job's results (one partition, ~1 KiB each) and its
+        # job-status changelog entries could move only a dozen or so per broker round trip.
+        producer_max_batch_size=1 if s.kafka_one_record_per_batch else PRODUCER_BATCH_BYTES,
         table_standby_replicas=0,
         # Stopping must not wait for records held at the closed intake gate: they stay
         # unacknowledged, so uncommitted, and are processed after the restart.
@@ -527,6 +541,9 @@ def build_pipeline(
     del process, aggregate, _on_revoked, _on_assigned
     guard_stale_acks(app)
     guard_unacked_commits(app)
+    deliver_without_a_task_per_message(app)
+    ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
+    send_without_an_event_loop_turn(app)
     return pipeline
 
 
