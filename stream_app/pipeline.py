@@ -28,6 +28,7 @@ from stream_app.exceptions import BrokerUnavailable, first_line
 from stream_app.faust_fixes import (
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
+    fetch_with_max_wait,
     guard_stale_acks,
     guard_unacked_commits,
     send_without_an_event_loop_turn,
@@ -64,6 +65,8 @@ PROCESSED_TABLE = "processed-records"
 PRODUCER_BATCH_BYTES = 512 * 1024
 # Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
 PRODUCER_BUFFER_MESSAGES = 1000
+# How long the broker may hold a fetch request with nothing new (stream_app.faust_fixes).
+FETCH_MAX_WAIT_SECONDS = 0.1
 
 
 def record_key(job_id: str, index: int) -> bytes:
@@ -544,6 +547,7 @@ def build_pipeline(
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
+    fetch_with_max_wait(app, FETCH_MAX_WAIT_SECONDS)
     return pipeline
 
 
