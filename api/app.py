@@ -23,8 +23,11 @@ from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.job_options import job_options
 from schemas import BatchAccepted, BatchRequest
 from stream_app.aggregation import JobStatus
+from stream_app.logs import get_logger
 from stream_app.service import Service, running_service
 from stream_app.settings import Settings
+
+log = get_logger(__name__)
 
 _FORWARDED = "x-insight-stream-forwarded"
 _VISIBLE_WITHIN_SECONDS = 5.0
@@ -42,7 +45,12 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat()
 
 
-def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any]:
+def job_summary(
+    job: JobStatus, service: Service | None = None, *, stale: bool = False
+) -> dict[str, Any]:
+    """A job's summary as the API shows it (status, list, events). `stale`: read from a
+    standby replica because the owner did not answer; `as_of` then says up to when the
+    replica holds the job's changes (its last change, ISO 8601 UTC)."""
     summary: dict[str, Any] = {
         "job_id": job.job_id,
         "status": job.status,
@@ -65,7 +73,10 @@ def job_summary(job: JobStatus, service: Service | None = None) -> dict[str, Any
         "model": job.model,
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
         "priority": job.priority or "normal",
+        "stale": stale,
     }
+    if stale:
+        summary["as_of"] = _iso(job.updated_at if job.updated_at is not None else job.created_at)
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
         summary["provider"] = service.breaker.report()
@@ -155,6 +166,30 @@ def parse_batch(body: bytes, settings: Settings) -> BatchRequest:
     return batch
 
 
+async def read_json_body(request: Request, settings: Settings) -> bytes:
+    """The whole body of a JSON request, refused with 413 `body_too_large` as soon as it
+    exceeds BATCH_MAX_JSON_BODY_BYTES (by its Content-Length, or while it is read), so a JSON
+    body never holds more than that in memory. Streams (NDJSON, CSV) have no such limit."""
+    limit = settings.batch_max_json_body_bytes
+    too_large = ApiError(
+        413,
+        "body_too_large",
+        f"a JSON body may hold at most {limit} bytes (BATCH_MAX_JSON_BODY_BYTES); send larger "
+        "jobs as application/x-ndjson (a record a line), which is read as a stream",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def submit_batch(request: Request) -> Response:
     # Streams of records (NDJSON, CSV) are read line by line (api.intake).
     from api import intake
@@ -164,10 +199,19 @@ async def submit_batch(request: Request) -> Response:
         return await intake.submit_stream(request, media_type)
     caller = _caller(request)
     service: Service = request.state.service
-    batch = parse_batch(await request.body(), service.settings)
+    began = time.monotonic()
+    batch = parse_batch(await read_json_body(request, service.settings), service.settings)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
+    read = time.monotonic()
     job_id = await service.submit(batch.records, owner=caller, created=created)
+    log.info(
+        "job accepted",
+        job_id=job_id,
+        records=len(batch.records),
+        read_seconds=round(read - began, 2),
+        publish_seconds=round(time.monotonic() - read, 2),
+    )
     await _await_visible(request, service, job_id)
     accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
     return JSONResponse(accepted.model_dump(), status_code=202)
@@ -212,13 +256,6 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def list_jobs(request: Request) -> Response:
-    caller = _caller(request)
-    service: Service = request.state.service
-    jobs = [job_summary(job, service) for job in service.list_jobs() if _visible(job, caller)]
-    return JSONResponse({"jobs": jobs, "count": len(jobs)})
-
-
 async def health(request: Request) -> Response:
     """Liveness: 200 `{"status": "ok"}`, or 503 with the reason when the worker crashed or
     gave up (it is then stopping, exit code 1, to be restarted)."""
@@ -245,7 +282,7 @@ async def ready(request: Request) -> Response:
 
 def create_api(settings: Settings) -> Starlette:
     # Imported here because they use the helpers above (app.py is split by resource later).
-    from api import cancel, estimate, events, metrics, results, web
+    from api import cancel, estimate, events, jobs, metrics, results, web
 
     api_keys = settings.api_key_table()
 
@@ -261,7 +298,7 @@ def create_api(settings: Settings) -> Starlette:
 
     routes = [
         Route("/api/v1/batch", submit_batch, methods=["POST"]),
-        Route("/api/v1/batch/jobs", list_jobs, methods=["GET"]),
+        Route("/api/v1/batch/jobs", jobs.list_jobs, methods=["GET"]),
         Route("/api/v1/batch/estimate", estimate.estimate_batch, methods=["POST"]),
         Route("/api/v1/tasks", estimate.list_tasks, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/status", results.job_status, methods=["GET"]),

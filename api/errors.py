@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from stream_app.exceptions import BrokerUnavailable
@@ -44,6 +44,13 @@ async def _broker_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(503, "broker_unavailable", str(exc))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # Not a bug: the client hung up before its body ended (a submit is read to its end, and
+    # spooled, before anything is published, so nothing was). Nobody reads this answer.
+    log.info("client disconnected before the end of its request", path=request.url.path)
+    return error_response(400, "client_disconnected", "the request body ended early")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return error_response(500, "internal_error", "internal error; the request was not processed")
@@ -53,5 +60,6 @@ EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     HTTPException: _http_error,
     BrokerUnavailable: _broker_unavailable,
+    ClientDisconnect: _client_disconnect,
     Exception: _unexpected,
 }

@@ -11,7 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.app import _caller, parse_batch
+from api.app import _caller, parse_batch, read_json_body
 from api.job_options import JobOptions, job_options
 from stream_app.aggregation import JobStatus
 from stream_app.estimate import Pace, estimate_job
@@ -39,7 +39,7 @@ async def estimate_batch(request: Request) -> Response:
             count, options = await intake.spool_records(request, spool, service, media_type)
             chars = _spooled_text_chars(spool)
     else:
-        count, chars, options = _json_body(await request.body(), service)
+        count, chars, options = _json_body(await read_json_body(request, service.settings), service)
     return JSONResponse(_estimate(service, options, count, chars))
 
 

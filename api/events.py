@@ -11,7 +11,11 @@ Events:
 
 The worker owning the job serves the stream (any other forwards it there). When the job
 moves to another worker (a rebalance), the stream closes without `end`, and the reader's
-reconnect with `Last-Event-ID` reaches the new owner.
+reconnect with `Last-Event-ID` reaches the new owner. While the owner does not answer (it
+died, the group has not rebalanced yet), a worker with a standby replica of the job sends
+what the replica holds (`progress` marked `"stale": true`, the results after
+`Last-Event-ID`) and closes the stream without `end` unless the job is finished: the
+reader reconnects after `retry` and reaches the new owner once there is one.
 """
 
 from __future__ import annotations
@@ -52,11 +56,16 @@ async def job_events(request: Request) -> Response:
     if raw and not raw.lstrip("-").isdigit():
         raise ApiError(400, "invalid_parameter", "Last-Event-ID must be an integer")
     after = int(raw) if raw else None
-    found = await find_job(request, job_id, stream=True)
+    found = await find_job(request, job_id, stream=True, stale_ok=True)
     if isinstance(found, Response):
         return found
     service: Service = request.state.service
-    events = _live(service, found, after) if found.live else _archived(found)
+    if found.stale:
+        events = _replica(service, found, after)
+    elif found.live:
+        events = _live(service, found, after)
+    else:
+        events = _archived(found)
     return EventSourceResponse(
         events,
         ping=PING_SECONDS,
@@ -64,8 +73,10 @@ async def job_events(request: Request) -> Response:
     )
 
 
-def _progress(job: JobStatus, service: Service | None = None) -> ServerSentEvent:
-    summary = job_summary(job, service)
+def _progress(
+    job: JobStatus, service: Service | None = None, *, stale: bool = False
+) -> ServerSentEvent:
+    summary = job_summary(job, service, stale=stale)
     return ServerSentEvent(data=_json(summary), event="progress", retry=RETRY_MS)
 
 
@@ -78,8 +89,8 @@ def _result(stored: dict[str, Any]) -> ServerSentEvent:
     )
 
 
-def _end(job: JobStatus) -> ServerSentEvent:
-    return ServerSentEvent(data=_json(job_summary(job)), event="end")
+def _end(job: JobStatus, *, stale: bool = False) -> ServerSentEvent:
+    return ServerSentEvent(data=_json(job_summary(job, stale=stale)), event="end")
 
 
 def _json(value: Any) -> str:
@@ -94,6 +105,20 @@ async def _archived(found: FoundJob) -> AsyncIterator[ServerSentEvent]:
         if stored is not None:
             yield _result(stored)
     yield _end(found.job)
+
+
+async def _replica(
+    service: Service, found: FoundJob, after: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    """Read from a standby replica: what it holds now, then `end` only if the job is
+    finished; otherwise the stream closes and the reader reconnects (Last-Event-ID)."""
+    yield _progress(found.job, service, stale=True)
+    for count, stored in enumerate(await _stored_after(found, after), 1):
+        yield _result(stored)
+        if count % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    if is_finished(found.job):
+        yield _end(found.job, stale=True)
 
 
 async def _stored_after(found: FoundJob, after: int | None) -> list[dict[str, Any]]:

@@ -47,14 +47,17 @@ _ERRORS = {
     "401": "`unauthorized`: API_KEYS is set and no valid `Authorization: Bearer <key>` came.",
     "404": "`job_not_found` (unknown, or another client's job).",
     "409": "`job_finished`: the job completed or failed before the cancel.",
-    "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST.",
+    "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST; `body_too_large`: a "
+    "JSON body over BATCH_MAX_JSON_BODY_BYTES (send large jobs as NDJSON).",
     "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
     "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
     "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "
     "not accept (named in the message); `unknown_task`: no such preset; `unknown_model`: "
     "task.model is neither priced nor CLAUDE_MODEL.",
     "503": (
-        "`owner_unavailable`: the worker holding the job did not answer; "
+        "`owner_unavailable`: the worker holding the job did not answer and the one "
+        "asked holds no standby replica of it (reads are otherwise answered from the "
+        'replica, marked `"stale": true`); '
         "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
         "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
     ),
@@ -181,6 +184,11 @@ def _paths() -> dict[str, Any]:
         "/api/v1/batch/jobs": {
             "get": {
                 "summary": "List jobs",
+                "description": (
+                    "The same list whichever worker is asked: it merges its own jobs with "
+                    "every other worker's. `stale`: a worker did not answer, its jobs come "
+                    "from standby replicas."
+                ),
                 "security": _SECURED,
                 "responses": {
                     "200": _json(JobList, "Every job visible to the caller."),

@@ -30,6 +30,7 @@ STATUS_DEFAULT_LIMIT = 1000
 # With failed=true a page reads at most this many indices, then says where to go on.
 SCAN_WINDOW = 10_000
 _YIELD_EVERY = 200
+STALE_HEADER = "x-insight-stream-stale"
 
 
 def failed_param(request: Request) -> bool:
@@ -50,14 +51,16 @@ async def job_status(request: Request) -> Response:
 
     The job's summary (`job_summary`) and `results`: the outcomes from index `offset`
     (default 0) up to `offset + limit` (default 1000: STATUS_DEFAULT_LIMIT), in index
-    order, records without an outcome left out. Asked of a worker that does not hold the job, it is
-    relayed to the one that does. Errors: 400 `invalid_parameter`, 401, 404
-    `job_not_found`, 503 `owner_unavailable`.
+    order, records without an outcome left out. Asked of a worker that does not hold the
+    job, it is relayed to the one that does; when that one does not answer, this worker
+    answers from its standby replica with `"stale": true` and `as_of`. Errors: 400
+    `invalid_parameter`, 401, 404 `job_not_found`, 503 `owner_unavailable` (the owner did
+    not answer and this worker holds no replica of the job).
     """
     job_id = request.path_params["job_id"]
     offset = _int_param(request, "offset", 0) or 0
     limit = _int_param(request, "limit", STATUS_DEFAULT_LIMIT) or 0
-    found = await find_job(request, job_id)
+    found = await find_job(request, job_id, stale_ok=True)
     if isinstance(found, Response):
         return found
     end = min(found.end, offset + limit)
@@ -66,7 +69,8 @@ async def job_status(request: Request) -> Response:
         stored = found.result(index)
         if stored is not None:
             results.append(result_view(stored))
-    return JSONResponse({**job_summary(found.job, request.state.service), "results": results})
+    summary = job_summary(found.job, request.state.service, stale=found.stale)
+    return JSONResponse({**summary, "results": results})
 
 
 async def results_page(request: Request) -> Response:
@@ -75,15 +79,16 @@ async def results_page(request: Request) -> Response:
     Results in index order from index `offset` (default 0): up to `limit` (default 100,
     at most 1000) results; with `failed=true` only those with `success: false` (failed or
     skipped). Records without an outcome yet are left out. Body: `{"job_id", "status",
-    "total_records", "offset", "limit", "next_offset", "results"}`; `next_offset` is the
-    index to ask for next, null once the end is reached. Errors: 400
+    "total_records", "offset", "limit", "next_offset", "results", "stale"}`; `next_offset`
+    is the index to ask for next, null once the end is reached; `stale` as in /status (read
+    from a standby replica while the owner does not answer). Errors: 400
     `invalid_parameter`, 401, 404 `job_not_found`, 503 `owner_unavailable`.
     """
     job_id = request.path_params["job_id"]
     offset = _int_param(request, "offset", 0) or 0
     limit = min(_int_param(request, "limit", DEFAULT_LIMIT) or 0, MAX_LIMIT)
     failed_only = failed_param(request)
-    found = await find_job(request, job_id)
+    found = await find_job(request, job_id, stale_ok=True)
     if isinstance(found, Response):
         return found
     end = found.end
@@ -103,6 +108,7 @@ async def results_page(request: Request) -> Response:
         "limit": limit,
         "next_offset": index if index < end else None,
         "results": results,
+        "stale": found.stale,
     }
     return JSONResponse(body)
 
@@ -126,14 +132,18 @@ async def results_ndjson(request: Request) -> Response:
     """GET /api/v1/batch/{job_id}/results.ndjson?failed=
 
     Every result there is, in index order, one JSON object per line (the shape of
-    `results` in /status), streamed. Errors as for /results.
+    `results` in /status), streamed. Read from a standby replica (the owner did not
+    answer), the response has the header `x-insight-stream-stale: <as_of>`. Errors as
+    for /results.
     """
     failed_only = failed_param(request)
-    found = await find_job(request, request.path_params["job_id"], stream=True)
+    found = await find_job(request, request.path_params["job_id"], stream=True, stale_ok=True)
     if isinstance(found, Response):
         return found
     lines = (orjson.dumps(view) + b"\n" for view in _each_result(found, failed_only))
-    return StreamingResponse(_paced(lines), media_type="application/x-ndjson")
+    return StreamingResponse(
+        _paced(lines), media_type="application/x-ndjson", headers=stale_headers(found)
+    )
 
 
 async def results_csv(request: Request) -> Response:
@@ -142,11 +152,12 @@ async def results_csv(request: Request) -> Response:
     Every result there is, in index order, as CSV with a header row (columns: index,
     record_id, success, skipped, summary, sentiment, topics, insights, error,
     tokens_used, input_tokens, output_tokens, attempts, model; lists joined with
-    " | "), streamed. Errors as for /results.
+    " | "), streamed; `x-insight-stream-stale` as for results.ndjson. Errors as for
+    /results.
     """
     failed_only = failed_param(request)
     job_id = request.path_params["job_id"]
-    found = await find_job(request, job_id, stream=True)
+    found = await find_job(request, job_id, stream=True, stale_ok=True)
     if isinstance(found, Response):
         return found
 
@@ -158,8 +169,19 @@ async def results_csv(request: Request) -> Response:
     return StreamingResponse(
         _paced(rows()),
         media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="{_safe(job_id)}.csv"'},
+        headers={
+            "content-disposition": f'attachment; filename="{_safe(job_id)}.csv"',
+            **stale_headers(found),
+        },
     )
+
+
+def stale_headers(found: FoundJob) -> dict[str, str]:
+    """A download read from a standby replica says so in a header (its body has no room):
+    `x-insight-stream-stale: <as_of>`, the job's last change the replica holds."""
+    if not found.stale:
+        return {}
+    return {STALE_HEADER: job_summary(found.job, stale=True)["as_of"] or ""}
 
 
 def _safe(name: str) -> str:

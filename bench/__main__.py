@@ -1,10 +1,14 @@
 """`python -m bench` (`make bench`): the benchmarks of bench/ in one run, one table.
 
 By default: bench.overhead with its defaults (3,000 records at 32 calls in flight, 1 and
-2 workers, a 10,000-record memory job) and a short bench.utilization (1 worker, 20 s
-measured after 5 s). `--all` adds bench.fairness and bench.outage with their defaults
-(about 6 more minutes). Each benchmark keeps its own command and flags for longer runs
-(bench/README.md). Progress goes to stderr; stdout holds only the table.
+2 workers, a 10,000-record memory job), a short bench.utilization (1 worker, 20 s
+measured after 5 s), bench.job_sizes (jobs of 1,000 and 10,000 records: submit time,
+status and page latency, worker memory) and bench.table_memory (the table stores' memory
+after 10,000 and 100,000 records' writes, Faust's default options against the pipeline's).
+`--all` adds bench.fairness and bench.outage with their defaults (about 6 more minutes)
+and a 100,000-record job to bench.job_sizes (40 minutes or more on 2 cores). Each
+benchmark keeps its own command and flags for longer runs (bench/README.md). Progress goes
+to stderr; stdout holds only the table.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from bench import fairness, outage, overhead, utilization
+from bench import fairness, job_sizes, outage, overhead, table_memory, utilization
 from bench.harness import elapsed, machine, progress, render, sigterm_as_interrupt
 
 
@@ -40,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             utilization.Options(workers=(1,), rpm=300, seconds=20.0, warmup=5.0, json=False)
         )
         table += [["utilization", *row] for row in utilization.rows(util)]
+        sizes = job_sizes.run(
+            job_sizes.Options(sizes=job_sizes.ALL_SIZES if args.all else job_sizes.DEFAULT_SIZES)
+        )
+        table += [["job sizes", *row] for row in job_sizes.summary_rows(sizes)]
+        tables = table_memory.run(table_memory.SIZES)
+        table += [["table memory", *row] for row in table_memory.rows(tables)]
         if args.all:
             fair = fairness.run(fairness.parse_args([]))
             table += [["fairness", *row] for row in fairness.rows(fair)]

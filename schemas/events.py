@@ -42,6 +42,10 @@ class RecordEvent(BaseModel):
     # event on batch.jobs tells, else the record counts as `normal` of no tenant.
     owner: str | None = None
     priority: Priority | None = None
+    # True: the job's `created` event is published after its last record (the API does so,
+    # so a submit that fails halfway never runs). Such a record waits for its job's
+    # announcement and is dead-lettered, never run, if none comes (stream_app.job_rules).
+    created_follows: bool | None = None
 
 
 class ResultEvent(BaseModel):

@@ -89,6 +89,15 @@ class JobSummary(BaseModel):
     priority: str = Field(
         "normal", description="`high`, `normal` or `low`: the job's share of the budget."
     )
+    stale: bool = Field(
+        False,
+        description="true when read from a standby replica because the worker owning the "
+        "job did not answer (it died and the group has not rebalanced yet): the counts may "
+        "be behind by the changes the replica had not applied.",
+    )
+    as_of: str | None = Field(
+        None, description="When `stale`: the job's last change the replica holds (ISO 8601)."
+    )
 
 
 class JobStatusResponse(JobSummary):
@@ -98,6 +107,12 @@ class JobStatusResponse(JobSummary):
 class JobList(BaseModel):
     jobs: list[JobSummary]
     count: int = Field(ge=0)
+    stale: bool = Field(
+        False,
+        description="true when a worker owning job partitions did not answer: its jobs come "
+        "from standby replicas (each marked `stale`), and jobs of partitions the worker "
+        "asked holds no replica of are missing.",
+    )
 
 
 class ResultsPage(BaseModel):
@@ -108,6 +123,7 @@ class ResultsPage(BaseModel):
     limit: int = Field(ge=0)
     next_offset: int | None = Field(description="The index to ask for next; null at the end.")
     results: list[ResultView]
+    stale: bool = Field(False, description="As in the status: read from a standby replica.")
 
 
 class Health(BaseModel):

@@ -30,3 +30,8 @@ class PortInUse(StartupFailed):
 
 class RecordFailed(InsightStreamError):
     """A record ran out of attempts or hit a non-retryable provider error."""
+
+
+class JobNeverAnnounced(InsightStreamError):
+    """A record whose job's `created` event was to follow it never got one: the submit
+    that published it failed before the end, so the job does not exist."""

@@ -13,6 +13,13 @@ is given, because it has read the topic up to its end before judging a record. A
 that overtakes its job's `created` event waits for it (BATCH_JOB_ANNOUNCE_WAIT_SECONDS),
 then runs with the default task (records of jobs that were never announced keep working as
 before this feature).
+
+Records the API publishes carry `created_follows: true`: the API announces a job only after
+every record is acknowledged, so a submit that fails halfway leaves records of a job that
+does not exist. Such a record waits for its announcement up to KAFKA_PUBLISH_TIMEOUT_SECONDS
++ BATCH_JOB_ANNOUNCE_WAIT_SECONDS (`created_follows_wait_seconds`: the submit has given up by
+then) and is then refused with JobNeverAnnounced (the process agent dead-letters it, no call
+is made), as are the job's other records at once.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pydantic import ValidationError
 from schemas import JobCreated, RecordEvent, ResultEvent, TaskSpec
 from stream_app.aggregation import result_key
 from stream_app.estimate import UsageHistory, expected_output_tokens
-from stream_app.exceptions import InsightStreamError
+from stream_app.exceptions import InsightStreamError, JobNeverAnnounced
 from stream_app.llm import InsightClient
 from stream_app.logs import get_logger
 from stream_app.pricing import Price
@@ -52,9 +59,12 @@ class JobTerms:
     # Why the job's `created` event was refused (dead-lettered): its records then fail
     # instead of running with default terms the job never asked for (e.g. without its cap).
     rejected: str | None = None
+    # Its records were published with `created_follows` and no announcement came.
+    never_announced: bool = False
 
 
 DEFAULT_TERMS = JobTerms()
+NEVER_ANNOUNCED = JobTerms(never_announced=True)
 
 
 class JobRules:
@@ -66,10 +76,12 @@ class JobRules:
         price_of: Callable[[str | None], Price],
         *,
         announce_wait_seconds: float = 10.0,
+        created_follows_wait_seconds: float = 40.0,
     ) -> None:
         self._client = client
         self._price_of = price_of
         self._announce_wait = announce_wait_seconds
+        self._created_follows_wait = created_follows_wait_seconds
         self._terms: dict[str, JobTerms] = {}
         self._announced: dict[str, asyncio.Event] = {}
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
@@ -128,8 +140,14 @@ class JobRules:
 
     async def admit(self, record: RecordEvent) -> PreparedTask | ResultEvent:
         """The record's task, or the outcome it gets without a call: skipped when its job
-        reached its spending cap, failed when its job's task cannot be sent."""
-        terms = await self._terms_of(record.job_id)
+        reached its spending cap, failed when its job's task cannot be sent. Raises
+        JobNeverAnnounced for a `created_follows` record whose job was never announced."""
+        terms = await self._terms_of(record.job_id, created_follows=bool(record.created_follows))
+        if terms.never_announced:
+            raise JobNeverAnnounced(
+                f"job {record.job_id} was never announced on batch.jobs: its submit failed "
+                "before the end, so its records are not run"
+            )
         if terms.rejected is not None:
             return _outcome(record, f"the job's created event was refused: {terms.rejected}")
         try:
@@ -198,22 +216,37 @@ class JobRules:
         event = self._spend_changed.setdefault(job_id, asyncio.Event())
         await event.wait()
 
-    async def _terms_of(self, job_id: str) -> JobTerms:
+    async def _terms_of(self, job_id: str, *, created_follows: bool = False) -> JobTerms:
         terms = self._terms.get(job_id)
         if terms is not None:
             return terms
         waiting = self._announced.setdefault(job_id, asyncio.Event())
         started = time.monotonic()
+        wait = self._created_follows_wait if created_follows else self._announce_wait
         try:
-            await asyncio.wait_for(waiting.wait(), self._announce_wait)
+            await asyncio.wait_for(waiting.wait(), wait)
         except TimeoutError:
-            log.warning(
-                "record of a job never announced on batch.jobs: default task, no cap",
-                job_id=job_id,
-                waited_seconds=round(time.monotonic() - started, 1),
-            )
-            self._announced.pop(job_id, None)
-            return self._terms.setdefault(job_id, DEFAULT_TERMS)
+            if job_id in self._terms:  # another record of the job decided meanwhile
+                return self._terms[job_id]
+            waited = round(time.monotonic() - started, 1)
+            if created_follows:
+                log.warning(
+                    "records of a job whose submit failed: dead-lettered, not run",
+                    job_id=job_id,
+                    waited_seconds=waited,
+                )
+                terms = NEVER_ANNOUNCED
+            else:
+                log.warning(
+                    "record of a job never announced on batch.jobs: default task, no cap",
+                    job_id=job_id,
+                    waited_seconds=waited,
+                )
+                terms = DEFAULT_TERMS
+            self._terms[job_id] = terms
+            # The job's other records waiting now learn it at once.
+            self._announced.pop(job_id, waiting).set()
+            return terms
         return self._terms[job_id]
 
     def _task(self, job_id: str, terms: JobTerms) -> PreparedTask:

@@ -179,13 +179,30 @@ class Service:
     def is_local(self, owner_url: str | None) -> bool:
         return owner_url is None or owner_url == self.canonical_url
 
-    def owner_url(self, job_id: str) -> str | None:
-        """The API address of the worker whose partitions hold this job's state."""
+    def job_partition(self, job_id: str) -> int:
+        """The partition of `batch.jobs` (and of the job tables) that holds this job."""
         # Faust's router.key_store() hashes the key as the changelog topic serializes it (as
         # JSON, whatever the table schema says), not as batch.jobs was partitioned (raw
         # bytes); hash it as it was published instead.
+        producer = self.pipeline.app.producer
+        return int(producer.key_partition(self.settings.topic_jobs, job_id.encode()).partition)
+
+    def owns_job(self, job_id: str) -> bool:
+        """Whether this worker owns the job's partition now: what it holds of the job is
+        current (otherwise it is a standby replica, or nothing)."""
+        return self.job_partition(job_id) in self.pipeline.owned_job_partitions()
+
+    def worker_urls(self) -> list[str]:
+        """The API addresses of the workers that own job partitions now, as this worker's
+        last assignment says (a worker that just died is still in it until the rebalance)."""
         app = self.pipeline.app
-        partition = app.producer.key_partition(self.settings.topic_jobs, job_id.encode()).partition
+        urls = {str(url).rstrip("/") for url in app.router.table_metadata(JOB_TABLE)}
+        return sorted(urls)
+
+    def owner_url(self, job_id: str) -> str | None:
+        """The API address of the worker whose partitions hold this job's state."""
+        app = self.pipeline.app
+        partition = self.job_partition(job_id)
         changelog = self.pipeline.job_changelog
         for url, topics in app.router.table_metadata(JOB_TABLE).items():
             if partition in topics.get(changelog, ()):
@@ -199,10 +216,20 @@ class Service:
         job = self.mirror.job(job_id)
         return (job, self.mirror.results(job_id)) if job is not None else None
 
-    def list_jobs(self) -> list[JobStatus]:
+    def held_jobs(self) -> list[tuple[JobStatus, bool]]:
+        """Every job this worker can tell about, each with whether what it holds is current:
+        jobs on the partitions it owns (current), its standby replicas of other workers'
+        partitions (not current: the owner may be ahead), and with the SQLite mirror the
+        jobs only the mirror still has (current: their broker state is gone)."""
+        owned = self.pipeline.owned_job_partitions()
+        held = {
+            job.job_id: (job, self.job_partition(job.job_id) in owned)
+            for job in self.pipeline.held_jobs()
+        }
         if self.mirror is not None:
-            return self.mirror.jobs()
-        return sorted(self.pipeline.jobs(), key=lambda job: job.created_at or 0.0)
+            for job in self.mirror.jobs():
+                held.setdefault(job.job_id, (job, True))
+        return list(held.values())
 
     async def readiness(self) -> Readiness:
         checks = {
@@ -327,6 +354,10 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             settings.batch_cost_per_1k_output_tokens,
         ),
         announce_wait_seconds=settings.batch_job_announce_wait_seconds,
+        # A submit gives up after KAFKA_PUBLISH_TIMEOUT_SECONDS: by then its job is
+        # announced or never will be (its records wait this long, then are dead-lettered).
+        created_follows_wait_seconds=settings.kafka_publish_timeout_seconds
+        + settings.batch_job_announce_wait_seconds,
     )
     processor = RecordProcessor(
         client=insight_client,

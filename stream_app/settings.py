@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # How long a submit or cancel waits for the broker to acknowledge what it produced
     # before answering 503 broker_unavailable; also bounds the producer flush at shutdown.
     kafka_publish_timeout_seconds: float = Field(30.0, gt=0)
+    # Copies of every table partition that other workers keep up to date from its
+    # changelog (Faust standby replicas): they answer reads while the owner is dead.
+    table_standby_replicas: int = Field(1, ge=0, le=16)
     # Which broker `make run` starts when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka
     # (durable, needs Java 17 and mvn or the cached jars), Tansu (memory only), or auto.
     embedded_broker: EmbeddedBroker = "auto"
@@ -109,6 +112,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
+    # A JSON body is parsed whole in memory (a few times its size as Python objects); larger
+    # jobs go as NDJSON or CSV, which are read line by line into a spool file.
+    batch_max_json_body_bytes: int = Field(32 * 2**20, ge=1)
     log_level: str = "INFO"
     # json: one JSON object a line; text: for people; auto: JSON unless stderr is a terminal.
     log_format: Literal["auto", "json", "text"] = "auto"

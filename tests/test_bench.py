@@ -46,3 +46,32 @@ def test_overhead_smoke(broker: str, tmp_path: Path) -> None:
     assert kafka.records_per_s > 0 and kafka.value_bytes > 100
     table = overhead.rows(overhead.Report([result], kafka, memory))
     assert any(row[0] == "1w: service / bare loop" for row in table)
+
+
+def test_job_sizes_smoke(broker: str, tmp_path: Path) -> None:
+    """bench.job_sizes on two small jobs (the README's run: 1,000, 10,000 and 100,000):
+    every figure is produced. Speed and memory are not asserted here."""
+    from bench import job_sizes
+
+    figures = job_sizes.run_sizes(job_sizes.Options(sizes=(50, 200)), broker, tmp_path)
+    print(figures)
+    assert [f.records for f in figures] == [50, 200]
+    for f in figures:
+        assert f.completed and f.failed_count == 0
+        assert f.post_s > 0 and f.status_calls > 0
+        assert f.status_p99_ms is not None and f.page_p99_ms is not None
+        assert f.rss_after_mib > 10
+    assert job_sizes.growth(figures) is not None
+    assert any("RSS after" in row[0] for row in job_sizes.summary_rows(figures))
+
+
+def test_table_memory_smoke() -> None:
+    """bench.table_memory on small sizes: both kinds measured, every point present."""
+    from bench import table_memory
+
+    results = table_memory.run((500, 2000))
+    assert [r["kind"] for r in results] == ["faust-default", "pipeline"]
+    for r in results:
+        assert list(r["points"]) == ["open", "after 500", "after 2000"]
+        assert all(mib > 10 for mib in r["points"].values())
+    assert len(table_memory.rows(results)) == 2
