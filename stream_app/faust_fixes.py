@@ -235,27 +235,3 @@ def send_without_an_event_loop_turn(app: faust.App) -> None:
         return await maybe_start_producer()
 
     app.maybe_start_producer = started_producer  # type: ignore[method-assign]
-
-
-def fetch_with_max_wait(app: faust.App, seconds: float) -> None:
-    """Give the Kafka consumer's fetch requests a `fetch_max_wait_ms` of `seconds`.
-
-    Faust builds its aiokafka consumer with `fetch_max_wait_ms=1500`, hard-coded
-    (faust/transport/drivers/aiokafka.py, `_create_worker_consumer`). aiokafka keeps one
-    fetch request in flight per broker and leaves out of it every partition that still has
-    fetched records not yet handed over; when a `batch.results` partition was left out
-    and the partitions in the request get nothing new, results written meanwhile waited
-    up to 1.5 s for that request to come back (measured: result visibility p50 0.76 s,
-    p99 1.37 s; bench/README.md). Kafka's own default is 0.5 s; a shorter wait only
-    costs an empty fetch request per wait when the topics are idle.
-    """
-    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
-    create = thread._create_worker_consumer
-
-    def create_worker_consumer(transport: Any) -> Any:
-        consumer = create(transport)
-        # Read by AIOKafkaConsumer.start() when it builds its fetcher.
-        consumer._fetch_max_wait_ms = int(seconds * 1000)
-        return consumer
-
-    thread._create_worker_consumer = create_worker_consumer

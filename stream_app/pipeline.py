@@ -29,7 +29,6 @@ from stream_app.exceptions import BrokerUnavailable, JobNeverAnnounced, first_li
 from stream_app.faust_fixes import (
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
-    fetch_with_max_wait,
     guard_stale_acks,
     guard_unacked_commits,
     send_without_an_event_loop_turn,
@@ -65,8 +64,6 @@ RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
 # Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
 PRODUCER_BUFFER_MESSAGES = 1000
-# How long the broker may hold a fetch request with nothing new (stream_app.faust_fixes).
-FETCH_MAX_WAIT_SECONDS = 0.1
 # Record deliveries of a submit awaited together: bounds what a submit holds in memory
 # (one future each) whatever the job's size.
 PUBLISH_WINDOW = 5000
@@ -636,7 +633,6 @@ def build_pipeline(
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
-    fetch_with_max_wait(app, FETCH_MAX_WAIT_SECONDS)
     return pipeline
 
 

@@ -12,7 +12,6 @@ from faust.types.tuples import ConsumerMessage
 from stream_app.faust_fixes import (
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
-    fetch_with_max_wait,
     guard_stale_acks,
     guard_unacked_commits,
     send_without_an_event_loop_turn,
@@ -206,11 +205,3 @@ async def test_a_send_through_a_started_producer_takes_no_event_loop_turn() -> N
     # What every Topic.publish_message awaits before it hands a message to the producer.
     assert await app.maybe_start_producer() is app.producer
     assert turned == []  # Faust's own path (mode's stampede) starts with asyncio.sleep(0)
-
-
-async def test_the_consumer_fetches_with_a_short_max_wait() -> None:
-    app = faust.App("fetch-test", broker="kafka://127.0.0.1:1", autodiscover=False)
-    fetch_with_max_wait(app, 0.1)
-    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
-    consumer = thread._create_worker_consumer(thread.transport)
-    assert consumer._fetch_max_wait_ms == 100  # Faust's own: 1500
