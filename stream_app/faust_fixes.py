@@ -3,12 +3,15 @@ names the upstream report; remove it when the fix is released."""
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import faust
 from faust.types import TP
 from faust.types.tuples import Message
+from mode.services import WaitResults
 
 from stream_app.logs import get_logger
 
@@ -114,3 +117,121 @@ def _lowest_pending(consumer: Any, tp: TP) -> int | None:
         if not stale[tp]:
             del stale[tp]
     return min(offsets) if offsets else None
+
+
+def deliver_without_a_task_per_message(app: faust.App) -> None:
+    """Hand a fetched message to its streams' queues without two tasks and an event loop
+    round trip per message, when nothing on the way can wait.
+
+    Faust's fetch loop delivers every message through `Service.wait_first(callback(message),
+    suspend_flow.wait())` (faust/transport/consumer.py, `Consumer._drain_messages`): a task
+    for the delivery, one for the suspend event, and `asyncio.wait` on both, so each message
+    costs at least one full turn of the event loop. With 32 calls in flight that turn takes
+    tens of milliseconds on a busy machine, and delivery became the pipeline's bottleneck
+    (measured: 15 to 20 messages/s, 50 ms between deliveries, records and results queued
+    behind each other; bench/README.md). The suspend event is there to interrupt a delivery
+    that waits (a stream's queue full, the producer buffer over its limit, flow control
+    suspended for a rebalance).
+
+    With this fix, a message whose delivery cannot wait on any of those (checked just
+    before) is delivered by awaiting the conductor directly, which then completes without
+    suspending; any other message takes Faust's own path, interruptible as before. What is
+    delivered, in which order, and how it is acknowledged are unchanged.
+    """
+    consumer: Any = app.consumer
+    deliver = consumer.callback
+    wait_first = consumer.wait_first
+    suspend_flow = consumer.suspend_flow
+    flow_control = app.flow_control
+    conductor: Any = app.topics
+
+    def callback(message: Message) -> _Delivery:
+        return _Delivery(message, deliver(message))
+
+    def cannot_wait(message: Message) -> bool:
+        if suspend_flow.is_set() or not flow_control.is_active():
+            return False
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
+            return False
+        return not any(channel.queue.full() for channel in conductor._tp_index.get(message.tp, ()))
+
+    async def first_of(*coros: Any, timeout: Any = None) -> WaitResults:
+        if (
+            len(coros) == 2
+            and timeout is None
+            and isinstance(coros[0], _Delivery)
+            and cannot_wait(coros[0].message)
+        ):
+            delivery, suspended = coros
+            if inspect.iscoroutine(suspended):
+                suspended.close()  # never started: nothing to cancel
+            await delivery.delivering
+            return WaitResults([delivery], [None], False)
+        result: WaitResults = await wait_first(*coros, timeout=timeout)
+        return result
+
+    consumer.callback = callback
+    consumer.wait_first = first_of
+
+
+class _Delivery:
+    """The conductor's delivery of one message, with the message it delivers."""
+
+    __slots__ = ("delivering", "message")
+
+    def __init__(self, message: Message, delivering: Awaitable[None]) -> None:
+        self.message = message
+        self.delivering = delivering
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.delivering.__await__()
+
+
+def ebb_when_the_producer_buffer_drains(app: faust.App, max_messages: int) -> None:
+    """Hold message delivery only until the producer buffer is back under `max_messages`.
+
+    Table writes are queued in Faust's producer buffer (`send_soon`), and Faust's
+    conductor waits before delivering each message while that buffer holds more than
+    100 of them (`ProducerBuffer.wait_until_ebb`). That wait returns only after 100
+    separate "one more sent" wake-ups (`flush_atmost(100)`), each one turn of the event
+    loop, while the outcomes still being written refill the buffer: a burst of outcomes
+    (32 call slots, or the aggregate agent's two writes per result) stopped delivery for
+    4 to 6 seconds at a time, so results reached the aggregate agent seconds late
+    (measured, bench/README.md). With this fix, delivery goes on as soon as the buffer is
+    back under `max_messages` (1,000 here: about 1.5 MB of outcomes). The buffer still
+    bounds what table writes may queue, and a commit still flushes it first.
+    """
+    buffer: Any = app.producer.buffer
+    buffer.max_messages = max_messages
+
+    async def wait_until_ebb() -> None:
+        while buffer.size > buffer.max_messages:
+            buffer.message_sent.clear()
+            await buffer.message_sent.wait()
+
+    buffer.wait_until_ebb = wait_until_ebb
+
+
+def send_without_an_event_loop_turn(app: faust.App) -> None:
+    """Let a send to a topic (table changelog entries, `batch.results`, the dead-letter
+    topic) reach the producer without giving up the event loop first.
+
+    Every `Topic.publish_message` awaits `app.maybe_start_producer()`, which Faust wraps in
+    mode's `stampede` (faust/app/base.py, mode/utils/futures.py): that wrapper starts with
+    `await asyncio.sleep(0)`, so each message waits for one full turn of the event loop even
+    when the producer runs long since. Faust's producer buffer sends the queued table
+    writes one after the other, so it drained one changelog entry per turn: 30 to 60 ms
+    each with 32 calls in flight on a busy machine, about 25 entries/s for the three the
+    pipeline writes per record (measured, bench/README.md). With this fix a started
+    producer is returned at once; before it has started, Faust's own path starts it.
+    """
+    maybe_start_producer = app.maybe_start_producer
+
+    async def started_producer() -> Any:
+        producer = app.producer
+        if producer.started and not app.in_transaction:
+            return producer
+        return await maybe_start_producer()
+
+    app.maybe_start_producer = started_producer  # type: ignore[method-assign]

@@ -26,7 +26,13 @@ from stream_app.cancellation import (
     skipped_outcome,
 )
 from stream_app.exceptions import BrokerUnavailable, JobNeverAnnounced, first_line
-from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
+from stream_app.faust_fixes import (
+    deliver_without_a_task_per_message,
+    ebb_when_the_producer_buffer_drains,
+    guard_stale_acks,
+    guard_unacked_commits,
+    send_without_an_event_loop_turn,
+)
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
 from stream_app.local_state import discard_tables
@@ -56,6 +62,8 @@ log = get_logger(__name__)
 JOB_TABLE = "job-status"
 RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
+# Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
+PRODUCER_BUFFER_MESSAGES = 1000
 # Record deliveries of a submit awaited together: bounds what a submit holds in memory
 # (one future each) whatever the job's size.
 PUBLISH_WINDOW = 5000
@@ -622,6 +630,9 @@ def build_pipeline(
     del process, aggregate, _on_revoked, _on_assigned
     guard_stale_acks(app)
     guard_unacked_commits(app)
+    deliver_without_a_task_per_message(app)
+    ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
+    send_without_an_event_loop_turn(app)
     return pipeline
 
 

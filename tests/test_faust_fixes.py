@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import faust
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from stream_app.faust_fixes import guard_stale_acks, guard_unacked_commits
+from stream_app.faust_fixes import (
+    deliver_without_a_task_per_message,
+    ebb_when_the_producer_buffer_drains,
+    guard_stale_acks,
+    guard_unacked_commits,
+    send_without_an_event_loop_turn,
+)
 
 
 def message(offset: int, generation_id: int) -> ConsumerMessage:
@@ -115,3 +124,84 @@ def test_a_stale_message_holds_the_commit_until_its_copy_is_acknowledged() -> No
     assert consumer._new_offset(tp) is None  # type: ignore[attr-defined]
     consumer.ack(message(10, generation_id=5))  # the redelivered copy  # type: ignore[attr-defined]
     assert consumer._new_offset(tp) == 12  # type: ignore[attr-defined]
+
+
+def delivering_app(delivered: list[int]) -> tuple[faust.App, Any]:
+    """An app whose conductor is replaced by one that records what it delivers; its
+    `records` partition 0 has one subscribed stream queue (maxsize 1)."""
+    app = faust.App(
+        "delivery-test",
+        broker="kafka://127.0.0.1:1",
+        autodiscover=False,
+        stream_buffer_maxsize=1,
+    )
+    channel = app.topic("records")
+    app.topics._tp_index[TP("records", 0)].add(channel)  # type: ignore[attr-defined]
+    app.flow_control.resume()  # what the started app does once it has its assignment
+    consumer: Any = app.consumer
+
+    async def deliver(message: ConsumerMessage) -> None:
+        await channel.queue.put(message)  # waits while the stream's queue is full
+        delivered.append(message.offset)
+
+    consumer.callback = deliver
+    deliver_without_a_task_per_message(app)
+    return app, consumer
+
+
+async def test_a_message_that_cannot_wait_is_delivered_without_an_event_loop_turn() -> None:
+    delivered: list[int] = []
+    app, consumer = delivering_app(delivered)
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    # What Faust's fetch loop does for every message (Consumer._drain_messages).
+    await consumer.wait_first(consumer.callback(message(7, 5)), consumer.suspend_flow.wait())
+    assert delivered == [7]
+    assert turned == []  # Faust's own path needs at least one turn (tasks and asyncio.wait)
+
+
+async def test_a_delivery_that_would_wait_stays_interruptible_by_a_rebalance() -> None:
+    delivered: list[int] = []
+    app, consumer = delivering_app(delivered)
+    await consumer.wait_first(consumer.callback(message(7, 5)), consumer.suspend_flow.wait())
+    # The stream's queue is full now: the next delivery waits, as in Faust...
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(consumer.callback(message(8, 5)), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    # ...and a rebalance (suspend_flow) still ends the wait, without delivering it.
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(waiting, 5.0)
+    assert delivered == [7]
+
+
+async def test_delivery_waits_only_until_the_producer_buffer_is_back_under_its_limit() -> None:
+    app = faust.App("ebb-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+    ebb_when_the_producer_buffer_drains(app, max_messages=10)
+    buffer: Any = app.producer.buffer
+    buffer._started.set()  # running, as in a started worker
+    for n in range(25):  # table writes queued by a burst of outcomes
+        buffer.pending.put_nowait(n)
+    waiting = asyncio.ensure_future(buffer.wait_until_ebb())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    # The producer's task sends 20 of them in one turn; 5 are left, under the limit.
+    for _ in range(20):
+        buffer.pending.get_nowait()
+    buffer.message_sent.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # Faust's own wait goes on for 100 separate wake-ups while anything is queued.
+    assert waiting.done() and waiting.exception() is None
+
+
+async def test_a_send_through_a_started_producer_takes_no_event_loop_turn() -> None:
+    app = faust.App("send-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+    send_without_an_event_loop_turn(app)
+    app.producer._started.set()  # type: ignore[attr-defined]  # what a started producer is
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    # What every Topic.publish_message awaits before it hands a message to the producer.
+    assert await app.maybe_start_producer() is app.producer
+    assert turned == []  # Faust's own path (mode's stampede) starts with asyncio.sleep(0)
