@@ -3,6 +3,7 @@ suite and the benchmarks, which both drive the real service from outside."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,5 +125,13 @@ def start_service(env: dict[str, str], workdir: Path, *, wait: bool = True) -> S
         )
     service = ServiceProcess(process, port, log_path)
     if wait:
-        service.wait_ready()
+        try:
+            service.wait_ready()
+        except BaseException:
+            # Not ready in time (or interrupted): leave no worker, broker or simulator of
+            # it behind, since the caller never gets a handle to stop them.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
     return service
