@@ -205,16 +205,25 @@ async def submit_batch(request: Request) -> Response:
     created = options.created(uuid.uuid4().hex, len(batch.records), time.time(), caller)
     read = time.monotonic()
     job_id = await service.submit(batch.records, owner=caller, created=created)
+    return await accepted(request, service, job_id, len(batch.records), began, read)
+
+
+async def accepted(
+    request: Request, service: Service, job_id: str, records: int, began: float, read: float
+) -> Response:
+    """The 202 `{"job_id", "status": "pending", "total_records"}` of a published job, once
+    the job is visible (`_await_visible`); logs `job accepted` with the seconds spent reading
+    the body (`began` to `read`, monotonic) and publishing it (`read` to now)."""
     log.info(
         "job accepted",
         job_id=job_id,
-        records=len(batch.records),
+        records=records,
         read_seconds=round(read - began, 2),
         publish_seconds=round(time.monotonic() - read, 2),
     )
     await _await_visible(request, service, job_id)
-    accepted = BatchAccepted(job_id=job_id, status="pending", total_records=len(batch.records))
-    return JSONResponse(accepted.model_dump(), status_code=202)
+    body = BatchAccepted(job_id=job_id, status="pending", total_records=records)
+    return JSONResponse(body.model_dump(), status_code=202)
 
 
 async def _await_visible(request: Request, service: Service, job_id: str) -> None:

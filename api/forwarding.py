@@ -76,7 +76,7 @@ async def find_job(
         return pipeline.result(job_id, index)
 
     job = pipeline.job(job_id)
-    if job is not None and service.owns_job(job_id):
+    if job is not None and pipeline.owns_job(job_id):
         found = FoundJob(job, stored_result, live=True)
     else:
         owner = service.owner_url(job_id)

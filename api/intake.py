@@ -19,16 +19,13 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from api.app import _await_visible, _caller, _describe
+from api.app import _caller, _describe, accepted
 from api.errors import ApiError
 from api.job_options import JobOptions, job_options, query_options
-from schemas import BatchAccepted, BatchRecord, BatchRequest
-from stream_app.logs import get_logger
+from schemas import BatchRecord, BatchRequest
 from stream_app.service import Service
-
-log = get_logger(__name__)
 
 NDJSON = "application/x-ndjson"
 CSV = "text/csv"
@@ -51,16 +48,7 @@ async def submit_stream(request: Request, media_type: str) -> Response:
         count, options = await spool_records(request, spool, service, media_type)
         read = time.monotonic()
         job_id = await _publish(service, spool, count, caller, options)
-    log.info(
-        "job accepted",
-        job_id=job_id,
-        records=count,
-        read_seconds=round(read - began, 2),
-        publish_seconds=round(time.monotonic() - read, 2),
-    )
-    await _await_visible(request, service, job_id)
-    accepted = BatchAccepted(job_id=job_id, status="pending", total_records=count)
-    return JSONResponse(accepted.model_dump(), status_code=202)
+    return await accepted(request, service, job_id, count, began, read)
 
 
 async def spool_records(

@@ -170,14 +170,22 @@ class Pipeline:
             self.announced.pop(job_id, None)
             return job
         pending = self.announced.get(job_id)
-        if pending is not None and self._holds_job(job_id):
+        if pending is not None and self.owns_job(job_id):
             return pending
         return None
 
-    def _holds_job(self, job_id: str) -> bool:
+    def job_partition(self, job_id: str) -> int:
+        """The partition of `batch.jobs` (and of the job tables) that holds this job."""
+        # Faust's router.key_store() hashes the key as the changelog topic serializes it (as
+        # JSON, whatever the table schema says), not as batch.jobs was partitioned (raw
+        # bytes); hash it as it was published instead.
         topic = self.settings.topic_jobs
-        partition = self.app.producer.key_partition(topic, job_id.encode()).partition
-        return partition in self.owned_job_partitions()
+        return int(self.app.producer.key_partition(topic, job_id.encode()).partition)
+
+    def owns_job(self, job_id: str) -> bool:
+        """Whether this worker owns the job's partition now: what it holds of the job is
+        current (otherwise it is a standby replica, or nothing)."""
+        return self.job_partition(job_id) in self.owned_job_partitions()
 
     def jobs(self) -> list[JobStatus]:
         return self.ledger.jobs()

@@ -179,19 +179,6 @@ class Service:
     def is_local(self, owner_url: str | None) -> bool:
         return owner_url is None or owner_url == self.canonical_url
 
-    def job_partition(self, job_id: str) -> int:
-        """The partition of `batch.jobs` (and of the job tables) that holds this job."""
-        # Faust's router.key_store() hashes the key as the changelog topic serializes it (as
-        # JSON, whatever the table schema says), not as batch.jobs was partitioned (raw
-        # bytes); hash it as it was published instead.
-        producer = self.pipeline.app.producer
-        return int(producer.key_partition(self.settings.topic_jobs, job_id.encode()).partition)
-
-    def owns_job(self, job_id: str) -> bool:
-        """Whether this worker owns the job's partition now: what it holds of the job is
-        current (otherwise it is a standby replica, or nothing)."""
-        return self.job_partition(job_id) in self.pipeline.owned_job_partitions()
-
     def worker_urls(self) -> list[str]:
         """The API addresses of the workers that own job partitions now, as this worker's
         last assignment says (a worker that just died is still in it until the rebalance)."""
@@ -202,7 +189,7 @@ class Service:
     def owner_url(self, job_id: str) -> str | None:
         """The API address of the worker whose partitions hold this job's state."""
         app = self.pipeline.app
-        partition = self.job_partition(job_id)
+        partition = self.pipeline.job_partition(job_id)
         changelog = self.pipeline.job_changelog
         for url, topics in app.router.table_metadata(JOB_TABLE).items():
             if partition in topics.get(changelog, ()):
@@ -223,7 +210,7 @@ class Service:
         jobs only the mirror still has (current: their broker state is gone)."""
         owned = self.pipeline.owned_job_partitions()
         held = {
-            job.job_id: (job, self.job_partition(job.job_id) in owned)
+            job.job_id: (job, self.pipeline.job_partition(job.job_id) in owned)
             for job in self.pipeline.held_jobs()
         }
         if self.mirror is not None:
