@@ -17,11 +17,20 @@ one after the other, to the same worker, and measures for each:
 
 The memory target: RSS after the largest job within 20 % of RSS after the one before it
 (`growth`). Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
+
+`--submit-only` measures the POST alone (issue 9: "202 within a second or two whatever the
+size"): the worker gets a budget of one call a minute, so nothing runs while it takes the
+jobs, and each size (default 1000,10000,100000) is sent `--repeat` times (default 2) as
+NDJSON and as one JSON document, in turns. Per submit: the POST's seconds as the client
+sees them, and the worker's own split from its `job accepted` log line (reading and
+validating the body; publishing it until the broker acknowledged every record and the
+announcement).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import threading
@@ -62,11 +71,19 @@ PAGE_LIMIT = 100
 TARGET_RSS_GROWTH = 0.2
 
 
+SUBMIT_SIZES = ALL_SIZES
+SUBMIT_KINDS = ("ndjson", "json")
+# One call a minute: the jobs wait, so the worker does nothing but take the submits.
+SUBMIT_ONLY_RPM = 1
+
+
 @dataclass(frozen=True)
 class Options:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     json: bool = False
     body: str = "ndjson"
+    submit_only: bool = False
+    repeat: int = 2
 
 
 @dataclass
@@ -96,9 +113,24 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--body", choices=("ndjson", "json"), default="ndjson", help="how jobs are sent"
     )
+    parser.add_argument(
+        "--submit-only",
+        action="store_true",
+        help="time the POST alone (no job runs), NDJSON and JSON, sizes 1000,10000,100000",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="submits per size and body (--submit-only; 2)"
+    )
     args = parser.parse_args(argv)
-    sizes = args.sizes or (ALL_SIZES if args.all else DEFAULT_SIZES)
-    return Options(sizes=sizes, json=args.json, body=args.body)
+    default = SUBMIT_SIZES if args.submit_only else DEFAULT_SIZES
+    sizes = args.sizes or (ALL_SIZES if args.all else default)
+    return Options(
+        sizes=sizes,
+        json=args.json,
+        body=args.body,
+        submit_only=args.submit_only,
+        repeat=args.repeat,
+    )
 
 
 def body_of(records: int, kind: str) -> tuple[bytes, str]:
@@ -250,6 +282,107 @@ def run(opts: Options) -> list[JobFigures]:
         return run_sizes(opts, broker, workdir)
 
 
+@dataclass
+class SubmitFigures:
+    records: int
+    body: str
+    body_mib: float
+    # The POST as the client sees it, one value per submit, in order (the first is cold).
+    post_s: list[float]
+    # The worker's split of each submit (its `job accepted` log line).
+    read_s: list[float]
+    publish_s: list[float]
+
+
+_ACCEPTED = re.compile(r"job accepted.*?read_seconds=([0-9.]+).*?publish_seconds=([0-9.]+)")
+
+
+def accepted_splits(worker: ServiceProcess) -> list[tuple[float, float]]:
+    """(read_seconds, publish_seconds) of every `job accepted` line of the worker's log."""
+    return [(float(m[1]), float(m[2])) for m in _ACCEPTED.finditer(worker.logs())]
+
+
+def nth_split(worker: ServiceProcess, n: int) -> tuple[float, float]:
+    """The split of the worker's n-th accepted job (from 1), once its line is logged."""
+
+    def logged() -> list[tuple[float, float]] | None:
+        splits = accepted_splits(worker)
+        return splits if len(splits) >= n else None
+
+    return wait_until(logged, timeout=10.0, what=f"job accepted line {n}")[n - 1]
+
+
+def submit_only(opts: Options) -> list[SubmitFigures]:
+    """POST times on an idle worker (a budget of SUBMIT_ONLY_RPM), no job run."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-submit-")))
+        broker = start_broker(stack, workdir)
+        simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
+        env = {
+            **namespace_env("submit", broker, simulator),
+            "KAFKA_PARTITIONS": str(PARTITIONS),
+            "CLAUDE_REQUESTS_PER_MINUTE": str(SUBMIT_ONLY_RPM),
+            "BATCH_MAX_RECORDS_PER_REQUEST": str(max(opts.sizes)),
+        }
+        worker = start_worker(env, workdir / "worker")
+        stack.callback(stop_workers, [worker])
+        wait_cluster_ready([worker])
+        figures: list[SubmitFigures] = []
+        done = 0
+        for size in opts.sizes:
+            for kind in SUBMIT_KINDS:
+                body, content_type = body_of(size, kind)
+                entry = SubmitFigures(size, kind, round(len(body) / 2**20, 1), [], [], [])
+                for _ in range(opts.repeat):
+                    began = time.monotonic()
+                    reply = httpx.post(
+                        f"{worker.base_url}/api/v1/batch",
+                        content=body,
+                        headers={"content-type": content_type},
+                        timeout=600.0,
+                    )
+                    entry.post_s.append(round(time.monotonic() - began, 2))
+                    if reply.status_code != 202:
+                        raise RuntimeError(f"submit failed: {reply.status_code} {reply.text[:500]}")
+                    done += 1
+                    read, publish = nth_split(worker, done)
+                    entry.read_s.append(read)
+                    entry.publish_s.append(publish)
+                    progress(
+                        f"{size} records, {kind}: 202 after {entry.post_s[-1]:.2f} s "
+                        f"(read {read:.2f} s, publish {publish:.2f} s)"
+                    )
+                figures.append(entry)
+        return figures
+
+
+SUBMIT_HEADER = ["records", "body", "body MiB", "POST s", "read s", "publish s"]
+
+
+def submit_rows(figures: list[SubmitFigures]) -> list[list[str]]:
+    def each(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    return [
+        [
+            f"{f.records:,}",
+            f.body,
+            f"{f.body_mib:.1f}",
+            each(f.post_s),
+            each(f.read_s),
+            each(f.publish_s),
+        ]
+        for f in figures
+    ]
+
+
+def _submit_text(figures: list[SubmitFigures], host: dict[str, str | int]) -> str:
+    lines = render(SUBMIT_HEADER, submit_rows(figures))
+    lines.append("one value per submit, in order (the first of each row after a new size is cold)")
+    lines.append("machine: " + ", ".join(f"{k}={v}" for k, v in host.items()))
+    return "\n".join(lines)
+
+
 def growth(figures: list[JobFigures]) -> float | None:
     """RSS after the last job against after the one before it (0.1 = 10 %)."""
     if len(figures) < 2:
@@ -346,6 +479,13 @@ def _text(figures: list[JobFigures], host: dict[str, str | int]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.submit_only:
+        return bench_main(
+            lambda: submit_only(opts),
+            as_json=opts.json,
+            to_json=results_json,
+            to_text=_submit_text,
+        )
     return bench_main(lambda: run(opts), as_json=opts.json, to_json=results_json, to_text=_text)
 
 
