@@ -6,7 +6,7 @@ import asyncio
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
 from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_created, result_key
+from stream_app.bulk_publish import publish_keyed
 from stream_app.cancellation import (
     CancelledBeforeCall,
     CancelledJobs,
@@ -64,9 +65,6 @@ RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
 # Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
 PRODUCER_BUFFER_MESSAGES = 1000
-# Record deliveries of a submit awaited together: bounds what a submit holds in memory
-# (one future each) whatever the job's size.
-PUBLISH_WINDOW = 5000
 # Jobs published here and not yet in the job-status table that this instance remembers.
 ANNOUNCED_KEPT = 1024
 # Each table partition is a RocksDB database of its own (3 tables x KAFKA_PARTITIONS). With
@@ -212,8 +210,8 @@ class Pipeline:
         announcement comes, and dead-letters it, without a call, if none does (the submit
         failed halfway: stream_app.job_rules). So a job either exists whole or not at all.
 
-        Deliveries are awaited in windows of PUBLISH_WINDOW records (aiokafka batches them
-        per partition): the memory held is bounded by the window, not the job.
+        The records go in record batches built per partition (stream_app.bulk_publish):
+        the memory held is a few batches per partition, not the job.
 
         Raises BrokerUnavailable when that takes longer than KAFKA_PUBLISH_TIMEOUT_SECONDS
         (the broker is down or unreachable); the job was then not announced.
@@ -225,27 +223,26 @@ class Pipeline:
         scheduling["created_follows"] = True
 
         async def send_all() -> None:
-            # Straight to the producer (the bytes are final, and Faust's per-message
-            # bookkeeping cost more than the send): aiokafka batches the records per
-            # partition, and every delivery is awaited, so a lost one raises.
+            # Straight to aiokafka, in record batches built per partition (the bytes are
+            # final; Faust's per-message wrapper and aiokafka's per-record send cost more
+            # than the records: stream_app.bulk_publish). Every batch's delivery is awaited,
+            # so a lost one raises and the job is not announced.
             producer = self.app.producer
             topic = self.records_topic.get_topic_name()
-            window: list[Awaitable[Any]] = []
-            for index, record in enumerate(records):
-                value = orjson.dumps(
-                    {
-                        "job_id": job_id,
-                        "index": index,
-                        "record": orjson.Fragment(record),
-                        **scheduling,
-                    }
-                )
-                key = record_key(job_id, index)
-                window.append(await producer.send(topic, key, value, None, None, None))
-                if len(window) >= PUBLISH_WINDOW:
-                    await asyncio.gather(*window)
-                    window.clear()
-            await asyncio.gather(*window)
+
+            def keyed() -> Iterator[tuple[bytes, bytes]]:
+                for index, record in enumerate(records):
+                    value = orjson.dumps(
+                        {
+                            "job_id": job_id,
+                            "index": index,
+                            "record": orjson.Fragment(record),
+                            **scheduling,
+                        }
+                    )
+                    yield record_key(job_id, index), value
+
+            await publish_keyed(cast(Any, producer)._ensure_producer(), topic, keyed())
             # Every record is on Kafka: now the job exists.
             jobs_topic = self.jobs_topic.get_topic_name()
             announced = await producer.send(
