@@ -24,7 +24,8 @@ from starlette.responses import Response
 from api.app import _caller, _describe, accepted
 from api.errors import ApiError
 from api.job_options import JobOptions, job_options, query_options
-from schemas import BatchRecord, BatchRequest
+from api.records import validated_json
+from schemas import BatchRequest
 from stream_app.service import Service
 
 NDJSON = "application/x-ndjson"
@@ -89,15 +90,19 @@ async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, st
         yield number + 1, pending.removesuffix("\r")
 
 
-def _check_record(record: BatchRecord, line: int, max_chars: int) -> None:
-    if len(record.text) > max_chars:
+def _spool_record(spool: IO[bytes], data: Any, line: int, max_chars: int) -> None:
+    """Validate one record (api.records: plain records without a pydantic model) and
+    write its published JSON as a line of the spool. Raises ApiError 422."""
+    try:
+        encoded, text = validated_json(data)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"line {line}: {_describe(exc)}") from None
+    if len(text) > max_chars:
         raise ApiError(
             422, "validation_error", f"line {line}: text: longer than {max_chars} characters"
         )
-
-
-def _write(spool: IO[bytes], record: BatchRecord) -> None:
-    spool.write(record.model_dump_json(exclude_none=True).encode() + b"\n")
+    spool.write(encoded)
+    spool.write(b"\n")
 
 
 def _too_many(limit: int) -> ApiError:
@@ -124,15 +129,10 @@ async def _spool_ndjson(
             first = False
             continue
         first = False
-        try:
-            record = BatchRecord.model_validate(data)
-        except ValidationError as exc:
-            raise ApiError(422, "validation_error", f"line {number}: {_describe(exc)}") from None
-        _check_record(record, number, max_chars)
+        _spool_record(spool, data, number, max_chars)
         count += 1
         if count > settings.batch_max_records_per_request:
             raise _too_many(settings.batch_max_records_per_request)
-        _write(spool, record)
     return count, options
 
 
@@ -190,19 +190,15 @@ async def _spool_csv(request: Request, spool: IO[bytes], service: Service) -> in
             )
         cells = dict(zip(header, row, strict=True))
         metadata = {k: v for k, v in cells.items() if k not in (text_column, id_column)}
-        try:
-            record = BatchRecord(
-                text=cells[text_column],
-                id=(cells[id_column] or None) if id_column else None,
-                metadata=metadata,
-            )
-        except ValidationError as exc:
-            raise ApiError(422, "validation_error", f"line {start}: {_describe(exc)}") from None
-        _check_record(record, start, max_chars)
+        record = {
+            "text": cells[text_column],
+            "id": (cells[id_column] or None) if id_column else None,
+            "metadata": metadata,
+        }
+        _spool_record(spool, record, start, max_chars)
         count += 1
         if count > settings.batch_max_records_per_request:
             raise _too_many(settings.batch_max_records_per_request)
-        _write(spool, record)
     return count
 
 

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from faust.contrib.asgi import faust_app_running
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
-from schemas import BatchRecord, JobCreated
+from schemas import JobCreated
 from stream_app.aggregation import JobStatus
 from stream_app.breaker import ProviderBreaker
 from stream_app.cancel_listener import CancelListener
@@ -164,16 +164,17 @@ class Service:
         os.kill(os.getpid(), signal.SIGTERM)
 
     async def submit(
-        self, records: list[BatchRecord], owner: str | None, created: JobCreated | None = None
+        self, records: Sequence[bytes], owner: str | None, created: JobCreated | None = None
     ) -> str:
         """Publish a job and its records, as an upstream producer would; returns its id.
-        `created`: the job's announcement (its id is used) with the job's options."""
+        `records`: each record's JSON object as published (`BatchRecord` fields, e.g.
+        api.records.record_json); `created`: the job's announcement (its id is used) with
+        the job's options. Raises BrokerUnavailable (stream_app.pipeline.publish_job)."""
         job_id = created.job_id if created is not None else uuid.uuid4().hex
         created = (created or JobCreated(job_id=job_id, total_records=0)).model_copy(
             update={"total_records": len(records), "created_at": time.time(), "owner": owner}
         )
-        values = (r.model_dump_json(exclude_none=True).encode() for r in records)
-        await self.pipeline.publish_job(created, values)
+        await self.pipeline.publish_job(created, records)
         return job_id
 
     def is_local(self, owner_url: str | None) -> bool:
