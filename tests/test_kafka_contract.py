@@ -11,7 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.conftest import StartService
-from tests.support import Namespace, status, wait_completed
+from tests.support import Namespace, partition_of, status, wait_completed
 
 
 async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
@@ -186,3 +186,47 @@ async def test_records_published_by_the_api_carry_owner_and_priority(
         assert record["priority"] == expected[record["job_id"]], record
     jobs = [orjson.loads(m.value) for m in await consume(broker, namespace.topics["jobs"], 4)]
     assert {j["job_id"]: j["priority"] for j in jobs} == expected
+
+
+async def test_records_published_by_the_api_land_on_their_keys_partitions_in_order(
+    start: StartService, broker: str, namespace: Namespace
+) -> None:
+    # A submit builds record batches per partition itself (stream_app.bulk_publish): each
+    # record must still be keyed `<job_id>#<index>` on the partition Kafka's default
+    # partitioner gives that key, once, in index order within its partition, as sent.
+    partitions = 4
+    service = start(kafka_partitions=partitions, claude_requests_per_minute=1)
+    sent = [
+        {"text": f"Note {i}: {'ünï ' * (i % 5)}shipped.", "id": f"n{i}", "metadata": {"i": i}}
+        for i in range(600)
+    ]
+    sent[7] = {"text": "No id, no metadata."}
+    with service.client() as client:
+        ndjson = client.post(
+            "/api/v1/batch",
+            content=b"".join(orjson.dumps(r) + b"\n" for r in sent),
+            headers={"content-type": "application/x-ndjson"},
+        )
+        whole = client.post("/api/v1/batch", json={"records": sent})
+    assert [ndjson.status_code, whole.status_code] == [202, 202], [ndjson.text, whole.text]
+    jobs = {ndjson.json()["job_id"], whole.json()["job_id"]}
+    messages = await consume(broker, namespace.topics["records"], 2 * len(sent))
+    assert len(messages) == 2 * len(sent)
+    seen: dict[str, list[int]] = {job_id: [] for job_id in jobs}
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        payload = orjson.loads(message.value)
+        job_id, index = payload["job_id"], payload["index"]
+        assert message.key == f"{job_id}#{index}".encode()
+        assert message.partition == partition_of(f"{job_id}#{index}", partitions)
+        assert index > last.get((job_id, message.partition), -1)
+        last[(job_id, message.partition)] = index
+        expected = {"metadata": {}, **sent[index]}
+        assert payload["record"] == expected
+        assert payload["created_follows"] is True
+        seen[job_id].append(index)
+    assert {job_id: sorted(indexes) for job_id, indexes in seen.items()} == {
+        job_id: list(range(len(sent))) for job_id in jobs
+    }
+    # Every partition got records.
+    assert len({m.partition for m in messages}) == partitions
