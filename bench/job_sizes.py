@@ -317,6 +317,12 @@ def submit_only(opts: Options) -> list[SubmitFigures]:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-submit-")))
         broker = start_broker(stack, workdir)
+        return run_submits(opts, broker, workdir)
+
+
+def run_submits(opts: Options, broker: str, workdir: Path) -> list[SubmitFigures]:
+    """One idle worker on `broker`; each size sent `opts.repeat` times per body kind."""
+    with ExitStack() as stack:
         simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
         env = {
             **namespace_env("submit", broker, simulator),

@@ -65,6 +65,30 @@ def test_job_sizes_smoke(broker: str, tmp_path: Path) -> None:
     assert any("RSS after" in row[0] for row in job_sizes.summary_rows(figures))
 
 
+def test_job_sizes_submit_only_smoke(broker: str, tmp_path: Path) -> None:
+    """bench.job_sizes --submit-only on small sizes: every submit timed, with the worker's
+    read/publish split. Speed is not asserted here."""
+    from bench import job_sizes
+
+    opts = job_sizes.parse_args(["--submit-only", "--sizes", "20,300", "--repeat", "2"])
+    figures = job_sizes.run_submits(opts, broker, tmp_path)
+    print(figures)
+    assert [(f.records, f.body) for f in figures] == [
+        (20, "ndjson"),
+        (20, "json"),
+        (300, "ndjson"),
+        (300, "json"),
+    ]
+    for f in figures:
+        assert len(f.post_s) == len(f.read_s) == len(f.publish_s) == 2
+        assert all(post > 0 for post in f.post_s)
+        assert all(
+            0 <= read + publish <= post
+            for read, publish, post in zip(f.read_s, f.publish_s, f.post_s, strict=True)
+        )
+    assert len(job_sizes.submit_rows(figures)) == 4
+
+
 def test_table_memory_smoke() -> None:
     """bench.table_memory on small sizes: both kinds measured, every point present."""
     from bench import table_memory
