@@ -44,6 +44,7 @@ from stream_app.mirror import SqliteMirror
 from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.provider_answers import redact
+from stream_app.redelivery import heal_lost_deliveries
 from stream_app.replicas import active_partitions, stored_values
 from stream_app.scheduler import (
     FairScheduler,
@@ -635,6 +636,7 @@ def build_pipeline(
     del process, aggregate, _on_revoked, _on_assigned
     guard_stale_acks(app)
     guard_unacked_commits(app)
+    heal_lost_deliveries(app, (s.topic_records, s.topic_jobs, s.topic_results))
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)

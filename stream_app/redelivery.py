@@ -1,0 +1,160 @@
+"""Heal a partition whose records the consumer passed without delivering them.
+
+After a rebalance Faust can move a partition's read position past records that no agent
+ever receives: records fetched before the rebalance and dropped by its fetch loop (it
+discards a fetched batch when the generation changes, and skips offsets below its own
+read offset, faust/transport/consumer.py `_drain_messages`), or skipped by a stream for
+their old generation (faust/streams.py, `Stream.__aiter__`; faust-streaming #318, #175).
+Kafka delivers such records again only after the next rebalance or restart: when the
+worker keeps the partition, nothing comes, the records get no outcome and their job stays
+`running` with a healthy worker (seen here: tests/test_failover_reads.py, after the
+owner's SIGKILL the survivor stopped with 15 to 54 records of the job undelivered, in
+about one run of three).
+
+The commit side already holds: a partition is never committed past a record that has no
+outcome (`stream_app.faust_fixes.guard_unacked_commits`, `guard_stale_acks`), so the
+committed offset C is the first record not yet done. This watch checks every few seconds,
+for each partition this worker consumes, whether C is still somewhere on its way: not yet
+fetched (the consumer's position is at or before C), waiting in a stream's queue, held
+unacknowledged (the look-ahead, a call slot), or acknowledged and about to be committed.
+When C is none of those on two checks in a row while the group is stable, its record was
+lost in between, and the watch seeks the partition back to C (at-least-once: the records
+after C that were processed meanwhile come again, and the processed-records table re-sends
+their known outcomes instead of calling Claude).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import faust
+from faust.types import TP
+
+from stream_app.logs import get_logger
+
+log = get_logger(__name__)
+
+K = TypeVar("K")
+
+CHECK_INTERVAL_SECONDS = 2.5
+# Checks in a row that must find the committed offset lost before the partition is sought
+# back: a record between the fetcher and a stream's queue is there for microseconds, so
+# two checks CHECK_INTERVAL_SECONDS apart never both miss a live one.
+CHECKS_BEFORE_SEEK = 2
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    """What one check sees of a partition (offsets are Kafka offsets)."""
+
+    committed: int  # the next offset to commit: the first record without an outcome
+    position: int  # the consumer's position: the next offset its fetcher hands out
+    in_hand: bool  # the committed offset's record is queued, unacknowledged or acknowledged
+
+
+class LostOffsetWatch(Generic[K]):
+    """Pure rule: which partitions to seek back, and where. Keys are partitions."""
+
+    def __init__(self, checks: int = CHECKS_BEFORE_SEEK) -> None:
+        if checks < 1:
+            raise ValueError("at least one check must find the offset lost")
+        self._checks = checks
+        self._suspects: dict[K, tuple[int, int]] = {}  # partition -> (offset, checks)
+
+    def observe(self, partition: K, view: PartitionView) -> int | None:
+        """The offset to seek `partition` back to, or None while nothing is lost."""
+        if view.position <= view.committed or view.in_hand:
+            self._suspects.pop(partition, None)
+            return None
+        offset, seen = self._suspects.get(partition, (view.committed, 0))
+        seen = seen + 1 if offset == view.committed else 1
+        if seen < self._checks:
+            self._suspects[partition] = (view.committed, seen)
+            return None
+        del self._suspects[partition]
+        return view.committed
+
+    def forget(self, keep: Iterable[K] = ()) -> None:
+        """Drop suspicions (a rebalance started, or partitions left this worker)."""
+        kept = set(keep)
+        for partition in [p for p in self._suspects if p not in kept]:
+            del self._suspects[partition]
+
+
+def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWatch[TP]:
+    """Run the watch on `topics` (the agents' source topics) every CHECK_INTERVAL_SECONDS
+    as a Faust timer; a seek is logged as a warning (`records fetched but never
+    delivered`)."""
+    watched = frozenset(topics)
+    watch: LostOffsetWatch[TP] = LostOffsetWatch()
+
+    @app.timer(CHECK_INTERVAL_SECONDS, name="heal-lost-deliveries")
+    async def check() -> None:
+        consumer: Any = app.consumer
+        if app.rebalancing or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
+            watch.forget()
+            return
+        positions = _positions(consumer)
+        if positions is None:
+            return
+        assigned = [tp for tp in consumer.assignment() if tp.topic in watched]
+        watch.forget(assigned)
+        for tp in assigned:
+            committed = consumer._committed_offset.get(tp)
+            position = positions(tp)
+            if committed is None or position is None:
+                continue  # nothing committed yet: Faust seeks such a partition itself
+            view = PartitionView(committed, position, _in_hand(app, consumer, tp, committed))
+            offset = watch.observe(tp, view)
+            if offset is not None:
+                log.warning(
+                    "records fetched but never delivered: reading them again",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=offset,
+                    position=position,
+                )
+                await consumer.seek(tp, offset)
+
+    del check
+    return watch
+
+
+def _positions(consumer: Any) -> Any:
+    """A function partition -> the aiokafka consumer's position (None when unknown), or
+    None while the consumer has no assignment."""
+    try:
+        assignment = consumer._thread._consumer._subscription.subscription.assignment
+    except AttributeError:
+        return None
+    if assignment is None:
+        return None
+
+    def position(tp: TP) -> int | None:
+        state = assignment.state_value(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        value: int = state.position
+        return value
+
+    return position
+
+
+def _in_hand(app: faust.App, consumer: Any, tp: TP, offset: int) -> bool:
+    """Whether the record at `offset` of `tp` is on its way to an outcome in this worker."""
+    if offset in consumer._acked.get(tp, ()):
+        return True
+    if any(m.tp == tp and m.offset == offset for m in list(consumer._unacked_messages)):
+        return True
+    conductor: Any = app.topics
+    for channel in conductor._tp_index.get(tp, ()):
+        queued = channel.queue
+        if queued.full():
+            return True  # the fetch loop may be waiting to put it there
+        if any(
+            event.message.tp == tp and event.message.offset == offset for event in queued._queue
+        ):
+            return True
+    return False

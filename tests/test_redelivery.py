@@ -1,0 +1,74 @@
+"""The lost-delivery rule (stream_app.redelivery), without Kafka: when a partition is
+sought back to its committed offset, and when it is left alone."""
+
+from __future__ import annotations
+
+import pytest
+from faust.types import TP
+
+from stream_app.redelivery import LostOffsetWatch, PartitionView, _in_hand
+from tests.test_faust_fixes import consumer_with_acks, message
+
+
+def test_a_committed_offset_passed_and_held_nowhere_is_sought_back_after_two_checks() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    lost = PartitionView(committed=4, position=50, in_hand=False)
+    assert watch.observe("p0", lost) is None  # once could be a record between two hands
+    assert watch.observe("p0", lost) == 4
+    # Sought back: the suspicion starts over.
+    assert watch.observe("p0", lost) is None
+    assert watch.observe("p0", lost) == 4
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        PartitionView(committed=4, position=4, in_hand=False),  # not fetched yet
+        PartitionView(committed=4, position=3, in_hand=False),  # sought back already
+        PartitionView(committed=4, position=50, in_hand=True),  # queued, unacked or acked
+    ],
+)
+def test_a_record_still_on_its_way_is_never_sought(view: PartitionView) -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert [watch.observe("p0", view) for _ in range(5)] == [None] * 5
+
+
+def test_progress_or_a_rebalance_between_checks_clears_the_suspicion() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert watch.observe("p0", PartitionView(4, 50, False)) is None
+    # The commit moved on: a new offset must be found lost twice of its own.
+    assert watch.observe("p0", PartitionView(5, 50, False)) is None
+    assert watch.observe("p0", PartitionView(5, 50, False)) == 5
+    # The record came back into hand between two checks.
+    assert watch.observe("p1", PartitionView(7, 9, False)) is None
+    assert watch.observe("p1", PartitionView(7, 9, True)) is None
+    assert watch.observe("p1", PartitionView(7, 9, False)) is None
+    # A rebalance (or the partition leaving this worker) forgets what was seen.
+    watch.forget(keep=["p2"])
+    assert watch.observe("p1", PartitionView(7, 9, False)) is None
+    assert watch.observe("p1", PartitionView(7, 9, False)) == 7
+
+
+def test_partitions_are_watched_apart_and_checks_must_be_positive() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert watch.observe("p0", PartitionView(1, 2, False)) is None
+    assert watch.observe("p1", PartitionView(1, 2, False)) is None
+    assert watch.observe("p0", PartitionView(1, 2, False)) == 1
+    assert watch.observe("p1", PartitionView(1, 2, False)) == 1
+    with pytest.raises(ValueError):
+        LostOffsetWatch(checks=0)
+
+
+def test_a_record_is_in_hand_while_faust_holds_it_unacknowledged_or_acknowledged() -> None:
+    """`_in_hand` reads Faust's own consumer state (no broker: nothing connects)."""
+    app, consumer = consumer_with_acks()
+    tp = TP("records", 0)
+    assert _in_hand(app, consumer, tp, 7) is False
+    held = message(7, generation_id=5)
+    consumer._unacked_messages.add(held)  # type: ignore[attr-defined]
+    assert _in_hand(app, consumer, tp, 7) is True
+    assert _in_hand(app, consumer, tp, 8) is False
+    consumer._unacked_messages.discard(held)  # type: ignore[attr-defined]
+    consumer._acked[tp].append(8)  # type: ignore[attr-defined]
+    assert _in_hand(app, consumer, tp, 8) is True
+    assert _in_hand(app, consumer, TP("records", 1), 8) is False
