@@ -83,7 +83,7 @@ def test_job_sizes_submit_only_smoke(broker: str, tmp_path: Path) -> None:
         assert len(f.post_s) == len(f.read_s) == len(f.publish_s) == 2
         assert all(post > 0 for post in f.post_s)
         assert all(
-            0 <= read + publish <= post
+            0 <= read + publish <= post + 0.02
             for read, publish, post in zip(f.read_s, f.publish_s, f.post_s, strict=True)
         )
     assert len(job_sizes.submit_rows(figures)) == 4
