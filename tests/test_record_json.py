@@ -10,8 +10,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from api.app import parse_batch, parse_submission
+from api.errors import ApiError
 from api.records import record_json, validated_json
 from schemas import BatchRecord
+from stream_app.settings import Settings
 
 PLAIN: list[dict[str, Any]] = [
     {"text": "Quarterly report."},
@@ -60,3 +63,47 @@ def test_anything_else_is_left_to_batch_record(data: Any) -> None:
     else:
         expected = record.model_dump_json(exclude_none=True).encode()
         assert validated_json(data) == (expected, record.text)
+
+
+SETTINGS = Settings(_env_file=None, batch_max_text_chars=20, batch_max_records_per_request=3)  # type: ignore[call-arg]
+
+BODIES: list[Any] = [
+    {"records": [{"text": "a"}, {"text": "b", "id": "2", "metadata": {"k": 1}}]},
+    {"records": [{"text": "a"}], "priority": "high", "max_cost_usd": 2.5},
+    {"records": [{"text": "a"}, {"text": "b", "id": 7}]},  # not plain: BatchRecord refuses
+    {"records": [{"text": "a"}, {"text": " "}]},
+    {"records": [{"text": "a"}], "priority": "urgent"},
+    {"records": [{"text": "a"}, {"text": "x" * 21}]},
+    {"records": [{"text": "a"}, {"text": "x" * 21}], "priority": "urgent"},
+    {"records": [{"text": "a"}] * 4},
+    {"records": []},
+    {"records": "a"},
+    {"records": [{"text": "a"}], "unknown": 1},
+    [],
+]
+
+
+def _outcome(parse: Any, body: bytes) -> Any:
+    try:
+        return parse(body)
+    except ApiError as exc:
+        return (exc.status, exc.code, exc.message)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_json_submit_is_judged_as_parse_batch_judges_it(body: Any) -> None:
+    raw = orjson.dumps(body)
+    expected = _outcome(lambda b: parse_batch(b, SETTINGS), raw)
+    got = _outcome(lambda b: parse_submission(b, SETTINGS), raw)
+    if isinstance(expected, tuple):
+        assert got == expected
+        return
+    options, records = got
+    assert records == [r.model_dump_json(exclude_none=True).encode() for r in expected.records]
+    assert options.model_dump(exclude={"records"}) == expected.model_dump(exclude={"records"})
+
+
+def test_invalid_json_is_refused_as_before() -> None:
+    assert _outcome(lambda b: parse_submission(b, SETTINGS), b"{") == _outcome(
+        lambda b: parse_batch(b, SETTINGS), b"{"
+    )
