@@ -13,7 +13,8 @@ about one run of three).
 
 The commit side already holds: a partition is never committed past a record that has no
 outcome (`stream_app.faust_fixes.guard_unacked_commits`, `guard_stale_acks`), so the
-committed offset C is the first record not yet done. This watch checks every few seconds,
+committed offset C is the first record not yet done (the log's start while the group has
+committed nothing on the partition). This watch checks every few seconds,
 for each partition this worker consumes, whether C is still somewhere on its way: not yet
 fetched (the consumer's position is at or before C), waiting in a stream's queue, held
 unacknowledged (the look-ahead, a call slot), or acknowledged and about to be committed.
@@ -92,34 +93,56 @@ def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWat
 
     @app.timer(CHECK_INTERVAL_SECONDS, name="heal-lost-deliveries")
     async def check() -> None:
-        consumer: Any = app.consumer
-        if app.rebalancing or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
-            watch.forget()
-            return
-        positions = _positions(consumer)
-        if positions is None:
-            return
-        assigned = [tp for tp in consumer.assignment() if tp.topic in watched]
-        watch.forget(assigned)
-        for tp in assigned:
-            committed = consumer._committed_offset.get(tp)
-            position = positions(tp)
-            if committed is None or position is None:
-                continue  # nothing committed yet: Faust seeks such a partition itself
-            view = PartitionView(committed, position, _in_hand(app, consumer, tp, committed))
-            offset = watch.observe(tp, view)
-            if offset is not None:
-                log.warning(
-                    "records fetched but never delivered: reading them again",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=offset,
-                    position=position,
-                )
-                await consumer.seek(tp, offset)
+        # A failing check must not take the worker down with it (a Faust timer that raises
+        # crashes the app): it is logged, and the next one tries again.
+        try:
+            await _check(app, watched, watch)
+        except Exception:
+            log.exception("could not check for records fetched but never delivered")
 
     del check
     return watch
+
+
+async def _check(app: faust.App, watched: frozenset[str], watch: LostOffsetWatch[TP]) -> None:
+    """One pass of the watch over the partitions of `watched` this worker consumes."""
+    consumer: Any = app.consumer
+    if app.rebalancing or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
+        watch.forget()
+        return
+    positions = _positions(consumer)
+    if positions is None:
+        return
+    assigned = [tp for tp in consumer.assignment() if tp.topic in watched]
+    watch.forget(assigned)
+    for tp in assigned:
+        position = positions(tp)
+        if not position:
+            continue  # nothing handed out yet (or the position is being reset)
+        committed = consumer._committed_offset.get(tp)
+        if committed is None:
+            # Nothing committed yet by the group: its first record is at the log's start
+            # (consumer_auto_offset_reset="earliest").
+            committed = await _log_start(consumer, tp)
+        view = PartitionView(committed, position, _in_hand(app, consumer, tp, committed))
+        offset = watch.observe(tp, view)
+        if offset is not None:
+            log.warning(
+                "records fetched but never delivered: reading them again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                position=position,
+            )
+            await consumer.seek(tp, offset)
+
+
+async def _log_start(consumer: Any, tp: TP) -> int:
+    """The first offset still in the partition's log (Kafka's ListOffsets, earliest), asked
+    in the consumer's own thread and event loop (Faust runs aiokafka's consumer there)."""
+    starts = await consumer.earliest_offsets(tp)
+    start: int = starts[tp]
+    return start
 
 
 def _positions(consumer: Any) -> Any:
