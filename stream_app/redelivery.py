@@ -18,15 +18,21 @@ committed nothing on the partition). This watch checks every few seconds,
 for each partition this worker consumes, whether C is still somewhere on its way: not yet
 fetched (the consumer's position is at or before C), waiting in a stream's queue, held
 unacknowledged (the look-ahead, a call slot), or acknowledged and about to be committed.
-When C is none of those on two checks in a row while the group is stable, its record was
-lost in between, and the watch seeks the partition back to C (at-least-once: the records
+A batch the fetch loop is still handing out counts as on its way as a whole (the loop can
+wait minutes on a full stream queue or the producer buffer under a backlog: judged record
+by record, those records looked lost, and a first version of this watch sought back again
+and again under a 200,000-record backlog). When C is none of those on two checks in a row
+while the group is stable, its record was lost in between, and the watch seeks the
+partition back to C, at most once in COOLDOWN_SECONDS per partition (at-least-once: the records
 after C that were processed meanwhile come again, and the processed-records table re-sends
 their known outcomes instead of calling Claude).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,6 +50,8 @@ CHECK_INTERVAL_SECONDS = 2.5
 # back: a record between the fetcher and a stream's queue is there for microseconds, so
 # two checks CHECK_INTERVAL_SECONDS apart never both miss a live one.
 CHECKS_BEFORE_SEEK = 2
+# The least time between two seeks of one partition.
+COOLDOWN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,23 +66,30 @@ class PartitionView:
 class LostOffsetWatch(Generic[K]):
     """Pure rule: which partitions to seek back, and where. Keys are partitions."""
 
-    def __init__(self, checks: int = CHECKS_BEFORE_SEEK) -> None:
+    def __init__(
+        self, checks: int = CHECKS_BEFORE_SEEK, cooldown_seconds: float = COOLDOWN_SECONDS
+    ) -> None:
         if checks < 1:
             raise ValueError("at least one check must find the offset lost")
         self._checks = checks
+        self._cooldown = cooldown_seconds
         self._suspects: dict[K, tuple[int, int]] = {}  # partition -> (offset, checks)
+        self._sought: dict[K, float] = {}  # partition -> when it was last sought back
 
-    def observe(self, partition: K, view: PartitionView) -> int | None:
-        """The offset to seek `partition` back to, or None while nothing is lost."""
+    def observe(self, partition: K, view: PartitionView, now: float) -> int | None:
+        """The offset to seek `partition` back to, or None while nothing is lost. `now`:
+        seconds on a monotonic clock; a partition is sought back at most once in
+        `cooldown_seconds`, so a misjudged one costs a bounded amount of re-reading."""
         if view.position <= view.committed or view.in_hand:
             self._suspects.pop(partition, None)
             return None
         offset, seen = self._suspects.get(partition, (view.committed, 0))
         seen = seen + 1 if offset == view.committed else 1
-        if seen < self._checks:
+        if seen < self._checks or now - self._sought.get(partition, -math.inf) < self._cooldown:
             self._suspects[partition] = (view.committed, seen)
             return None
         del self._suspects[partition]
+        self._sought[partition] = now
         return view.committed
 
     def forget(self, keep: Iterable[K] = ()) -> None:
@@ -90,13 +105,14 @@ def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWat
     delivered`)."""
     watched = frozenset(topics)
     watch: LostOffsetWatch[TP] = LostOffsetWatch()
+    delivering = _track_fetched_batches(app.consumer)
 
     @app.timer(CHECK_INTERVAL_SECONDS, name="heal-lost-deliveries")
     async def check() -> None:
         # A failing check must not take the worker down with it (a Faust timer that raises
         # crashes the app): it is logged, and the next one tries again.
         try:
-            await _check(app, watched, watch)
+            await _check(app, watched, watch, delivering)
         except Exception:
             log.exception("could not check for records fetched but never delivered")
 
@@ -104,9 +120,18 @@ def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWat
     return watch
 
 
-async def _check(app: faust.App, watched: frozenset[str], watch: LostOffsetWatch[TP]) -> None:
+async def _check(
+    app: faust.App,
+    watched: frozenset[str],
+    watch: LostOffsetWatch[TP],
+    delivering: Callable[[], bool],
+) -> None:
     """One pass of the watch over the partitions of `watched` this worker consumes."""
     consumer: Any = app.consumer
+    now = time.monotonic()
+    # While a fetched batch is being handed out (the fetch loop may wait minutes on a full
+    # stream queue, the producer buffer or flow control), its records are on their way.
+    busy = delivering()
     if app.rebalancing or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
         watch.forget()
         return
@@ -124,8 +149,8 @@ async def _check(app: faust.App, watched: frozenset[str], watch: LostOffsetWatch
             # Nothing committed yet by the group: its first record is at the log's start
             # (consumer_auto_offset_reset="earliest").
             committed = await _log_start(consumer, tp)
-        view = PartitionView(committed, position, _in_hand(app, consumer, tp, committed))
-        offset = watch.observe(tp, view)
+        in_hand = busy or _in_hand(app, consumer, tp, committed)
+        offset = watch.observe(tp, PartitionView(committed, position, in_hand), now)
         if offset is not None:
             log.warning(
                 "records fetched but never delivered: reading them again",
@@ -135,6 +160,24 @@ async def _check(app: faust.App, watched: frozenset[str], watch: LostOffsetWatch
                 position=position,
             )
             await consumer.seek(tp, offset)
+
+
+def _track_fetched_batches(consumer: Any) -> Callable[[], bool]:
+    """Wrap the consumer's `getmany` (Faust's fetch loop takes it once, when it starts, so
+    this runs before the app starts); returns whether a fetched batch is being handed out
+    now: from its first record until the fetch loop asks for the next batch."""
+    getmany = consumer.getmany
+    open_batch = [False]
+
+    async def tracked(timeout: float) -> AsyncIterator[Any]:
+        open_batch[0] = False  # the previous batch is done: the loop asks for the next
+        async for item in getmany(timeout=timeout):
+            open_batch[0] = True
+            yield item
+        open_batch[0] = False
+
+    consumer.getmany = tracked
+    return lambda: open_batch[0]
 
 
 async def _log_start(consumer: Any, tp: TP) -> int:
