@@ -58,7 +58,7 @@ from bench.harness import (
 )
 from bench.overhead import parse_counts, percentile
 from simulator import SimulatorConfig
-from simulator.testing import run_simulator
+from simulator.testing import SimulatorHandle, run_simulator
 from stream_app.testing import ServiceProcess, wait_until
 
 PARTITIONS = 8
@@ -192,11 +192,11 @@ def page_latencies(worker: ServiceProcess, job_id: str, records: int) -> list[fl
     return sorted(times)
 
 
-def run_job(worker: ServiceProcess, records: int, kind: str = "ndjson") -> JobFigures:
-    pid = worker.process.pid
-    body, content_type = body_of(records, kind)
-    rss_before = rss_bytes(pid) / 2**20
-    progress(f"job of {records} records ({len(body) / 2**20:.1f} MiB body): submitting")
+def timed_submit(
+    worker: ServiceProcess, body: bytes, content_type: str
+) -> tuple[float, httpx.Response]:
+    """POST `body` as one job: (seconds to the answer, the 202). Raises RuntimeError on
+    any other answer."""
     began = time.monotonic()
     reply = httpx.post(
         f"{worker.base_url}/api/v1/batch",
@@ -204,10 +204,20 @@ def run_job(worker: ServiceProcess, records: int, kind: str = "ndjson") -> JobFi
         headers={"content-type": content_type},
         timeout=600.0,
     )
-    post_s = time.monotonic() - began
-    del body
+    seconds = time.monotonic() - began
     if reply.status_code != 202:
         raise RuntimeError(f"submit failed: {reply.status_code} {reply.text[:500]}")
+    return seconds, reply
+
+
+def run_job(worker: ServiceProcess, records: int, kind: str = "ndjson") -> JobFigures:
+    pid = worker.process.pid
+    body, content_type = body_of(records, kind)
+    rss_before = rss_bytes(pid) / 2**20
+    progress(f"job of {records} records ({len(body) / 2**20:.1f} MiB body): submitting")
+    began = time.monotonic()  # the job's run time counts from the submit
+    post_s, reply = timed_submit(worker, body, content_type)
+    del body
     job_id = reply.json()["job_id"]
     progress(f"job of {records}: 202 after {post_s:.2f} s; waiting for completion")
     poller = StatusPoller(worker, job_id)
@@ -253,25 +263,49 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
+def one_worker(
+    stack: ExitStack,
+    name: str,
+    broker: str,
+    workdir: Path,
+    *,
+    rpm: int,
+    largest: int,
+    **extra: str,
+) -> tuple[ServiceProcess, SimulatorHandle]:
+    """A ready worker on `broker` and the instant simulator it calls, both stopped with
+    `stack`: KAFKA_PARTITIONS partitions, a budget of `rpm`, room for a body of `largest`
+    records (the default allows 10,000 a request), and `extra` settings."""
+    simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
+    env = {
+        **namespace_env(name, broker, simulator),
+        "KAFKA_PARTITIONS": str(PARTITIONS),
+        "CLAUDE_REQUESTS_PER_MINUTE": str(rpm),
+        "BATCH_MAX_RECORDS_PER_REQUEST": str(largest),
+        **extra,
+    }
+    worker = start_worker(env, workdir / "worker")
+    stack.callback(stop_workers, [worker])
+    wait_cluster_ready([worker])
+    return worker, simulator
+
+
 def run_sizes(opts: Options, broker: str, workdir: Path) -> list[JobFigures]:
     """One worker on `broker`, one job per size, in order."""
     with ExitStack() as stack:
-        simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
-        env = {
-            **namespace_env("sizes", broker, simulator),
-            "KAFKA_PARTITIONS": str(PARTITIONS),
-            "CLAUDE_REQUESTS_PER_MINUTE": str(RPM),
-            "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
-            # Room for the 100,000-record body (the default allows 10,000 a request).
-            "BATCH_MAX_RECORDS_PER_REQUEST": str(max(opts.sizes)),
-        }
-        workers: list[ServiceProcess] = [start_worker(env, workdir / "worker")]
-        stack.callback(stop_workers, workers)
-        wait_cluster_ready(workers)
+        worker, simulator = one_worker(
+            stack,
+            "sizes",
+            broker,
+            workdir,
+            rpm=RPM,
+            largest=max(opts.sizes),
+            BATCH_MAX_CONCURRENT_LLM_CALLS=str(CONCURRENCY),
+        )
         figures = []
         for size in opts.sizes:
             simulator.reset()  # its request log would grow with every job
-            figures.append(run_job(workers[0], size, opts.body))
+            figures.append(run_job(worker, size, opts.body))
         return figures
 
 
@@ -323,16 +357,9 @@ def submit_only(opts: Options) -> list[SubmitFigures]:
 def run_submits(opts: Options, broker: str, workdir: Path) -> list[SubmitFigures]:
     """One idle worker on `broker`; each size sent `opts.repeat` times per body kind."""
     with ExitStack() as stack:
-        simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
-        env = {
-            **namespace_env("submit", broker, simulator),
-            "KAFKA_PARTITIONS": str(PARTITIONS),
-            "CLAUDE_REQUESTS_PER_MINUTE": str(SUBMIT_ONLY_RPM),
-            "BATCH_MAX_RECORDS_PER_REQUEST": str(max(opts.sizes)),
-        }
-        worker = start_worker(env, workdir / "worker")
-        stack.callback(stop_workers, [worker])
-        wait_cluster_ready([worker])
+        worker, _ = one_worker(
+            stack, "submit", broker, workdir, rpm=SUBMIT_ONLY_RPM, largest=max(opts.sizes)
+        )
         figures: list[SubmitFigures] = []
         done = 0
         for size in opts.sizes:
@@ -340,16 +367,8 @@ def run_submits(opts: Options, broker: str, workdir: Path) -> list[SubmitFigures
                 body, content_type = body_of(size, kind)
                 entry = SubmitFigures(size, kind, round(len(body) / 2**20, 1), [], [], [])
                 for _ in range(opts.repeat):
-                    began = time.monotonic()
-                    reply = httpx.post(
-                        f"{worker.base_url}/api/v1/batch",
-                        content=body,
-                        headers={"content-type": content_type},
-                        timeout=600.0,
-                    )
-                    entry.post_s.append(round(time.monotonic() - began, 2))
-                    if reply.status_code != 202:
-                        raise RuntimeError(f"submit failed: {reply.status_code} {reply.text[:500]}")
+                    post_s, reply = timed_submit(worker, body, content_type)
+                    entry.post_s.append(round(post_s, 2))
                     done += 1
                     read, publish = nth_split(worker, done)
                     entry.read_s.append(read)
