@@ -4,7 +4,7 @@ After a rebalance Faust can move a partition's read position past records that n
 ever receives: records fetched before the rebalance and dropped by its fetch loop (it
 discards a fetched batch when the generation changes, and skips offsets below its own
 read offset, faust/transport/consumer.py `_drain_messages`), or skipped by a stream for
-their old generation (faust/streams.py, `Stream.__aiter__`; faust-streaming #318, #175).
+their old generation (faust/streams.py, `Stream.__aiter__`; faust-streaming #318).
 Kafka delivers such records again only after the next rebalance or restart: when the
 worker keeps the partition, nothing comes, the records get no outcome and their job stays
 `running` with a healthy worker (seen here: tests/test_failover_reads.py, after the
