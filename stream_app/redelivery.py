@@ -149,7 +149,9 @@ async def _check(
             # Nothing committed yet by the group: its first record is at the log's start
             # (consumer_auto_offset_reset="earliest").
             committed = await _log_start(consumer, tp)
-        in_hand = busy or _in_hand(app, consumer, tp, committed)
+        # Looking for the record (every unacknowledged message, every queued event) only
+        # matters once the consumer has passed it.
+        in_hand = busy or (position > committed and _in_hand(app, consumer, tp, committed))
         offset = watch.observe(tp, PartitionView(committed, position, in_hand), now)
         if offset is not None:
             log.warning(
