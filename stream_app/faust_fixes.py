@@ -3,6 +3,7 @@ names the upstream report; remove it when the fix is released."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections import defaultdict
 from collections.abc import Awaitable, Generator
@@ -235,3 +236,50 @@ def send_without_an_event_loop_turn(app: faust.App) -> None:
         return await maybe_start_producer()
 
     app.maybe_start_producer = started_producer  # type: ignore[method-assign]
+
+
+# How long a fetch waits when every partition's stream queue is too full to take one.
+_NO_ROOM_WAIT_SECONDS = 0.05
+
+
+def fetch_only_what_the_streams_can_take(app: faust.App, max_records: int) -> None:
+    """Leave out of each fetch the partitions whose stream queues could not take a whole
+    fetch (`max_records` messages, aiokafka's `max_poll_records`) without filling up.
+
+    Faust reads every topic of a worker through one fetch loop, and a message whose stream
+    queue is full makes that loop wait until the stream takes one (the conductor's
+    `_handle_full`): every other topic waits behind it. Faust pauses a partition only when
+    one of its own messages is delivered while its queue is over 80 % full
+    (`on_pressure_high`, faust/transport/conductor.py), so when several partitions feed one
+    queue (the process agent reads all of `batch.records`) each of them can still add a
+    whole fetch after the mark, and the queue fills. A big job's records then held the
+    results and job events of the worker behind them at the processing rate: a
+    100,000-record job showed `pending` for minutes, and its cancel answered 503 (issue 9,
+    tests/test_backlog.py). With this fix a fetch asks only for partitions that have room;
+    the others stay buffered in aiokafka (it fetches no more of them meanwhile) until
+    their stream has taken what it holds. What is delivered, in which order, and how it is
+    acknowledged are unchanged.
+    """
+    consumer: Any = app.consumer
+    conductor: Any = app.topics
+    fetch = consumer._getmany
+
+    def has_room(tp: TP) -> bool:
+        for channel in conductor._tp_index.get(tp, ()):
+            queue = channel.queue
+            if queue.maxsize and queue.maxsize - queue.qsize() < max_records:
+                return False
+        return True
+
+    async def getmany(active_partitions: set[TP] | None, timeout: float) -> Any:
+        if active_partitions:
+            ready = {tp for tp in active_partitions if has_room(tp)}
+            if len(ready) < len(active_partitions):
+                if not ready:
+                    # An empty set would mean "every partition" to aiokafka.
+                    await asyncio.sleep(min(timeout, _NO_ROOM_WAIT_SECONDS))
+                    return {}
+                active_partitions = ready
+        return await fetch(active_partitions=active_partitions, timeout=timeout)
+
+    consumer._getmany = getmany

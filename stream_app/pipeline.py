@@ -30,6 +30,7 @@ from stream_app.exceptions import BrokerUnavailable, JobNeverAnnounced, first_li
 from stream_app.faust_fixes import (
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
+    fetch_only_what_the_streams_can_take,
     guard_stale_acks,
     guard_unacked_commits,
     send_without_an_event_loop_turn,
@@ -66,6 +67,12 @@ RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
 # Table writes queued for the producer before message delivery waits (stream_app.faust_fixes).
 PRODUCER_BUFFER_MESSAGES = 1000
+# Most messages one fetch hands to the streams (aiokafka's max_poll_records; Faust leaves it
+# unset: a fetch returns everything buffered, thousands of records of a big job). A fetch
+# leaves out the partitions whose stream queue (4,096) has no room for this many
+# (stream_app.faust_fixes.fetch_only_what_the_streams_can_take), so the worker's one fetch
+# loop never waits on a full queue with every other topic behind it (issue 9).
+MAX_POLL_RECORDS = 500
 # Jobs published here and not yet in the job-status table that this instance remembers.
 ANNOUNCED_KEPT = 1024
 # Each table partition is a RocksDB database of its own (3 tables x KAFKA_PARTITIONS). With
@@ -322,6 +329,7 @@ def build_pipeline(
         broker_session_timeout=s.kafka_session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
         producer_acks=-1,
+        broker_max_poll_records=MAX_POLL_RECORDS,
         # aiokafka always puts the first record in a batch, so 1 byte means one per batch.
         # 256 KiB batches (Kafka's own default is 16 KiB): a submit publishes 10,000 records
         # in about half the time (issue 9: 2.0-2.2 s against 0.8-1.2 s, measured warm on 2
@@ -640,6 +648,7 @@ def build_pipeline(
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
+    fetch_only_what_the_streams_can_take(app, MAX_POLL_RECORDS)
     return pipeline
 
 
