@@ -177,6 +177,9 @@ class JobLedger:
         # just written is not validated again (once per outcome, the hot path). Any other
         # value (a changelog replay) is read from the table as before.
         self._written: dict[str, tuple[dict[str, Any], JobStatus]] = {}
+        # (key, value) of the result last counted: the aggregate agent publishes it to the
+        # job's live readers right after, without a second table read (results never change).
+        self._last_result: tuple[str, dict[str, Any]] | None = None
 
     def price_for(self, result: ResultEvent) -> Price:
         """The price of the model that billed `result`."""
@@ -210,7 +213,12 @@ class JobLedger:
         return [JobStatus.model_validate(raw) for raw in self._jobs.values()]
 
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
-        return self._results.get(result_key(job_id, index))
+        """The stored result of one record (treat it as read-only), or None."""
+        key = result_key(job_id, index)
+        last = self._last_result
+        if last is not None and last[0] == key:
+            return last[1]
+        return self._results.get(key)
 
     def record_created(self, event: JobCreated, now: float) -> JobStatus:
         job = apply_created(self.job(event.job_id), event, now)
@@ -241,6 +249,7 @@ class JobLedger:
         if offset is not None:
             stored["offset"] = offset
         self._results[key] = stored
+        self._last_result = (key, stored)
         self._store(job)
         return Applied.COUNTED, job
 

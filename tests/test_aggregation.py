@@ -189,3 +189,29 @@ def test_ledger_does_not_validate_again_what_it_just_wrote(monkeypatch: pytest.M
     assert book.job("j").completed_count == 2 and validated == []
     jobs["j"] = older  # the table changed behind the ledger
     assert book.job("j").completed_count == 0 and validated == [older]
+
+
+class _CountingReads(dict[str, dict]):
+    """A results table that counts its reads."""
+
+    reads = 0
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_the_result_just_counted_is_read_back_without_the_table() -> None:
+    """The aggregate agent hands each counted result to the job's live readers: the value
+    just written is returned as written, any other is read from the table."""
+    results = _CountingReads()
+    book = JobLedger({}, results, PRICE)
+    book.record_created(JobCreated(job_id="j", total_records=3), now=0.0)
+    book.record_result(result(0), now=1.0)
+    applied, _ = book.record_result(result(1, tout=7), now=2.0)
+    assert applied is Applied.COUNTED
+    just = book.result("j", 1)
+    assert just == results["j#1"] and just is not None and just["output_tokens"] == 7
+    assert results.reads == 0
+    assert book.result("j", 0) == results["j#0"] and results.reads == 1
+    assert book.result("j", 2) is None and results.reads == 2
