@@ -338,8 +338,18 @@ def status(
         return
     table = Table(show_header=False, box=None)
     for key, value in body.items():
-        table.add_row(key, "" if value is None else str(value))
+        if value is not None:  # unset fields (no task, no cap, not cancelled) are left out
+            table.add_row(key, _status_value(value))
     out.print(table)
+
+
+def _status_value(value: Any) -> str:
+    """One status field as the table shows it: yes/no, `k=v, ...` for an object."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_status_value(v)}" for k, v in value.items())
+    return str(value)
 
 
 @app.command()

@@ -120,6 +120,14 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
     # status and jobs.
     shown = insight("status", job_id, "--json", url=url)
     assert json.loads(shown.stdout)["completed_count"] == 12
+    # As a table: a row per field that is set, flags as yes/no, the provider on one line.
+    rows = dict(
+        line.split(None, 1) for line in insight("status", job_id, url=url).stdout.splitlines()
+    )
+    assert rows["status"].strip() == "completed" and rows["completed_count"].strip() == "12"
+    assert rows["stale"].strip() == "no" and rows["stalled"].strip() == "no"
+    assert rows["provider"].strip().startswith("state=available, refused_calls_total=")
+    assert "cancelled_at" not in rows and "max_cost_usd" not in rows
     listed = insight("jobs", url=url).stdout.splitlines()  # piped: tab-separated
     assert listed[0].split("\t")[:3] == ["job", "status", "done"]
     by_job = {line.split("\t")[0]: line.split("\t") for line in listed[1:]}

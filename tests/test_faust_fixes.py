@@ -12,6 +12,7 @@ from faust.types.tuples import ConsumerMessage
 from stream_app.faust_fixes import (
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
+    fetch_only_what_the_streams_can_take,
     guard_stale_acks,
     guard_unacked_commits,
     send_without_an_event_loop_turn,
@@ -205,3 +206,44 @@ async def test_a_send_through_a_started_producer_takes_no_event_loop_turn() -> N
     # What every Topic.publish_message awaits before it hands a message to the producer.
     assert await app.maybe_start_producer() is app.producer
     assert turned == []  # Faust's own path (mode's stampede) starts with asyncio.sleep(0)
+
+
+async def test_a_fetch_leaves_out_the_partitions_whose_stream_queue_has_no_room() -> None:
+    """Four `batch.records` partitions feed one stream queue (as the process agent's), the
+    results partition another. A fetch asks only for partitions whose queue can take a
+    whole fetch; with no room anywhere it asks for nothing (an empty set would mean every
+    partition to aiokafka)."""
+    app = faust.App(
+        "fetch-test", broker="kafka://127.0.0.1:1", autodiscover=False, stream_buffer_maxsize=10
+    )
+    records, results = app.topic("records"), app.topic("results")
+    tps = [TP("records", p) for p in range(4)]
+    for tp in tps:
+        app.topics._tp_index[tp].add(records)  # type: ignore[attr-defined]
+    app.topics._tp_index[TP("results", 0)].add(results)  # type: ignore[attr-defined]
+    consumer: Any = app.consumer
+    asked: list[set[TP] | None] = []
+
+    async def fetch(active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[Any]]:
+        asked.append(None if active_partitions is None else set(active_partitions))
+        return {}
+
+    consumer._getmany = fetch  # the consumer thread's fetch, which needs a broker
+    fetch_only_what_the_streams_can_take(app, max_records=4)
+    everything = {*tps, TP("results", 0), TP("changelog", 0)}  # no stream: always asked
+
+    await consumer._getmany(active_partitions=set(everything), timeout=1.0)
+    for n in range(7):  # 3 places left: not enough for a fetch of 4
+        records.queue.put_nowait(n)
+    await consumer._getmany(active_partitions=set(everything), timeout=1.0)
+    for n in range(7):
+        results.queue.put_nowait(n)
+    got = await consumer._getmany(active_partitions={*tps, TP("results", 0)}, timeout=0.5)
+    records.queue.get_nowait()  # the stream took one: room for a whole fetch again
+    await consumer._getmany(active_partitions=set(everything), timeout=1.0)
+    assert asked == [
+        everything,
+        {TP("results", 0), TP("changelog", 0)},
+        {*tps, TP("changelog", 0)},  # the results queue is still too full
+    ]
+    assert got == {}
