@@ -120,13 +120,10 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
     # status and jobs.
     shown = insight("status", job_id, "--json", url=url)
     assert json.loads(shown.stdout)["completed_count"] == 12
-    # As a table: a row per field that is set, flags as yes/no, the provider on one line.
-    rows = dict(
-        line.split(None, 1) for line in insight("status", job_id, url=url).stdout.splitlines()
-    )
-    assert rows["status"].strip() == "completed" and rows["completed_count"].strip() == "12"
-    assert rows["stale"].strip() == "no" and rows["stalled"].strip() == "no"
-    assert rows["provider"].strip().startswith("state=available, refused_calls_total=")
+    # As a table: a row per field that is set, flags as yes/no.
+    rows = status_rows(job_id, url)
+    assert rows["status"] == "completed" and rows["completed_count"] == "12"
+    assert rows["stale"] == "no"
     assert "cancelled_at" not in rows and "max_cost_usd" not in rows
     listed = insight("jobs", url=url).stdout.splitlines()  # piped: tab-separated
     assert listed[0].split("\t")[:3] == ["job", "status", "done"]
@@ -150,6 +147,10 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
             timeout=60,
             what="the job to start",
         )
+    # A running job also shows what the provider answers (on one line) and whether it moves.
+    rows = status_rows(running, url)
+    assert rows["status"] == "running" and rows["stalled"] == "no"
+    assert rows["provider"].startswith("state=available, refused_calls_total=")
     cancelled = insight("cancel", running, url=url)
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.startswith(f"cancelled job {running}: ")
@@ -158,6 +159,16 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
         f"error: job '{job_id}' is already completed (job_finished, HTTP 409)"
+    )
+
+
+def status_rows(job_id: str, url: str) -> dict[str, str]:
+    """`insight status` as printed (two columns), as a mapping."""
+    shown = insight("status", job_id, url=url)
+    assert shown.returncode == 0, shown.stderr
+    return dict(
+        (key, value.strip())
+        for key, value in (line.strip().split(None, 1) for line in shown.stdout.splitlines())
     )
 
 
