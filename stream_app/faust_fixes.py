@@ -97,6 +97,71 @@ def guard_unacked_commits(app: faust.App) -> None:
     consumer._new_offset = capped_new_offset
 
 
+def hold_commits_at_skipped_offsets(app: faust.App) -> None:
+    """Never commit a partition past offsets that its fetch loop skipped.
+
+    When the fetch loop hands a message more than one offset past the last one it handed
+    out on that partition, Faust takes the offsets in between for offsets that do not exist
+    (compaction, transaction markers) and commits past them (`Consumer._add_gap`, used by
+    `_new_offset`). But Faust itself can skip records that exist: around a rebalance its
+    fetch loop discards the rest of a fetched batch, and the partition's position is
+    already past them (stream_app/redelivery.py). Seen by a new-user trial: after a
+    worker's SIGKILL, 27 outcomes on a `batch.results` partition were committed past
+    without being counted, and the job stayed `running` at 373/400 for good, restarts
+    included.
+
+    With this guard such offsets are a hole that holds the partition's commit at its first
+    offset (`guard_unacked_commits` reads it), and the redelivery watch, which sees that
+    offset neither fetched again nor in hand, seeks the partition back to it. A hole is
+    forgotten once its first offset is delivered again, or when a seek or Faust's own seek
+    to the committed offsets makes the consumer read it again. A one-offset gap that really
+    does not exist (a transaction's commit marker from an upstream producer) is then passed
+    by Faust's commit as before; a longer one (a compacted input topic, which this service's
+    topics are not) would be sought back every COOLDOWN_SECONDS of the watch.
+    """
+    consumer: Any = app.consumer
+    holes = _holes(consumer)
+    seek = consumer.seek
+    perform_seek = consumer.perform_seek
+
+    async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust passes [the first offset skipped, the offset handed out now].
+        if offset_from < offset_to:
+            holes[tp][offset_from] = offset_to
+            log.warning(
+                "offsets skipped by the fetch loop: the commit waits for them",
+                topic=tp.topic,
+                partition=tp.partition,
+                first=offset_from,
+                last=offset_to - 1,
+            )
+
+    async def seek_and_reread(partition: TP, offset: int) -> None:
+        await seek(partition, offset)
+        tp_holes = holes.get(partition)
+        if tp_holes:
+            for start in [start for start in tp_holes if start >= offset]:
+                del tp_holes[start]
+
+    async def perform_seek_and_reread() -> None:
+        await perform_seek()
+        holes.clear()
+
+    consumer._add_gap = add_gap
+    consumer.seek = seek_and_reread
+    consumer.perform_seek = perform_seek_and_reread
+
+
+def _holes(consumer: Any) -> defaultdict[TP, dict[int, int]]:
+    """Offsets skipped by the fetch loop (`hold_commits_at_skipped_offsets`): per partition,
+    first offset -> the offset after the last."""
+    holes: defaultdict[TP, dict[int, int]] | None = getattr(consumer, "_insight_holes", None)
+    if holes is None:
+        holes = defaultdict(dict)
+        consumer._insight_holes = holes
+    return holes
+
+
 def _stale_offsets(consumer: Any) -> defaultdict[TP, set[int]]:
     """Offsets of stale messages acknowledged by `guard_stale_acks`, per partition."""
     stale: defaultdict[TP, set[int]] | None = getattr(consumer, "_insight_stale_offsets", None)
@@ -117,6 +182,16 @@ def _lowest_pending(consumer: Any, tp: TP) -> int | None:
         offsets += [offset for offset in stale[tp] if offset not in acked_index]
         if not stale[tp]:
             del stale[tp]
+    holes = _holes(consumer)
+    if tp in holes:
+        delivered = set(offsets)  # unacknowledged, or stale and waiting for its copy
+        for start in list(holes[tp]):
+            passed = committed is not None and start < committed
+            if passed or start in acked_index or start in delivered:
+                del holes[tp][start]  # committed already, or delivered again since
+        offsets += list(holes[tp])
+        if not holes[tp]:
+            del holes[tp]
     return min(offsets) if offsets else None
 
 

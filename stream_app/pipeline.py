@@ -33,6 +33,7 @@ from stream_app.faust_fixes import (
     fetch_only_what_the_streams_can_take,
     guard_stale_acks,
     guard_unacked_commits,
+    hold_commits_at_skipped_offsets,
     send_without_an_event_loop_turn,
 )
 from stream_app.job_feed import JobFeed
@@ -644,6 +645,7 @@ def build_pipeline(
     del process, aggregate, _on_revoked, _on_assigned
     guard_stale_acks(app)
     guard_unacked_commits(app)
+    hold_commits_at_skipped_offsets(app)
     heal_lost_deliveries(app, (s.topic_records, s.topic_jobs, s.topic_results))
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
