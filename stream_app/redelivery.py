@@ -12,7 +12,8 @@ owner's SIGKILL the survivor stopped with 15 to 54 records of the job undelivere
 about one run of three).
 
 The commit side already holds: a partition is never committed past a record that has no
-outcome (`stream_app.faust_fixes.guard_unacked_commits`, `guard_stale_acks`), so the
+outcome (`stream_app.faust_fixes.guard_unacked_commits`, `guard_stale_acks`, and
+`hold_commits_at_skipped_offsets` for records the fetch loop skipped), so the
 committed offset C is the first record not yet done (the log's start while the group has
 committed nothing on the partition). This watch checks every few seconds,
 for each partition this worker consumes, whether C is still somewhere on its way: not yet
