@@ -35,6 +35,7 @@ from stream_app.faust_fixes import (
     guard_unacked_commits,
     hold_commits_at_skipped_offsets,
     send_without_an_event_loop_turn,
+    take_several_events_per_event_loop_turn,
 )
 from stream_app.job_feed import JobFeed
 from stream_app.job_rules import JobRules
@@ -74,6 +75,9 @@ PRODUCER_BUFFER_MESSAGES = 1000
 # (stream_app.faust_fixes.fetch_only_what_the_streams_can_take), so the worker's one fetch
 # loop never waits on a full queue with every other topic behind it (issue 9).
 MAX_POLL_RECORDS = 500
+# How long a stream may hand its agent queued events before it gives up the event loop
+# (stream_app.faust_fixes.take_several_events_per_event_loop_turn; Faust: one event a turn).
+STREAM_TURN_SECONDS = 0.005
 # Jobs published here and not yet in the job-status table that this instance remembers.
 ANNOUNCED_KEPT = 1024
 # Each table partition is a RocksDB database of its own (3 tables x KAFKA_PARTITIONS). With
@@ -651,6 +655,7 @@ def build_pipeline(
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
     fetch_only_what_the_streams_can_take(app, MAX_POLL_RECORDS)
+    take_several_events_per_event_loop_turn(STREAM_TURN_SECONDS)
     return pipeline
 
 
