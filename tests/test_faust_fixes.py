@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import faust
+import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
@@ -17,6 +18,7 @@ from stream_app.faust_fixes import (
     guard_unacked_commits,
     hold_commits_at_skipped_offsets,
     send_without_an_event_loop_turn,
+    take_several_events_per_event_loop_turn,
 )
 
 
@@ -284,3 +286,32 @@ async def test_the_commit_waits_at_skipped_offsets_until_they_are_delivered_agai
         consumer.ack(m)  # type: ignore[attr-defined]
     assert consumer._new_offset(tp) == 8  # type: ignore[attr-defined]
     assert not consumer._insight_holes  # type: ignore[attr-defined]
+
+
+async def test_a_stream_gives_up_the_event_loop_only_once_its_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust's Cython stream iterator awaits its module's `sleep(0)` before every event:
+    with the fix that yields only once `budget_seconds` have passed since the last yield."""
+    import faust._cython.streams as cython_streams
+
+    original = cython_streams.sleep
+    monkeypatch.setattr(cython_streams, "sleep", original)  # restored after the test
+    assert take_several_events_per_event_loop_turn(budget_seconds=3600.0) is True
+    loop = asyncio.get_running_loop()
+    turns = [0]
+
+    def tick() -> None:
+        turns[0] += 1
+        loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    for _ in range(100):  # what 100 queued events cost the iterator
+        await cython_streams.sleep(0)
+    assert turns[0] == 0
+    cython_streams.sleep = original
+    take_several_events_per_event_loop_turn(budget_seconds=0.0)
+    for _ in range(3):
+        await cython_streams.sleep(0)
+    assert turns[0] >= 3  # a spent budget yields every time, as Faust does
+    assert await cython_streams.sleep(0.001, "x") == "x"  # real waits are untouched
