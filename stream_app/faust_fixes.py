@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import faust
@@ -156,20 +156,24 @@ def hold_commits_at_skipped_offsets(app: faust.App) -> None:
 def _holes(consumer: Any) -> defaultdict[TP, dict[int, int]]:
     """Offsets skipped by the fetch loop (`hold_commits_at_skipped_offsets`): per partition,
     first offset -> the offset after the last."""
-    holes: defaultdict[TP, dict[int, int]] | None = getattr(consumer, "_insight_holes", None)
-    if holes is None:
-        holes = defaultdict(dict)
-        consumer._insight_holes = holes
+    holes: defaultdict[TP, dict[int, int]] = _kept_on(consumer, "_insight_holes", dict)
     return holes
 
 
 def _stale_offsets(consumer: Any) -> defaultdict[TP, set[int]]:
     """Offsets of stale messages acknowledged by `guard_stale_acks`, per partition."""
-    stale: defaultdict[TP, set[int]] | None = getattr(consumer, "_insight_stale_offsets", None)
-    if stale is None:
-        stale = defaultdict(set)
-        consumer._insight_stale_offsets = stale
+    stale: defaultdict[TP, set[int]] = _kept_on(consumer, "_insight_stale_offsets", set)
     return stale
+
+
+def _kept_on(consumer: Any, name: str, factory: Callable[[], Any]) -> Any:
+    """A per-partition `defaultdict(factory)` kept on the consumer as `name`, shared by the
+    guards that write it and `_lowest_pending`, which reads it."""
+    kept = getattr(consumer, name, None)
+    if kept is None:
+        kept = defaultdict(factory)
+        setattr(consumer, name, kept)
+    return kept
 
 
 def _lowest_pending(consumer: Any, tp: TP) -> int | None:
@@ -381,7 +385,9 @@ def take_several_events_per_event_loop_turn(budget_seconds: float) -> bool:
         import faust._cython.streams as cython_streams
     except ImportError:
         return False
-    real_sleep = cython_streams.sleep
+    # Always wrap Faust's own sleep, so that applying this twice does not stack budgets.
+    real_sleep = getattr(cython_streams, "_insight_faust_sleep", cython_streams.sleep)
+    cython_streams._insight_faust_sleep = real_sleep  # type: ignore[attr-defined]
     last_yield = [time.perf_counter()]
 
     async def sleep(delay: float, result: Any = None) -> Any:
