@@ -4,8 +4,9 @@
 `messages.create` per record (AsyncAnthropic, `max_retries=0`, the default task's model,
 max_tokens, system prompt and output format, as stream_app.llm sends them) with C calls in
 flight, reads each answer as the worker does (`with_raw_response`, then `parse()`), and
-prints `{"records", "ok", "seconds"}` as JSON. It runs in a process of its own, as a worker
-does, so both compete alike with the simulator for the CPU.
+prints `{"records", "ok", "seconds", "cpu_seconds"}` as JSON (`cpu_seconds`: this process's
+CPU time, user and system, during the calls alone). It runs in a process of its own, as a
+worker does, so both compete alike with the simulator for the CPU.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def record_text(index: int) -> str:
     )
 
 
-async def bare_loop(base_url: str, records: int, concurrency: int) -> tuple[int, float]:
-    """(calls answered 200, seconds for all `records` calls)."""
+async def bare_loop(base_url: str, records: int, concurrency: int) -> tuple[int, float, float]:
+    """(calls answered 200, seconds for all `records` calls, CPU seconds they took)."""
     # The service's defaults, not this shell's environment (the workers get none of it).
     fields = Settings.model_fields
     task = prepare_task(
@@ -55,12 +56,12 @@ async def bare_loop(base_url: str, records: int, concurrency: int) -> tuple[int,
             message = await raw.parse()
             ok += 1 if message.content else 0
 
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
     try:
         await asyncio.gather(*(slot() for _ in range(concurrency)))
     finally:
         await client.close()
-    return ok, time.monotonic() - began
+    return ok, time.monotonic() - began, time.process_time() - cpu_began
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    ok, seconds = asyncio.run(bare_loop(args.base_url, args.records, args.concurrency))
-    print(json.dumps({"records": args.records, "ok": ok, "seconds": seconds}))
+    ok, seconds, cpu = asyncio.run(bare_loop(args.base_url, args.records, args.concurrency))
+    print(json.dumps({"records": args.records, "ok": ok, "seconds": seconds, "cpu_seconds": cpu}))
     return 0
 
 

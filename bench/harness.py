@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from simulator.testing import SimulatorHandle
-from stream_app.embedded import free_port
+from stream_app.embedded import free_port, start_simulator
 from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
 from stream_app.testing import ServiceProcess, start_service, wait_until
 
@@ -51,11 +51,28 @@ def elapsed() -> float:
 
 def start_broker(stack: ExitStack, workdir: Path) -> str:
     """An Apache Kafka broker of its own under `workdir`, stopped with `stack`; its address."""
+    return start_broker_process(stack, workdir)[0]
+
+
+def start_broker_process(stack: ExitStack, workdir: Path) -> tuple[str, int]:
+    """As start_broker, with the broker's process id (to read its CPU time)."""
     port = free_port()
     broker = LocalKafka(workdir / "kafka").start(port)
     stack.callback(broker.stop)
     progress(f"Apache Kafka {KAFKA_VERSION} on 127.0.0.1:{port}")
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{port}", broker.process.pid
+
+
+def start_simulator_process(stack: ExitStack) -> tuple[SimulatorHandle, int]:
+    """An instant Claude simulator (no latency, no limit) in a process of its own, stopped
+    with `stack`; its handle and process id. A process, not a thread of the benchmark: it
+    must not compete for this process's GIL with what the benchmark measures."""
+    port = free_port()
+    child = start_simulator(port, rpm=None)
+    stack.callback(child.stop)
+    handle = SimulatorHandle(f"http://127.0.0.1:{port}")
+    stack.callback(handle.close)
+    return handle, child.process.pid
 
 
 def namespace_env(prefix: str, broker: str, simulator: SimulatorHandle) -> dict[str, str]:
@@ -133,6 +150,13 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user and system, in seconds (/proc/<pid>/stat)."""
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, str | int]:

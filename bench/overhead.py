@@ -48,18 +48,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.bare_loop import record_text
 from bench.harness import (
     bench_main,
+    cpu_seconds,
     job_status,
     namespace_env,
     progress,
     render,
     rss_bytes,
-    start_broker,
+    start_broker_process,
+    start_simulator_process,
     start_worker,
     stop_workers,
     wait_cluster_ready,
 )
-from simulator import SimulatorConfig
-from simulator.testing import SimulatorHandle, run_simulator
+from simulator.testing import SimulatorHandle
 from stream_app.testing import ROOT, ServiceProcess, wait_until
 from stream_app.topics import ensure_topics
 
@@ -90,6 +91,16 @@ class Overhead:
     bare_records_per_s: float
     service_records_per_s: float
     ratio: float
+    # CPU milliseconds per record, user and system, of each process that takes part, in
+    # the bare loop's run and in the service's: "worker" (the bare loop's process during
+    # its calls; the workers, summed, from the submit to `completed`), "broker",
+    # "simulator", and "client" (this process: the submit, the status polls and the event
+    # stream). The worker ratio is what the service would reach if each had a core to
+    # itself; with every part known, the machine ratio bounds the records/s ratio once every
+    # core is busy. Both hold on a loaded machine, where records/s move with whatever runs.
+    bare_cpu_ms: dict[str, float]
+    service_cpu_ms: dict[str, float]
+
     completed: bool
     failed_count: int
     visibility_p50_s: float | None
@@ -156,8 +167,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
-def run_bare_loop(simulator: SimulatorHandle, records: int, concurrency: int) -> float:
-    """records/s of bench.bare_loop, in a process of its own, against `simulator`."""
+def run_bare_loop(
+    simulator: SimulatorHandle, records: int, concurrency: int
+) -> tuple[float, float]:
+    """(records/s, CPU ms per record) of bench.bare_loop, in a process of its own, against
+    `simulator`."""
     command = [
         sys.executable,
         "-m",
@@ -174,7 +188,7 @@ def run_bare_loop(simulator: SimulatorHandle, records: int, concurrency: int) ->
     figures = json.loads(done.stdout)
     if figures["ok"] != records:
         raise RuntimeError(f"bare loop: {figures['ok']} of {records} calls answered")
-    return float(records / figures["seconds"])
+    return records / figures["seconds"], figures["cpu_seconds"] * 1000 / records
 
 
 def submit(worker: ServiceProcess, records: int) -> str:
@@ -280,12 +294,30 @@ def run_overhead(
     simulator: SimulatorHandle,
     workdir: Path,
     memory: Memory | None = None,
+    *,
+    broker_pid: int | None = None,
+    simulator_pid: int | None = None,
 ) -> Overhead:
     """One service run of `count` workers against a bare loop just before it. With
-    `memory`, also the 1-worker memory points (`opts.sizes` jobs after the overhead job)."""
+    `memory`, also the 1-worker memory points (`opts.sizes` jobs after the overhead job).
+    The broker's and the simulator's CPU time is measured when their process ids are given
+    (a simulator in this process counts as the client's)."""
+    others = {"broker": broker_pid, "simulator": simulator_pid}
+
+    def others_cpu() -> dict[str, float]:
+        """CPU seconds so far of the processes other than the workers."""
+        now = {part: cpu_seconds(pid) for part, pid in others.items() if pid is not None}
+        return {**now, "client": time.process_time()}
+
+    def per_record(began: dict[str, float]) -> dict[str, float]:
+        now = others_cpu()
+        return {part: round((now[part] - began[part]) * 1000 / opts.records, 3) for part in now}
+
     simulator.reset()
     progress(f"bare loop: {opts.records} calls, {opts.concurrency} in flight")
-    bare = run_bare_loop(simulator, opts.records, opts.concurrency)
+    others_began = others_cpu()
+    bare, bare_cpu = run_bare_loop(simulator, opts.records, opts.concurrency)
+    bare_cpu_ms = {"worker": round(bare_cpu, 3), **per_record(others_began)}
     progress(f"bare loop: {bare:.0f} records/s")
     simulator.reset()
     env = {
@@ -303,11 +335,15 @@ def run_overhead(
         if memory is not None:
             memory.points.append(("ready", rss_bytes(workers[0].process.pid) / 2**20))
         progress(f"{count} worker(s) ready; submitting {opts.records} records")
+        pids = [worker.process.pid for worker in workers]
+        cpu_began, others_began = sum(map(cpu_seconds, pids)), others_cpu()
         began = time.monotonic()
         job_id = submit(workers[0], opts.records)
         watch = EventWatch(workers[0], job_id)
         final = wait_completed(workers[0], job_id, timeout=opts.records / 10 + 60)
         seconds = time.monotonic() - began
+        service_cpu = (sum(map(cpu_seconds, pids)) - cpu_began) * 1000 / opts.records
+        service_cpu_ms = {"worker": round(service_cpu, 3), **per_record(others_began)}
         watch.stop()
         service = opts.records / seconds
         progress(f"{count} worker(s): {service:.0f} records/s ({seconds:.1f} s)")
@@ -334,6 +370,8 @@ def run_overhead(
         bare_records_per_s=round(bare, 1),
         service_records_per_s=round(service, 1),
         ratio=round(service / bare, 3),
+        bare_cpu_ms=bare_cpu_ms,
+        service_cpu_ms=service_cpu_ms,
         completed=final.get("status") == "completed",
         failed_count=int(final.get("failed_count") or 0),
         visibility_p50_s=percentile(delays, 0.5),
@@ -392,21 +430,47 @@ def run(opts: Options) -> Report:
     kafka: KafkaPath | None = None
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-overhead-")))
-        broker = start_broker(stack, workdir)
-        simulator = stack.enter_context(run_simulator(SimulatorConfig(latency_ms=0.0)))
+        broker, broker_pid = start_broker_process(stack, workdir)
+        simulator, simulator_pid = start_simulator_process(stack)
         if opts.kafka:
             kafka = asyncio.run(raw_kafka(broker, opts.records))
             progress(f"raw aiokafka: {kafka.records_per_s:.0f} records/s produce+consume")
         for n, count in enumerate(opts.workers):
             measured = memory if count == 1 and not memory.points else None
             overhead.append(
-                run_overhead(count, opts, broker, simulator, workdir / f"s{n}-{count}w", measured)
+                run_overhead(
+                    count,
+                    opts,
+                    broker,
+                    simulator,
+                    workdir / f"s{n}-{count}w",
+                    measured,
+                    broker_pid=broker_pid,
+                    simulator_pid=simulator_pid,
+                )
             )
     return Report(overhead, kafka, memory)
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+CPU_PARTS = ("worker", "broker", "simulator", "client")
+
+
+def machine_cpu_ms(parts: dict[str, float]) -> float | None:
+    """CPU ms per record of every process that takes part; None when one was not measured."""
+    if not all(part in parts for part in CPU_PARTS):
+        return None
+    return sum(parts[part] for part in CPU_PARTS)
+
+
+def _cpu(service_ms: float | None, bare_ms: float | None, ratio: bool = True) -> str:
+    if service_ms is None or bare_ms is None:
+        return "-"
+    text = f"{service_ms:.2f} / {bare_ms:.2f}"
+    return text + f" (bare / service: {bare_ms / service_ms:.2f})" if ratio else text
 
 
 def _met(ok: bool) -> str:
@@ -437,6 +501,24 @@ def rows(report: Report) -> list[list[str]]:
             [
                 f"{w}: status call, {o.records} results / limit=0",
                 f"{o.status_ms:.0f} ms / {o.status_counters_ms:.0f} ms",
+                "",
+            ],
+            [
+                f"{w}: worker CPU ms per record, service / bare loop",
+                _cpu(o.service_cpu_ms["worker"], o.bare_cpu_ms["worker"]),
+                "",
+            ],
+            *(
+                [
+                    f"{w}: {part} CPU ms per record, service run / bare loop run",
+                    _cpu(o.service_cpu_ms.get(part), o.bare_cpu_ms.get(part), ratio=False),
+                    "",
+                ]
+                for part in CPU_PARTS[1:]
+            ),
+            [
+                f"{w}: machine CPU ms per record, service / bare loop",
+                _cpu(machine_cpu_ms(o.service_cpu_ms), machine_cpu_ms(o.bare_cpu_ms)),
                 "",
             ],
             [f"{w}: failed records", str(o.failed_count), "0"],

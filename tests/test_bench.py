@@ -5,12 +5,12 @@ checked by the suite, loosely: the budget is used, with no 429s and no failed re
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench import overhead
+from bench.harness import start_simulator_process
 from bench.utilization import Options, run_scenario
-from simulator import SimulatorConfig
-from simulator.testing import run_simulator
 
 
 def test_one_worker_uses_the_budget(broker: str, tmp_path: Path) -> None:
@@ -32,9 +32,17 @@ def test_overhead_smoke(broker: str, tmp_path: Path) -> None:
     figure is produced, and loosely sane. Speed itself is not asserted here."""
     opts = overhead.Options(records=300, workers=(1,), sizes=(300,), concurrency=32)
     memory = overhead.Memory()
-    with run_simulator(SimulatorConfig(latency_ms=0.0)) as simulator:
-        result = overhead.run_overhead(1, opts, broker, simulator, tmp_path, memory)
+    with ExitStack() as stack:
+        simulator, simulator_pid = start_simulator_process(stack)
+        result = overhead.run_overhead(
+            1, opts, broker, simulator, tmp_path, memory, simulator_pid=simulator_pid
+        )
     print(result, memory)
+    # Every process that was named had CPU time to count; the session broker's was not.
+    for cpu in (result.bare_cpu_ms, result.service_cpu_ms):
+        assert set(cpu) == {"worker", "simulator", "client"}, cpu
+        assert cpu["worker"] > 0 and cpu["simulator"] > 0, cpu
+    assert overhead.machine_cpu_ms(result.service_cpu_ms) is None  # the broker's is missing
     assert result.completed and result.failed_count == 0
     assert result.bare_records_per_s > 0 and 0 < result.ratio < 5
     # Most records are answered after the event stream opened; each shows up within 30 s.
