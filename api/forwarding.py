@@ -48,6 +48,9 @@ class FoundJob:
     # answer (or no worker owns its partition during a rebalance): possibly behind the
     # owner by the changes the replica had not applied yet.
     stale: bool = False
+    # Every stored result at once, reading only those that exist; None (or returning
+    # None): look each index up with `result`.
+    stored: Callable[[], list[dict[str, Any]] | None] | None = None
 
     @property
     def end(self) -> int:
@@ -75,9 +78,12 @@ async def find_job(
     def stored_result(index: int) -> dict[str, Any] | None:
         return pipeline.result(job_id, index)
 
+    def stored_results() -> list[dict[str, Any]] | None:
+        return pipeline.stored_results(job_id)
+
     job = pipeline.job(job_id)
     if job is not None and pipeline.owns_job(job_id):
-        found = FoundJob(job, stored_result, live=True)
+        found = FoundJob(job, stored_result, live=True, stored=stored_results)
     else:
         owner = service.owner_url(job_id)
         unavailable = False
@@ -92,7 +98,7 @@ async def find_job(
             raise ApiError(503, "owner_unavailable", _UNAVAILABLE)
         if job is not None:
             # A standby replica (or, during a rebalance, a partition not assigned yet).
-            found = FoundJob(job, stored_result, live=True, stale=True)
+            found = FoundJob(job, stored_result, live=True, stale=True, stored=stored_results)
         elif (archived := service.archived(job_id)) is not None:
             found = FoundJob(archived[0], archived[1].get, live=False)
         elif unavailable:

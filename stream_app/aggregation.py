@@ -138,7 +138,13 @@ def result_out_of_range(job: JobStatus | None, result: ResultEvent) -> bool:
 
 
 def result_key(job_id: str, index: int) -> str:
-    return f"{job_id}#{index}"
+    return f"{result_prefix(job_id)}{index}"
+
+
+def result_prefix(job_id: str) -> str:
+    """What every result key of the job starts with (another job's id may start with it
+    too: the rest of one of this job's keys is digits only)."""
+    return f"{job_id}#"
 
 
 class Applied(Enum):

@@ -18,7 +18,13 @@ from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
-from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_created, result_key
+from stream_app.aggregation import (
+    Applied,
+    JobLedger,
+    JobStatus,
+    apply_created,
+    result_key,
+)
 from stream_app.bulk_publish import publish_keyed
 from stream_app.cancellation import (
     CancelledBeforeCall,
@@ -48,7 +54,7 @@ from stream_app.pricing import Price
 from stream_app.processing import IntakeGate, RecordProcessor
 from stream_app.provider_answers import redact
 from stream_app.redelivery import heal_lost_deliveries
-from stream_app.replicas import active_partitions, stored_values
+from stream_app.replicas import active_partitions, stored_results, stored_values
 from stream_app.scheduler import (
     FairScheduler,
     FifoScheduler,
@@ -212,6 +218,13 @@ class Pipeline:
 
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
+
+    def stored_results(self, job_id: str) -> list[dict[str, Any]] | None:
+        """Every result of the job held locally (owned or standby partition), in no
+        particular order; None when the store cannot list them (the memory store: look
+        each index up with `result`). Reads only the results that exist, so it costs the
+        same at the start of a 100,000-record job as on a 10-record one."""
+        return stored_results(self.tables[1], job_id)
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
         """What an upstream producer does, all or nothing: send the job's records to
