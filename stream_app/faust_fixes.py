@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import faust
@@ -318,6 +318,33 @@ def send_without_an_event_loop_turn(app: faust.App) -> None:
     app.maybe_start_producer = started_producer  # type: ignore[method-assign]
 
 
+def bound_the_fetch_wait(app: faust.App, seconds: float) -> None:
+    """Let the broker hold a fetch request at most `seconds` when none of its partitions
+    has new data (aiokafka's `fetch_max_wait_ms`; Faust hard-codes 1,500 ms in
+    faust/transport/drivers/aiokafka.py `_create_worker_consumer`).
+
+    aiokafka leaves out of a fetch request every partition whose fetched records the
+    worker has not taken yet (aiokafka/consumer/fetcher.py `_get_actions_per_node`), and
+    sends one request at a time to a broker. So when the `batch.results` partition still
+    had records buffered, the next request asked only for partitions without new data (at
+    the end of a job: the drained `batch.records` partitions), the broker held it the full
+    1.5 s, and the results produced meanwhile waited for it: no result was counted for
+    1.4 s, twice in a 6,000-record job, and those results showed in the status 1 to 1.8 s
+    after Claude answered (bench.overhead's visibility p99, measured with the per-result
+    produce time against the aggregate agent's). With a short wait the worst such delay is
+    `seconds`; an idle worker sends that many more empty fetches (one every `seconds`).
+    """
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+    create = thread._create_worker_consumer
+
+    def create_worker_consumer(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read by its fetcher at start
+        return consumer
+
+    thread._create_worker_consumer = create_worker_consumer
+
+
 # How long a fetch waits when every partition's stream queue is too full to take one.
 _NO_ROOM_WAIT_SECONDS = 0.05
 
@@ -361,6 +388,43 @@ def fetch_only_what_the_streams_can_take(app: faust.App, max_records: int) -> No
                     return {}
                 active_partitions = ready
         return await fetch(active_partitions=active_partitions, timeout=timeout)
+
+    consumer._getmany = getmany
+
+
+def fetch_these_topics_first(app: faust.App, topics: Iterable[str]) -> None:
+    """Hand the streams what is buffered for `topics` before the other partitions' records,
+    in each round of Faust's fetch loop.
+
+    One round takes at most `max_poll_records` messages from aiokafka's buffer, partition
+    after partition in the order they were fetched (aiokafka/consumer/fetcher.py
+    `fetched_records`). At the start of a big job the buffer holds thousands of its
+    records, so the round after round took 500 records each while the first outcomes sat
+    behind them in the buffer: they were counted 1.0 to 1.3 s after they were produced
+    (bench.overhead, 6,000 records), and a job's cancel or its `created` event waited the
+    same way. With this fix a round first takes what is buffered for `topics` (without
+    waiting), then what is buffered for the rest; when nothing was buffered for
+    `topics`, the round is Faust's own. Each partition's order is unchanged (Kafka orders
+    nothing across partitions); a round may hand over twice `max_poll_records`.
+    """
+    consumer: Any = app.consumer
+    fetch = consumer._getmany
+    first = frozenset(topics)
+
+    async def getmany(active_partitions: set[TP] | None, timeout: float) -> Any:
+        if not active_partitions:
+            return await fetch(active_partitions=active_partitions, timeout=timeout)
+        ahead = {tp for tp in active_partitions if tp.topic in first}
+        rest = active_partitions - ahead
+        if not ahead or not rest:
+            return await fetch(active_partitions=active_partitions, timeout=timeout)
+        records = dict(await fetch(active_partitions=ahead, timeout=0))
+        if not records:
+            # Nothing buffered for them: wait for whatever comes first, as Faust does (a
+            # wait for `rest` alone would leave their records waiting out the timeout).
+            return await fetch(active_partitions=active_partitions, timeout=timeout)
+        records.update(await fetch(active_partitions=rest, timeout=0))
+        return records
 
     consumer._getmany = getmany
 

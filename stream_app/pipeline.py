@@ -34,9 +34,11 @@ from stream_app.cancellation import (
 )
 from stream_app.exceptions import BrokerUnavailable, JobNeverAnnounced, first_line
 from stream_app.faust_fixes import (
+    bound_the_fetch_wait,
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
     fetch_only_what_the_streams_can_take,
+    fetch_these_topics_first,
     guard_stale_acks,
     guard_unacked_commits,
     hold_commits_at_skipped_offsets,
@@ -81,6 +83,9 @@ PRODUCER_BUFFER_MESSAGES = 1000
 # (stream_app.faust_fixes.fetch_only_what_the_streams_can_take), so the worker's one fetch
 # loop never waits on a full queue with every other topic behind it (issue 9).
 MAX_POLL_RECORDS = 500
+# Longest time the broker holds a fetch with no new data (stream_app.faust_fixes
+# .bound_the_fetch_wait; Faust: 1.5 s, which results waited out at the end of a job).
+FETCH_MAX_WAIT_SECONDS = 0.1
 # How long a stream may hand its agent queued events before it gives up the event loop
 # (stream_app.faust_fixes.take_several_events_per_event_loop_turn; Faust: one event a turn).
 STREAM_TURN_SECONDS = 0.005
@@ -668,6 +673,9 @@ def build_pipeline(
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
     fetch_only_what_the_streams_can_take(app, MAX_POLL_RECORDS)
+    bound_the_fetch_wait(app, FETCH_MAX_WAIT_SECONDS)
+    # Job events and outcomes are few and latency-bound; records come by the thousand.
+    fetch_these_topics_first(app, (s.topic_jobs, s.topic_results))
     take_several_events_per_event_loop_turn(STREAM_TURN_SECONDS)
     return pipeline
 

@@ -11,9 +11,11 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from stream_app.faust_fixes import (
+    bound_the_fetch_wait,
     deliver_without_a_task_per_message,
     ebb_when_the_producer_buffer_drains,
     fetch_only_what_the_streams_can_take,
+    fetch_these_topics_first,
     guard_stale_acks,
     guard_unacked_commits,
     hold_commits_at_skipped_offsets,
@@ -315,3 +317,48 @@ async def test_a_stream_gives_up_the_event_loop_only_once_its_budget_is_spent(
         await cython_streams.sleep(0)
     assert turns[0] >= 3  # a spent budget yields every time, as Faust does
     assert await cython_streams.sleep(0.001, "x") == "x"  # real waits are untouched
+
+
+async def test_a_fetch_round_hands_over_job_events_and_results_before_records() -> None:
+    """aiokafka hands out its buffer partition after partition, up to max_poll_records a
+    round: a job's first outcomes waited behind thousands of its buffered records. A round
+    now takes what is buffered for the first topics, then the rest; with nothing buffered
+    for them it is Faust's one call (which waits for whichever partition gets data)."""
+    app = faust.App("first-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+    consumer: Any = app.consumer
+    records = [TP("records", p) for p in range(4)]
+    results, jobs = TP("results", 0), TP("jobs", 0)
+    buffered: dict[TP, list[int]] = {tp: [1, 2] for tp in records}
+    asked: list[tuple[set[TP], float]] = []
+
+    async def fetch(active_partitions: set[TP], timeout: float) -> dict[TP, list[int]]:
+        asked.append((set(active_partitions), timeout))
+        return {tp: buffered.pop(tp) for tp in active_partitions if tp in buffered}
+
+    consumer._getmany = fetch
+    fetch_these_topics_first(app, ("jobs", "results"))
+    everything = {*records, results, jobs}
+
+    got = await consumer._getmany(active_partitions=set(everything), timeout=1.0)
+    assert asked == [({results, jobs}, 0), (everything, 1.0)]  # nothing of theirs: Faust's
+    assert set(got) == set(records)
+
+    asked.clear()
+    buffered.update({tp: [3] for tp in records} | {results: [9]})
+    got = await consumer._getmany(active_partitions=set(everything), timeout=1.0)
+    assert asked == [({results, jobs}, 0), (set(records), 0)]  # the rest without waiting
+    assert list(got)[0] == results and set(got) == {results, *records}
+
+    asked.clear()
+    await consumer._getmany(active_partitions=set(records), timeout=1.0)
+    assert asked == [(set(records), 1.0)]  # none of the first topics asked for: one call
+
+
+async def test_the_worker_consumer_waits_at_most_the_bound_for_a_fetch() -> None:
+    app = faust.App("wait-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+    assert thread._create_worker_consumer(app.transport)._fetch_max_wait_ms == 1500  # Faust's
+    bound_the_fetch_wait(app, 0.1)
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == 100
+    await consumer.stop()
