@@ -11,7 +11,7 @@ marked stale; see README "Reads during a failover".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,9 @@ class FoundJob:
     # answer (or no worker owns its partition during a rebalance): possibly behind the
     # owner by the changes the replica had not applied yet.
     stale: bool = False
-    # Every stored result at once, reading only those that exist; None (or returning
-    # None): look each index up with `result`.
-    stored: Callable[[], list[dict[str, Any]] | None] | None = None
+    # Every stored result (as stored: JSON) in chunks, reading only those that exist; None
+    # (or returning None): look each index up with `result`.
+    stored: Callable[[], Iterator[list[bytes]] | None] | None = None
 
     @property
     def end(self) -> int:
@@ -78,7 +78,7 @@ async def find_job(
     def stored_result(index: int) -> dict[str, Any] | None:
         return pipeline.result(job_id, index)
 
-    def stored_results() -> list[dict[str, Any]] | None:
+    def stored_results() -> Iterator[list[bytes]] | None:
         return pipeline.stored_results(job_id)
 
     job = pipeline.job(job_id)

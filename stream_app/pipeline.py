@@ -224,11 +224,12 @@ class Pipeline:
     def result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.ledger.result(job_id, index)
 
-    def stored_results(self, job_id: str) -> list[dict[str, Any]] | None:
-        """Every result of the job held locally (owned or standby partition), in no
-        particular order; None when the store cannot list them (the memory store: look
-        each index up with `result`). Reads only the results that exist, so it costs the
-        same at the start of a 100,000-record job as on a 10-record one."""
+    def stored_results(self, job_id: str) -> Iterator[list[bytes]] | None:
+        """Every result of the job held locally (owned or standby partition), as stored
+        (JSON), in no particular order, in chunks (give the event loop back between
+        them); None when the store cannot list them (the memory
+        store: look each index up with `result`). Reads only the results that exist, so it
+        costs nothing at the start of a 100,000-record job."""
         return stored_results(self.tables[1], job_id)
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:

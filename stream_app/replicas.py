@@ -44,61 +44,82 @@ def stored_values(table: TableT) -> Iterator[Any]:
             )
 
 
-def values_with_prefix(table: TableT, prefix: str) -> list[tuple[str, Any]] | None:
-    """(key, value) of every key of `table` that starts with `prefix`, held locally (active
-    and standby partitions alike), in key order per partition; None when the store cannot
-    seek (the memory store): the caller then looks keys up one by one.
+def values_with_prefix(
+    table: TableT, prefix: str, chunk: int = 2000
+) -> Iterator[list[tuple[bytes, bytes]]] | None:
+    """(the rest of the key after `prefix`, the stored value), as stored (bytes), for every
+    key of `table` that starts with `prefix`, held locally (active and standby partitions
+    alike), in key order per partition, in lists of at most `chunk`; None when the store
+    cannot seek (the memory store): the caller then looks keys up one by one. The rest of a
+    key is exact for keys of plain ASCII (as JSON encodes them: the digits of an index).
 
-    One seek per partition database and a read of only the keys that exist, where a
-    lookup per possible key costs a search of every partition database for each (see the
-    module's docstring): a job's results are read in time proportional to how many it has,
-    not to its size. A partition closed by a rebalance meanwhile is left out (logged), as
-    in `stored_values`."""
+    One seek per partition database and chunk, and a read of only the keys that exist,
+    where a lookup per possible key costs a search of every partition database for each
+    (see the module's docstring): a job's results are read in time proportional to how
+    many it has, not to its size. Nothing is decoded here (Faust's key decoding costs tens
+    of microseconds a key). No database iterator is held between chunks, so the caller
+    may give the event loop back between them; a partition closed by a rebalance
+    meanwhile is left out from there on (logged), as in `stored_values`."""
     store: Any = table.data
     dbs = getattr(store, "_dbs", None)
     if dbs is None or not getattr(store, "use_rocksdict", False):
         return None
-    start = _encoded_prefix(store, prefix)
-    found: list[tuple[str, Any]] = []
-    for partition, db in list(dbs.items()):
-        try:
-            for key, raw in db.items(from_key=start):
-                if not key.startswith(start):
-                    break
-                if key != store.offset_key:
-                    found.append((store._decode_key(key), orjson.loads(raw)))
-        except Exception as exc:  # a store closed by a rebalance while it was read
-            log.warning(
-                "could not read a local table partition",
-                table=table.name,
-                partition=partition,
-                error=type(exc).__name__,
-            )
-    return found
+    return _chunks_with_prefix(table.name, store, dict(dbs), prefix, chunk)
 
 
-def _encoded_prefix(store: Any, prefix: str) -> bytes:
-    """What every stored key that starts with `prefix` starts with. Faust stores a table's
-    keys serialized (as JSON strings here, quotes included, whatever the table's schema
-    says: see Pipeline.job_partition), so the prefix is what two such keys share."""
+def _chunks_with_prefix(
+    name: str, store: Any, dbs: dict[int, Any], prefix: str, chunk: int
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    start, trailer = _key_frame(store, prefix)
+    begin, cut, own = len(start), len(trailer), store.offset_key
+    for partition, db in dbs.items():
+        seek: bytes | None = start
+        while seek is not None:
+            found: list[tuple[bytes, bytes]] = []
+            scanned, last = 0, seek
+            try:
+                for key, raw in db.items(from_key=seek):
+                    if not key.startswith(start):
+                        break
+                    if key.endswith(trailer) and key != own:
+                        found.append((key[begin : len(key) - cut], raw))
+                    scanned, last = scanned + 1, key
+                    if scanned >= chunk:
+                        break
+            except Exception as exc:  # a store closed by a rebalance while it was read
+                log.warning(
+                    "could not read a local table partition",
+                    table=name,
+                    partition=partition,
+                    error=type(exc).__name__,
+                )
+                scanned = 0
+            # The next chunk starts right after the last key read (the smallest greater key).
+            seek = last + b"\0" if scanned >= chunk else None
+            if found:
+                yield found
+
+
+def _key_frame(store: Any, prefix: str) -> tuple[bytes, bytes]:
+    """(what every stored key that starts with `prefix` starts with, what such a key ends
+    with after its rest). Faust stores a table's keys serialized (as JSON strings here,
+    quotes included, whatever the table's schema says: see Pipeline.job_partition)."""
     one, other = store._encode_key(prefix + "0"), store._encode_key(prefix + "1")
     shared = 0
     while shared < min(len(one), len(other)) and one[shared] == other[shared]:
         shared += 1
-    return bytes(one[:shared])
+    return bytes(one[:shared]), bytes(one[shared + 1 :])
 
 
-def stored_results(table: TableT, job_id: str) -> list[Any] | None:
-    """Every result of one job held locally in the record-results `table` (keyed
-    `job_id#index`), in no particular order; None when the store cannot seek (see
-    `values_with_prefix`)."""
-    prefix = result_prefix(job_id)
-    found = values_with_prefix(table, prefix)
-    if found is None:
+def stored_results(table: TableT, job_id: str) -> Iterator[list[bytes]] | None:
+    """The stored value (JSON, undecoded) of every result of one job held locally in the
+    record-results `table` (keyed `job_id#index`), in no particular order, a chunk at a
+    time; None when the store cannot seek (see `values_with_prefix`)."""
+    chunks = values_with_prefix(table, result_prefix(job_id))
+    if chunks is None:
         return None
     # Another job's id may start with this one's and "#": this job's keys end in an index.
-    start = len(prefix)
-    return [value for key, value in found if key[start:].isdigit()]
+    return ([raw for rest, raw in found if rest.isdigit()] for found in chunks)
 
 
 def active_partitions(table: TableT) -> set[int]:

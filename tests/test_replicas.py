@@ -45,19 +45,41 @@ def test_the_results_of_one_job_are_read_by_prefix_from_every_partition(tmp_path
         store._db_for_partition(partition).put(store._encode_key(key), orjson.dumps(value))
     store._db_for_partition(0).put(store.offset_key, b"41")  # Faust's own bookkeeping
 
-    found = values_with_prefix(table, result_prefix("job-a"))
-    assert found is not None
+    chunks = values_with_prefix(table, result_prefix("job-a"))
+    assert chunks is not None
     # The prefix alone also matches the other job "job-a#2"...
-    assert sorted(key for key, _ in found) == ["job-a#0", "job-a#12", "job-a#2#5", "job-a#7"]
+    assert sorted(rest for found in chunks for rest, _ in found) == [b"0", b"12", b"2#5", b"7"]
     # ...whose keys do not end in an index after it.
-    results = stored_results(table, "job-a")
-    assert results is not None
+    raw = stored_results(table, "job-a")
+    assert raw is not None
+    results = [orjson.loads(value) for chunk in raw for value in chunk]
     assert sorted(value["index"] for value in results) == [0, 7, 12]
     assert not any(value.get("other") for value in results)
-    assert stored_results(table, "job-c") == []
+    assert list(stored_results(table, "job-c") or ["not a store that seeks"]) == []
 
 
 def test_a_store_that_cannot_seek_says_so(tmp_path: Path) -> None:
     table = results_table(tmp_path, "memory://")
     assert values_with_prefix(table, "job-a#") is None
     assert stored_results(table, "job-a") is None
+
+
+def test_a_long_run_of_keys_is_read_in_chunks_each_from_a_fresh_seek(tmp_path: Path) -> None:
+    table = results_table(tmp_path)
+    store: Any = table.data
+    db = store._db_for_partition(0)
+    for index in range(25):
+        db.put(store._encode_key(result_key("job-a", index)), orjson.dumps({"index": index}))
+    db.put(store._encode_key(result_key("job-b", 0)), b"{}")
+
+    chunks = values_with_prefix(table, result_prefix("job-a"), chunk=10)
+    assert chunks is not None
+    first = next(chunks)
+    # Written meanwhile (a result counted between two chunks): found, as it sorts later.
+    db.put(store._encode_key(result_key("job-a", 99)), orjson.dumps({"index": 99}))
+    sizes = [len(first)] + [len(found) for found in chunks]
+    assert sizes == [10, 10, 6]
+    raw = stored_results(table, "job-a")
+    assert raw is not None
+    indexes = [orjson.loads(value)["index"] for chunk in raw for value in chunk]
+    assert sorted(indexes) == [*range(25), 99]  # each once
