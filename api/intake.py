@@ -70,8 +70,9 @@ async def spool_records(
 
 
 async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, str]]:
-    """(line number from 1, text without the line break), decoded as UTF-8."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    """(line number from 1, text without the line break), decoded as UTF-8; a leading
+    byte-order mark (Excel's "CSV UTF-8" starts with one) is dropped, as RFC 8259 allows."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending = ""
     number = 0
     async for chunk in request.stream():
