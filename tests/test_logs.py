@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream_app.logs import JsonFormatter, RepeatFilter, TextFormatter, get_logger, wants_json
+from stream_app.logs import (
+    JsonFormatter,
+    RepeatFilter,
+    TextFormatter,
+    configure_logging,
+    get_logger,
+    wants_json,
+)
 
 
 @pytest.fixture
@@ -94,3 +101,27 @@ def test_repeated_lines_are_held_back_and_counted() -> None:
     assert repeats.filter(record("another message", 2.0))  # kinds are counted apart
     later = record("Unable connect to node %s", 10.5)
     assert repeats.filter(later) and later.repeated == 2
+
+
+def test_the_process_handler_holds_back_repeats_of_aiokafka_and_asyncio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """asyncio logs every write to a connection its client closed (an aborted download):
+    one line of a kind per window gets through, as for aiokafka's reconnection errors."""
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "asyncio")}
+    configure_logging("INFO", "json")
+    try:
+        for _ in range(50):
+            logging.getLogger("asyncio").warning("socket.send() raised exception.")
+            logging.getLogger("aiokafka").error("Unable connect to node %s", 1)
+            get_logger("stream_app.test").warning("each of ours", n=1)
+    finally:
+        root.handlers[:], root.level = kept
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert sum("socket.send() raised exception." in line for line in lines) == 1
+    assert sum("Unable connect to node" in line for line in lines) == 1
+    assert sum("each of ours" in line for line in lines) == 50
