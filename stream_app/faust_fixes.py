@@ -412,11 +412,9 @@ def fetch_these_topics_first(app: faust.App, topics: Iterable[str]) -> None:
     first = frozenset(topics)
 
     async def getmany(active_partitions: set[TP] | None, timeout: float) -> Any:
-        if not active_partitions:
-            return await fetch(active_partitions=active_partitions, timeout=timeout)
-        ahead = {tp for tp in active_partitions if tp.topic in first}
-        rest = active_partitions - ahead
-        if not ahead or not rest:
+        ahead = {tp for tp in active_partitions or () if tp.topic in first}
+        rest = (active_partitions or set()) - ahead
+        if not ahead or not rest:  # also None or empty: "every partition" to aiokafka
             return await fetch(active_partitions=active_partitions, timeout=timeout)
         records = dict(await fetch(active_partitions=ahead, timeout=0))
         if not records:

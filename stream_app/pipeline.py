@@ -18,13 +18,7 @@ from faust.types import EventT, TableT
 from pydantic import ValidationError
 
 from schemas import DeadLetter, JobCancelled, JobCreated, RecordEvent, ResultEvent, parse_job_event
-from stream_app.aggregation import (
-    Applied,
-    JobLedger,
-    JobStatus,
-    apply_created,
-    result_key,
-)
+from stream_app.aggregation import Applied, JobLedger, JobStatus, apply_created, result_key
 from stream_app.bulk_publish import publish_keyed
 from stream_app.cancellation import (
     CancelledBeforeCall,
@@ -226,10 +220,10 @@ class Pipeline:
 
     def stored_results(self, job_id: str) -> Iterator[list[bytes]] | None:
         """Every result of the job held locally (owned or standby partition), as stored
-        (JSON), in no particular order, in chunks (give the event loop back between
-        them); None when the store cannot list them (the memory
-        store: look each index up with `result`). Reads only the results that exist, so it
-        costs nothing at the start of a 100,000-record job."""
+        (JSON), in no particular order, in chunks (give the event loop back between them);
+        None when the store cannot list them (the memory store: look each index up with
+        `result`). Reads only the results that exist, so it costs nothing at the start of
+        a 100,000-record job."""
         return stored_results(self.tables[1], job_id)
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:

@@ -36,12 +36,16 @@ def stored_values(table: TableT) -> Iterator[Any]:
             for _, raw in store._visible_items(db):
                 yield orjson.loads(raw)
         except Exception as exc:  # a store closed by a rebalance while it was read
-            log.warning(
-                "could not read a local table partition",
-                table=table.name,
-                partition=partition,
-                error=type(exc).__name__,
-            )
+            _unreadable(table.name, partition, exc)
+
+
+def _unreadable(table: str, partition: int, exc: Exception) -> None:
+    log.warning(
+        "could not read a local table partition",
+        table=table,
+        partition=partition,
+        error=type(exc).__name__,
+    )
 
 
 def values_with_prefix(
@@ -87,12 +91,7 @@ def _chunks_with_prefix(
                     if scanned >= chunk:
                         break
             except Exception as exc:  # a store closed by a rebalance while it was read
-                log.warning(
-                    "could not read a local table partition",
-                    table=name,
-                    partition=partition,
-                    error=type(exc).__name__,
-                )
+                _unreadable(name, partition, exc)
                 scanned = 0
             # The next chunk starts right after the last key read (the smallest greater key).
             seek = last + b"\0" if scanned >= chunk else None
