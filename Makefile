@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # Fetch Apache Kafka's jars into the cache now (make run and make test do it on first use).
 kafka: $(STAMP)
-	$(PY) -m stream_app.kafka_local
+	$(PY) -m stream_app.running.kafka_local
 
 # One table of the benchmarks (bench/README.md): about 5 minutes. BENCH_ARGS=--all adds
 # the fairness and outage benchmarks; `python -m bench --help` for the rest.

@@ -8,12 +8,12 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.app import job_summary
 from api.errors import ApiError
 from api.forwarding import find_job
-from stream_app.aggregation import JobStatus
-from stream_app.cancellation import can_cancel
-from stream_app.service import Service
+from api.views import job_summary
+from stream_app.jobs.aggregation import JobStatus
+from stream_app.jobs.cancellation import can_cancel
+from stream_app.running.service import Service
 
 _APPLIED_WITHIN_SECONDS = 10.0
 

@@ -6,8 +6,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from stream_app.exceptions import BrokerUnavailable
-from stream_app.logs import get_logger
+from stream_app.core.exceptions import BrokerUnavailable
+from stream_app.core.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -11,12 +11,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.app import _caller, parse_batch, read_json_body
+from api.access import caller_of
+from api.bodies import parse_batch, read_json_body
 from api.job_options import JobOptions, job_options
-from stream_app.aggregation import JobStatus
-from stream_app.estimate import Pace, estimate_job
-from stream_app.service import Service
-from stream_app.tasks import DEFAULT_TASK_NAME, PRESETS
+from api.streams import STREAMED_TYPES, spool_records
+from stream_app.jobs.aggregation import JobStatus
+from stream_app.jobs.estimate import Pace, estimate_job
+from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
+from stream_app.running.service import Service
 
 
 async def estimate_batch(request: Request) -> Response:
@@ -24,19 +26,17 @@ async def estimate_batch(request: Request) -> Response:
     "input_tokens", "output_tokens", "cache_creation_input_tokens",
     "cache_read_input_tokens", "cost_usd", "cost_usd_without_caching", "max_cost_usd",
     "duration_seconds", "output_basis", "task", "model"}` (tokens; USD; seconds). Nothing
-    is produced and no model is called: see `stream_app.estimate` for how. Errors as for
+    is produced and no model is called: see `stream_app.jobs.estimate` for how. Errors as for
     POST /api/v1/batch (400, 413, 422 `validation_error` / `unsupported_schema` /
     `unknown_task`)."""
-    from api import intake
-
-    _caller(request)
+    caller_of(request)
     service: Service = request.state.service
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type in intake.STREAMED_TYPES:
+    if media_type in STREAMED_TYPES:
         spool_dir = service.settings.batch_job_storage_path
         spool_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=spool_dir, prefix="estimate-") as spool:
-            count, options = await intake.spool_records(request, spool, service, media_type)
+            count, options = await spool_records(request, spool, service, media_type)
             chars = _spooled_text_chars(spool)
     else:
         count, chars, options = _json_body(await read_json_body(request, service.settings), service)
@@ -95,6 +95,6 @@ def _backlog(jobs: list[JobStatus]) -> int:
 
 async def list_tasks(request: Request) -> Response:
     """200 `{"default": name, "presets": {name: {"instructions", "output_schema"}}}`."""
-    _caller(request)
+    caller_of(request)
     presets = {name: spec.model_dump(exclude_none=True) for name, spec in PRESETS.items()}
     return JSONResponse({"default": DEFAULT_TASK_NAME, "presets": presets})

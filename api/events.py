@@ -30,12 +30,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.app import job_summary, result_view
 from api.errors import ApiError
 from api.forwarding import FoundJob, find_job
-from stream_app.aggregation import JobStatus
-from stream_app.cancellation import is_finished
-from stream_app.service import Service
+from api.views import job_summary, result_view
+from stream_app.jobs.aggregation import JobStatus
+from stream_app.jobs.cancellation import is_finished
+from stream_app.running.service import Service
 
 PING_SECONDS = 5.0
 # How often an idle stream checks that this worker still owns the job.
@@ -132,7 +132,7 @@ async def _stored_after(found: FoundJob, after: int | None) -> list[dict[str, An
     (each lookup searches every partition database), and the live results counted
     meanwhile waited behind that scan: the first ones showed 1.8 s after Claude answered,
     1.2 s once the scan was gone (the rest was the fetch order,
-    stream_app.faust_fixes.fetch_these_topics_first). The event loop is given back every
+    stream_app.kafka.faust_fixes.fetch_these_topics_first). The event loop is given back every
     _TURN_SECONDS of this work, not every so many results: a turn costs tens of
     milliseconds on a busy worker."""
     listed: list[dict[str, Any]] = []

@@ -20,10 +20,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from api.app import _FORWARDED, _caller, _forward_headers, _visible
+from api.access import caller_of, visible
 from api.errors import ApiError
-from stream_app.aggregation import JobStatus
-from stream_app.service import Service
+from stream_app.jobs.aggregation import JobStatus
+from stream_app.running.service import Service
+
+# Set on a request one worker forwards to another: a forwarded request is never forwarded again.
+FORWARDED = "x-insight-stream-forwarded"
 
 # An event stream may be quiet for long; the stream's own pings keep it alive.
 _STREAM_TIMEOUT = httpx.Timeout(10.0, connect=1.0, read=None)
@@ -71,7 +74,7 @@ async def find_job(
     the mirror's copy. Raises ApiError 401 (no valid key), 404 (unknown or another
     client's job), 503 `owner_unavailable` (the owner did not answer and this worker holds
     no replica of the job, or the request is not a read)."""
-    caller = _caller(request)
+    caller = caller_of(request)
     service: Service = request.state.service
     pipeline = service.pipeline
 
@@ -87,7 +90,7 @@ async def find_job(
     else:
         owner = service.owner_url(job_id)
         unavailable = False
-        if not request.headers.get(_FORWARDED) and not service.is_local(owner):
+        if not request.headers.get(FORWARDED) and not service.is_local(owner):
             try:
                 return await forward_to_owner(request, service, owner, stream=stream)
             except OwnerUnavailable:
@@ -105,7 +108,7 @@ async def find_job(
             raise ApiError(503, "owner_unavailable", _UNAVAILABLE)
         else:
             raise ApiError(404, "job_not_found", f"no job {job_id!r}")
-    if not _visible(found.job, caller):
+    if not visible(found.job, caller):
         raise ApiError(404, "job_not_found", f"no job {job_id!r}")
     return found
 
@@ -117,7 +120,7 @@ async def forward_to_owner(
     OwnerUnavailable when it refuses the connection, does not answer within
     FORWARD_TIMEOUT, or answers with a 5xx (it is stopping or broken)."""
     http: httpx.AsyncClient = request.state.http
-    headers = _forward_headers(request)
+    headers = forward_headers(request)
     for name in _PASSED_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
@@ -147,3 +150,12 @@ async def forward_to_owner(
         headers={"cache-control": "no-cache"},
         background=BackgroundTask(reply.aclose),
     )
+
+
+def forward_headers(request: Request) -> dict[str, str]:
+    """Headers of a request forwarded to another worker: the forwarded mark and the
+    caller's Authorization, so the owner checks the same key."""
+    headers = {FORWARDED: "1"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    return headers

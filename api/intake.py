@@ -1,45 +1,59 @@
-"""POST /api/v1/batch with a stream of records: `application/x-ndjson` or `text/csv`.
+"""POST /api/v1/batch: a job taken in, published, and answered once it is visible.
 
-The body is read line by line, never whole: each record is validated and written to a
-spool file on disk; once every line is valid the job is published from the spool (its
-`created` event, then its records). A bad line rejects the whole request (422 naming the
-line), before anything is published.
+A JSON body is read whole (up to BATCH_MAX_JSON_BODY_BYTES, api.bodies); a stream of
+records (NDJSON, CSV) is read line by line into a spool file first (api.streams). Either
+way nothing is published until every record is valid; then the job's `created` event and
+its records go to Kafka, and the 202 waits until any worker can find the job.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
+import asyncio
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import IO, Any
+from typing import IO
 
-import orjson
-from pydantic import ValidationError
+import httpx
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from api.app import _caller, _describe, accepted
-from api.errors import ApiError
-from api.job_options import JobOptions, job_options, query_options
-from api.records import validated_json
-from schemas import BatchRequest
-from stream_app.service import Service
+from api.access import caller_of
+from api.bodies import parse_submission, read_json_body
+from api.forwarding import forward_headers
+from api.job_options import JobOptions, job_options
+from api.streams import STREAMED_TYPES, spool_records
+from schemas import BatchAccepted
+from stream_app.core.logs import get_logger
+from stream_app.running.service import Service
 
-NDJSON = "application/x-ndjson"
-CSV = "text/csv"
-STREAMED_TYPES = (NDJSON, "application/jsonl", "application/jsonlines", CSV)
-# Room for a record's JSON around its text (id, metadata, escapes).
-_LINE_OVERHEAD = 65_536
+log = get_logger(__name__)
+
+_VISIBLE_WITHIN_SECONDS = 5.0
+
+
+async def submit_batch(request: Request) -> Response:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in STREAMED_TYPES:
+        return await submit_stream(request, media_type)
+    owner = caller_of(request)
+    service: Service = request.state.service
+    began = time.monotonic()
+    body = await read_json_body(request, service.settings)
+    batch, records = parse_submission(body, service.settings)
+    del body
+    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    created = options.created(uuid.uuid4().hex, len(records), time.time(), owner)
+    read = time.monotonic()
+    job_id = await service.submit(records, owner=owner, created=created)
+    return await accepted(request, service, job_id, len(records), began, read)
 
 
 async def submit_stream(request: Request, media_type: str) -> Response:
     """Read, validate and spool the records, then publish the job. 202 `{"job_id",
     "status", "total_records"}`; 401; 413 `too_many_records`; 422 `validation_error`
     (`line N: why`)."""
-    caller = _caller(request)
+    owner = caller_of(request)
     service: Service = request.state.service
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
@@ -48,182 +62,8 @@ async def submit_stream(request: Request, media_type: str) -> Response:
     with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
         count, options = await spool_records(request, spool, service, media_type)
         read = time.monotonic()
-        job_id = await _publish(service, spool, count, caller, options)
+        job_id = await _publish(service, spool, count, owner, options)
     return await accepted(request, service, job_id, count, began, read)
-
-
-async def spool_records(
-    request: Request, spool: IO[bytes], service: Service, media_type: str
-) -> tuple[int, JobOptions]:
-    """Validate the streamed records into `spool` (one JSON record a line); returns how
-    many and the job's options (query parameters, or an NDJSON body's `{"job": ...}` line,
-    which wins). Raises ApiError (413, 422) at the first bad line."""
-    options = _validated_options(query_options(request.query_params), 0, service)
-    if media_type == CSV:
-        count = await _spool_csv(request, spool, service)
-    else:
-        count, from_line = await _spool_ndjson(request, spool, service)
-        options = from_line or options
-    if count == 0:
-        raise ApiError(422, "validation_error", "records: the body holds no record")
-    return count, options
-
-
-async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, str]]:
-    """(line number from 1, text without the line break), decoded as UTF-8; a leading
-    byte-order mark (Excel's "CSV UTF-8" starts with one) is dropped, as RFC 8259 allows."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    pending = ""
-    number = 0
-    async for chunk in request.stream():
-        try:
-            pending += decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise ApiError(422, "validation_error", f"line {number + 1}: not UTF-8 text") from None
-        *complete, pending = pending.split("\n")
-        for line in complete:
-            number += 1
-            yield number, line.removesuffix("\r")
-        if len(pending) > max_line:
-            raise ApiError(422, "validation_error", f"line {number + 1}: longer than allowed")
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield number + 1, pending.removesuffix("\r")
-
-
-def _spool_record(spool: IO[bytes], data: Any, line: int, max_chars: int) -> None:
-    """Validate one record (api.records: plain records without a pydantic model) and
-    write its published JSON as a line of the spool. Raises ApiError 422."""
-    try:
-        encoded, text = validated_json(data)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", f"line {line}: {_describe(exc)}") from None
-    if len(text) > max_chars:
-        raise ApiError(
-            422, "validation_error", f"line {line}: text: longer than {max_chars} characters"
-        )
-    spool.write(encoded)
-    spool.write(b"\n")
-
-
-def _too_many(limit: int) -> ApiError:
-    return ApiError(413, "too_many_records", f"at most {limit} records per request")
-
-
-async def _spool_ndjson(
-    request: Request, spool: IO[bytes], service: Service
-) -> tuple[int, JobOptions | None]:
-    settings = service.settings
-    max_chars = settings.batch_max_text_chars
-    count = 0
-    first = True
-    options = None
-    async for number, line in _lines(request, max_chars * 6 + _LINE_OVERHEAD):
-        if not line.strip():
-            continue
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
-        if first and isinstance(data, dict) and set(data) == {"job"}:
-            options = _check_job_options(data["job"], number, service)
-            first = False
-            continue
-        first = False
-        _spool_record(spool, data, number, max_chars)
-        count += 1
-        if count > settings.batch_max_records_per_request:
-            raise _too_many(settings.batch_max_records_per_request)
-    return count, options
-
-
-def _check_job_options(options: Any, line: int, service: Service) -> JobOptions:
-    """A first line `{"job": {...}}` carries the options the JSON body would (validated
-    the same way: unknown options are refused)."""
-    if not isinstance(options, dict):
-        raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
-    return _validated_options(options, line, service)
-
-
-def _validated_options(options: dict[str, Any], line: int, service: Service) -> JobOptions:
-    where = f"line {line}: job." if line else "query: "
-    try:
-        batch = BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", f"{where}{_describe(exc)}") from None
-    try:
-        return job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
-    except ApiError as exc:
-        raise ApiError(exc.status, exc.code, f"{where}{exc.message}") from None
-
-
-async def _spool_csv(request: Request, spool: IO[bytes], service: Service) -> int:
-    """A header row; the text in column `text_column` (default `text`), the id in
-    `id_column` (default `id`, when there is one); other columns go to metadata."""
-    settings = service.settings
-    max_chars = settings.batch_max_text_chars
-    text_column = request.query_params.get("text_column", "text")
-    id_column = request.query_params.get("id_column")
-    header: list[str] | None = None
-    count = 0
-    async for start, row in _csv_rows(_lines(request, max_chars * 2 + _LINE_OVERHEAD)):
-        if header is None:
-            header = row
-            if text_column not in header:
-                raise ApiError(
-                    422,
-                    "validation_error",
-                    f"line {start}: no column {text_column!r} (columns: {', '.join(header)}); "
-                    "name the text's column with ?text_column=",
-                )
-            if id_column is not None and id_column not in header:
-                raise ApiError(422, "validation_error", f"line {start}: no column {id_column!r}")
-            if id_column is None and "id" in header:
-                id_column = "id"
-            continue
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise ApiError(
-                422,
-                "validation_error",
-                f"line {start}: {len(row)} cells, the header has {len(header)}",
-            )
-        cells = dict(zip(header, row, strict=True))
-        metadata = {k: v for k, v in cells.items() if k not in (text_column, id_column)}
-        record = {
-            "text": cells[text_column],
-            "id": (cells[id_column] or None) if id_column else None,
-            "metadata": metadata,
-        }
-        _spool_record(spool, record, start, max_chars)
-        count += 1
-        if count > settings.batch_max_records_per_request:
-            raise _too_many(settings.batch_max_records_per_request)
-    return count
-
-
-async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tuple[int, list[str]]]:
-    """CSV rows with the line each starts on. A quoted cell may hold line breaks: physical
-    lines are joined until the quotes balance (escaped quotes come in pairs)."""
-    logical: list[str] = []
-    start = 0
-    quotes = 0
-    async for number, line in lines:
-        if not logical:
-            start = number
-        logical.append(line)
-        quotes += line.count('"')
-        if quotes % 2:
-            continue
-        try:
-            row = next(csv.reader(["\n".join(logical)], strict=True), [])
-        except csv.Error as exc:
-            raise ApiError(422, "validation_error", f"line {start}: {exc}") from None
-        logical, quotes = [], 0
-        yield start, row
-    if logical:
-        raise ApiError(422, "validation_error", f"line {start}: a quoted cell is not closed")
 
 
 async def _publish(
@@ -234,3 +74,45 @@ async def _publish(
     spool.seek(0)
     await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
     return job_id
+
+
+async def accepted(
+    request: Request, service: Service, job_id: str, records: int, began: float, read: float
+) -> Response:
+    """The 202 `{"job_id", "status": "pending", "total_records"}` of a published job, once
+    the job is visible (`_await_visible`); logs `job accepted` with the seconds spent reading
+    the body (`began` to `read`, monotonic) and publishing it (`read` to now)."""
+    log.info(
+        "job accepted",
+        job_id=job_id,
+        records=records,
+        read_seconds=round(read - began, 2),
+        publish_seconds=round(time.monotonic() - read, 2),
+    )
+    await _awaitvisible(request, service, job_id)
+    body = BatchAccepted(job_id=job_id, status="pending", total_records=records)
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+async def _awaitvisible(request: Request, service: Service, job_id: str) -> None:
+    """Read-your-writes: after the 202, a status request to any worker finds the job.
+    Waits (briefly) until the worker owning the job has seen its "created" event."""
+    http: httpx.AsyncClient = request.state.http
+    owner = service.owner_url(job_id)
+    deadline = time.monotonic() + _VISIBLE_WITHIN_SECONDS
+    while time.monotonic() < deadline:
+        if service.is_local(owner):
+            if service.pipeline.job(job_id) is not None:
+                return
+        else:
+            try:
+                reply = await http.get(
+                    f"{owner}/api/v1/batch/{job_id}/status",
+                    params={"limit": "0"},
+                    headers=forward_headers(request),
+                )
+                if reply.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        await asyncio.sleep(0.02)

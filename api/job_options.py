@@ -9,9 +9,9 @@ from typing import Any
 from api.errors import ApiError
 from schemas import JobCreated, TaskSpec
 from schemas.http import Priority
-from stream_app.settings import Settings
-from stream_app.task_schema import UnsupportedSchema
-from stream_app.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
+from stream_app.core.settings import Settings
+from stream_app.jobs.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
+from stream_app.provider.task_schema import UnsupportedSchema
 
 
 @dataclass(frozen=True)

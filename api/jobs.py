@@ -18,9 +18,10 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.app import _FORWARDED, _caller, _forward_headers, _visible, job_summary
-from api.forwarding import FORWARD_TIMEOUT
-from stream_app.service import Service
+from api.access import caller_of, visible
+from api.forwarding import FORWARD_TIMEOUT, FORWARDED, forward_headers
+from api.views import job_summary
+from stream_app.running.service import Service
 
 
 def merge_job_lists(lists: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -55,14 +56,14 @@ async def list_jobs(request: Request) -> Response:
     `as_of`), and jobs on partitions of which this worker holds no replica are missing.
     Errors: 401 `unauthorized`.
     """
-    caller = _caller(request)
+    caller = caller_of(request)
     service: Service = request.state.service
     held = [
         job_summary(job, service, stale=not current)
         for job, current in service.held_jobs()
-        if _visible(job, caller)
+        if visible(job, caller)
     ]
-    if request.headers.get(_FORWARDED):
+    if request.headers.get(FORWARDED):
         return JSONResponse({"jobs": held, "count": len(held), "stale": False})
     peers = [url for url in service.worker_urls() if not service.is_local(url)]
     answers = await asyncio.gather(*(_jobs_of(request, url) for url in peers))
@@ -76,7 +77,7 @@ async def _jobs_of(request: Request, url: str) -> list[dict[str, Any]] | None:
     http: httpx.AsyncClient = request.state.http
     try:
         reply = await http.get(
-            f"{url}/api/v1/batch/jobs", headers=_forward_headers(request), timeout=FORWARD_TIMEOUT
+            f"{url}/api/v1/batch/jobs", headers=forward_headers(request), timeout=FORWARD_TIMEOUT
         )
     except httpx.HTTPError:
         return None

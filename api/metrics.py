@@ -1,4 +1,4 @@
-"""GET /metrics: this worker's counters (stream_app.metrics) and its state, read at scrape
+"""GET /metrics: this worker's counters (stream_app.core.metrics) and its state, read at scrape
 time: budget share, consumer lag per partition, jobs by state."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stream_app.service import Service
+from stream_app.running.service import Service
 
 JOB_STATES = ("pending", "running", "completed", "cancelled", "failed", "budget_exhausted")
 

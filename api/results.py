@@ -17,9 +17,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from api.app import _int_param, job_summary, result_view
+from api.bodies import int_param
 from api.errors import ApiError
 from api.forwarding import FoundJob, find_job
+from api.views import job_summary, result_view
 from schemas.export import CSV_COLUMNS, csv_row
 
 DEFAULT_LIMIT = 100
@@ -58,8 +59,8 @@ async def job_status(request: Request) -> Response:
     not answer and this worker holds no replica of the job).
     """
     job_id = request.path_params["job_id"]
-    offset = _int_param(request, "offset", 0) or 0
-    limit = _int_param(request, "limit", STATUS_DEFAULT_LIMIT) or 0
+    offset = int_param(request, "offset", 0) or 0
+    limit = int_param(request, "limit", STATUS_DEFAULT_LIMIT) or 0
     found = await find_job(request, job_id, stale_ok=True)
     if isinstance(found, Response):
         return found
@@ -85,8 +86,8 @@ async def results_page(request: Request) -> Response:
     `invalid_parameter`, 401, 404 `job_not_found`, 503 `owner_unavailable`.
     """
     job_id = request.path_params["job_id"]
-    offset = _int_param(request, "offset", 0) or 0
-    limit = min(_int_param(request, "limit", DEFAULT_LIMIT) or 0, MAX_LIMIT)
+    offset = int_param(request, "offset", 0) or 0
+    limit = min(int_param(request, "limit", DEFAULT_LIMIT) or 0, MAX_LIMIT)
     failed_only = failed_param(request)
     found = await find_job(request, job_id, stale_ok=True)
     if isinstance(found, Response):

@@ -2,9 +2,9 @@
 
 `python -m bench.bare_loop --base-url URL --records N --concurrency C` sends one
 `messages.create` per record (AsyncAnthropic, `max_retries=0`, the default task's model,
-max_tokens, system prompt and output format, as stream_app.llm sends them) with C calls in
-flight, reads each answer as the worker does (`with_raw_response`, then `parse()`), and
-prints `{"records", "ok", "seconds", "cpu_seconds"}` as JSON (`cpu_seconds`: this process's
+max_tokens, system prompt and output format, as stream_app.provider.client sends them) with C
+calls in flight, reads each answer as the worker does (`with_raw_response`, then `parse()`),
+and prints `{"records", "ok", "seconds", "cpu_seconds"}` as JSON (`cpu_seconds`: this process's
 CPU time, user and system, during the calls alone). It runs in a process of its own, as a
 worker does, so both compete alike with the simulator for the CPU.
 """
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import anthropic
 
-from stream_app.settings import Settings
-from stream_app.tasks import prepare_task
+from stream_app.core.settings import Settings
+from stream_app.provider.request import prepare_task
 
 
 def record_text(index: int) -> str:

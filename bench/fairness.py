@@ -35,7 +35,7 @@ from bench.harness import (
 )
 from simulator import SimulatorConfig
 from simulator.testing import run_simulator
-from stream_app.testing import ServiceProcess, start_service, wait_until
+from stream_app.running.testing import ServiceProcess, start_service, wait_until
 
 CONCURRENCY = 5
 PARTITIONS = 8

@@ -1,7 +1,7 @@
 """What every benchmark does around its measurement: a broker, workers in a namespace of
 their own, waiting for them, stopping them, and the machine line of the report.
 
-The service is started as `make run` starts it (stream_app.testing.start_service); the
+The service is started as `make run` starts it (stream_app.running.testing.start_service); the
 benchmarks only differ in the settings and the job they send.
 """
 
@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import httpx
 
 from simulator.testing import SimulatorHandle
-from stream_app.embedded import free_port, start_simulator
-from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
-from stream_app.testing import ServiceProcess, start_service, wait_until
+from stream_app.running.embedded import free_port, start_simulator
+from stream_app.running.kafka_local import KAFKA_VERSION, LocalKafka
+from stream_app.running.testing import ServiceProcess, start_service, wait_until
 
 READY_TIMEOUT_S = 120.0
 # A worker can report ready just before the next worker's join revokes its partitions;

@@ -59,7 +59,7 @@ from bench.harness import (
 from bench.overhead import parse_counts, percentile
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, run_simulator
-from stream_app.testing import ServiceProcess, wait_until
+from stream_app.running.testing import ServiceProcess, wait_until
 
 PARTITIONS = 8
 RPM = 1_000_000

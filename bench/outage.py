@@ -37,7 +37,7 @@ from bench.harness import (
 )
 from simulator import SimulatorConfig
 from simulator.testing import run_simulator
-from stream_app.testing import ServiceProcess, start_service, wait_until
+from stream_app.running.testing import ServiceProcess, start_service, wait_until
 
 
 @dataclass(frozen=True)

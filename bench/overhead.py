@@ -61,8 +61,8 @@ from bench.harness import (
     wait_cluster_ready,
 )
 from simulator.testing import SimulatorHandle
-from stream_app.testing import ROOT, ServiceProcess, wait_until
-from stream_app.topics import ensure_topics
+from stream_app.kafka.topics import ensure_topics
+from stream_app.running.testing import ROOT, ServiceProcess, wait_until
 
 PARTITIONS = 8
 # High enough that the service's own pacing never binds (the simulator enforces none).

@@ -2,7 +2,7 @@
 
 `python -m bench.table_memory` opens, in a child process each, the RocksDB partition
 stores a worker with 8 partitions opens (3 tables x 8 partitions), once with Faust's
-default options and once with the pipeline's (stream_app.pipeline.ROCKSDB_OPTIONS), and
+default options and once with the pipeline's (stream_app.kafka.pipeline.ROCKSDB_OPTIONS), and
 writes what a job of `--sizes` records writes to them (per record: a ~1 KB result, a ~1 KB
 processed outcome, and a ~0.7 KB job status on the job's one partition), reporting the
 process's VmRSS after each size. A full job through the service costs 40 minutes to hours
@@ -40,7 +40,7 @@ def measure(kind: str, sizes: Sequence[int]) -> dict[str, Any]:
     """In this process: open the stores with `kind` options, write, return RSS points."""
     from faust.stores.rocksdb import RocksDBOptions
 
-    from stream_app.pipeline import ROCKSDB_OPTIONS
+    from stream_app.kafka.pipeline import ROCKSDB_OPTIONS
 
     extra: dict[str, Any] = dict(ROCKSDB_OPTIONS) if kind == "pipeline" else {}
     options = RocksDBOptions(use_rocksdict=True, **extra)

@@ -38,7 +38,7 @@ from bench.harness import (
 )
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, max_in_window, run_simulator
-from stream_app.testing import ServiceProcess, wait_until
+from stream_app.running.testing import ServiceProcess, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
 CONCURRENCY = 8

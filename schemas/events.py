@@ -21,7 +21,7 @@ class JobCreated(BaseModel):
     total_records: int = Field(ge=0)
     created_at: float | None = None
     owner: str | None = None
-    # Share of the provider budget while other jobs wait (stream_app.scheduler).
+    # Share of the provider budget while other jobs wait (stream_app.jobs.scheduler).
     priority: Priority | None = None
     # The job's own task (a preset is expanded at submit, so every worker reads the same
     # thing); absent: the default Smart Summary & Insight task.
@@ -44,7 +44,7 @@ class RecordEvent(BaseModel):
     priority: Priority | None = None
     # True: the job's `created` event is published after its last record (the API does so,
     # so a submit that fails halfway never runs). Such a record waits for its job's
-    # announcement and is dead-lettered, never run, if none comes (stream_app.job_rules).
+    # announcement and is dead-lettered, never run, if none comes (stream_app.jobs.job_rules).
     created_follows: bool | None = None
 
 

@@ -15,7 +15,7 @@ MAX_SCHEMA_CHARS = 100_000
 class TaskSpec(BaseModel):
     """A job's own question. Every record of the job is sent with these instructions and
     must answer with an object that validates against `output_schema` (a JSON Schema of
-    an object, within what structured outputs accept: see `stream_app.task_schema`)."""
+    an object, within what structured outputs accept: see `stream_app.provider.task_schema`)."""
 
     model_config = ConfigDict(extra="forbid")
 

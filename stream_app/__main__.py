@@ -31,19 +31,19 @@ import time  # noqa: E402
 from pydantic import SecretStr, ValidationError  # noqa: E402
 
 from api import create_api  # noqa: E402
-from stream_app import kafka_local  # noqa: E402
-from stream_app.dir_lock import DirLock  # noqa: E402
-from stream_app.embedded import (  # noqa: E402
+from stream_app.core.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
+from stream_app.core.logs import configure_logging, get_logger  # noqa: E402
+from stream_app.core.settings import Settings  # noqa: E402
+from stream_app.running import kafka_local  # noqa: E402
+from stream_app.running.dir_lock import DirLock  # noqa: E402
+from stream_app.running.embedded import (  # noqa: E402
     ChildProcess,
     ensure_port_free,
     start_simulator,
     start_tansu,
     watch_children,
 )
-from stream_app.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
-from stream_app.logs import configure_logging, get_logger  # noqa: E402
-from stream_app.server import exit_after, exit_now, serve  # noqa: E402
-from stream_app.settings import Settings  # noqa: E402
+from stream_app.running.server import exit_after, exit_now, serve  # noqa: E402
 
 log = get_logger("stream_app")
 

@@ -9,8 +9,8 @@ import pytest
 
 from simulator import SimulatorConfig
 from simulator.testing import SimulatorHandle, run_simulator
-from stream_app.embedded import ChildProcess, free_port, start_tansu
-from stream_app.kafka_local import KAFKA_VERSION, LocalKafka
+from stream_app.running.embedded import ChildProcess, free_port, start_tansu
+from stream_app.running.kafka_local import KAFKA_VERSION, LocalKafka
 from tests.support import Namespace, ServiceProcess, start_service
 
 StartService = Callable[..., ServiceProcess]
@@ -25,7 +25,7 @@ TEST_BROKER = os.environ.get("TEST_BROKER", "kafka")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Apache Kafka (KRaft, single node) for the whole session; tests isolate by
     topic names and consumer group (tests.support.Namespace). The jars come from Maven
-    Central on first use (stream_app.kafka_local.fetch)."""
+    Central on first use (stream_app.running.kafka_local.fetch)."""
     port = free_port()
     if TEST_BROKER == "tansu":
         child = start_tansu(port, tmp_path_factory.mktemp("tansu") / "tansu.log")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from aiokafka.partitioner import murmur2
 
-from stream_app.testing import ServiceProcess, start_service, wait_until
+from stream_app.running.testing import ServiceProcess, start_service, wait_until
 
 __all__ = [
     "Namespace",
@@ -59,7 +59,7 @@ CLIENT_DELAY_SECONDS = 1.0
 def pace_bound(rpm: float, window: float) -> int:
     """Most requests the provider may see in any `window` seconds from a cluster paced at
     `rpm`: the timetable grants at most ceil(rpm * w / 60) + 1 in any w seconds
-    (stream_app/ratelimit.py), and a request reaches the provider up to
+    (stream_app/provider/budget.py), and a request reaches the provider up to
     CLIENT_DELAY_SECONDS after its grant, so arrivals in `window` come from grants in
     `window` + that delay."""
     return math.ceil(rpm * (window + CLIENT_DELAY_SECONDS) / 60) + 1

@@ -11,8 +11,8 @@ import httpx
 from rocksdict import AccessType, Options, Rdict
 
 from simulator.testing import SimulatorHandle
-from stream_app.embedded import free_port
-from stream_app.local_state import FAUST_OFFSET_KEY
+from stream_app.kafka.local_state import FAUST_OFFSET_KEY
+from stream_app.running.embedded import free_port
 from tests.conftest import PrivateBroker, StartService
 from tests.support import status, submit, wait_completed, wait_until
 

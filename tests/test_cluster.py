@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from simulator.testing import SimulatorHandle
-from stream_app.embedded import free_port
+from stream_app.running.embedded import free_port
 from tests.conftest import StartService
 from tests.support import (
     ServiceProcess,

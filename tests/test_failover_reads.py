@@ -223,7 +223,7 @@ def test_sigkill_of_the_owner_mid_job_reads_never_fail_and_the_job_finishes_exac
         final = wait_until(
             lambda: b if (b := poller.last()) is not None and b["status"] == "completed" else None,
             # 11-25 s after the kill here (more when job_on needed many tries: each try's
-            # job runs too). Without stream_app.redelivery about one run in three never
+            # job runs too). Without stream_app.kafka.redelivery about one run in three never
             # finished: Faust had passed records of the survivor's partitions without
             # delivering them. 240 s tells a slow take-over from a stuck one (the stall
             # watchdog gives up at 300 s), and the job must still finish exactly once.

@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import BatchRecord, JobCreated, RecordEvent
 from simulator.testing import SimulatorHandle
-from stream_app.exceptions import JobNeverAnnounced
-from stream_app.job_rules import JobRules
+from stream_app.core.exceptions import JobNeverAnnounced
+from stream_app.jobs.job_rules import JobRules
 from tests.conftest import StartService
+from tests.kafka.test_kafka_contract import consume, produce
 from tests.support import Namespace, ServiceProcess, submit, wait_completed, wait_until
-from tests.test_kafka_contract import consume, produce
 
 PARTITIONS = 4  # tests.conftest's KAFKA_PARTITIONS
 

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from simulator.testing import SimulatorHandle
-from stream_app.pricing import price_for
+from stream_app.provider.pricing import price_for
 from tests.conftest import StartService
 from tests.support import status, wait_until
 
@@ -265,7 +265,7 @@ def test_a_capped_job_stops_at_its_cap(start: StartService, simulator: Simulator
 def test_the_cli_estimates_asks_and_submits_with_a_task(
     start: StartService, simulator: SimulatorHandle, tmp_path: Path
 ) -> None:
-    from tests.test_cli import insight
+    from tests.cli.test_cli import insight
 
     service = start()
     url = service.base_url

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from simulator.testing import SimulatorHandle
-from stream_app.pricing import price_for
+from stream_app.provider.pricing import price_for
 from tests.conftest import StartService
 from tests.support import status, submit, wait_completed, wait_until
 from tests.test_record_outcomes import assert_job_money

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from simulator.testing import SimulatorHandle
-from stream_app.pricing import Price, price_for
+from stream_app.provider.pricing import Price, price_for
 from tests.conftest import StartService
 from tests.support import submit, wait_completed
 

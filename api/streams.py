@@ -1,0 +1,205 @@
+"""A stream of records as a submit or an estimate sends it: `application/x-ndjson` or
+`text/csv`.
+
+The body is read line by line, never whole: each record is validated and written to a
+spool file on disk, one published JSON record a line. A bad line rejects the whole
+request (422 naming the line), before anything is published.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from api.bodies import describe
+from api.errors import ApiError
+from api.job_options import JobOptions, job_options, query_options
+from api.records import validated_json
+from schemas import BatchRequest
+from stream_app.running.service import Service
+
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+STREAMED_TYPES = (NDJSON, "application/jsonl", "application/jsonlines", CSV)
+# Room for a record's JSON around its text (id, metadata, escapes).
+_LINE_OVERHEAD = 65_536
+
+
+async def spool_records(
+    request: Request, spool: IO[bytes], service: Service, media_type: str
+) -> tuple[int, JobOptions]:
+    """Validate the streamed records into `spool` (one JSON record a line); returns how
+    many and the job's options (query parameters, or an NDJSON body's `{"job": ...}` line,
+    which wins). Raises ApiError (413, 422) at the first bad line."""
+    options = _validated_options(query_options(request.query_params), 0, service)
+    if media_type == CSV:
+        count = await _spool_csv(request, spool, service)
+    else:
+        count, from_line = await _spool_ndjson(request, spool, service)
+        options = from_line or options
+    if count == 0:
+        raise ApiError(422, "validation_error", "records: the body holds no record")
+    return count, options
+
+
+async def _lines(request: Request, max_line: int) -> AsyncIterator[tuple[int, str]]:
+    """(line number from 1, text without the line break), decoded as UTF-8; a leading
+    byte-order mark (Excel's "CSV UTF-8" starts with one) is dropped, as RFC 8259 allows."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    pending = ""
+    number = 0
+    async for chunk in request.stream():
+        try:
+            pending += decoder.decode(chunk)
+        except UnicodeDecodeError:
+            raise ApiError(422, "validation_error", f"line {number + 1}: not UTF-8 text") from None
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            number += 1
+            yield number, line.removesuffix("\r")
+        if len(pending) > max_line:
+            raise ApiError(422, "validation_error", f"line {number + 1}: longer than allowed")
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield number + 1, pending.removesuffix("\r")
+
+
+def _spool_record(spool: IO[bytes], data: Any, line: int, max_chars: int) -> None:
+    """Validate one record (api.records: plain records without a pydantic model) and
+    write its published JSON as a line of the spool. Raises ApiError 422."""
+    try:
+        encoded, text = validated_json(data)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"line {line}: {describe(exc)}") from None
+    if len(text) > max_chars:
+        raise ApiError(
+            422, "validation_error", f"line {line}: text: longer than {max_chars} characters"
+        )
+    spool.write(encoded)
+    spool.write(b"\n")
+
+
+def _too_many(limit: int) -> ApiError:
+    return ApiError(413, "too_many_records", f"at most {limit} records per request")
+
+
+async def _spool_ndjson(
+    request: Request, spool: IO[bytes], service: Service
+) -> tuple[int, JobOptions | None]:
+    settings = service.settings
+    max_chars = settings.batch_max_text_chars
+    count = 0
+    first = True
+    options = None
+    async for number, line in _lines(request, max_chars * 6 + _LINE_OVERHEAD):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
+        if first and isinstance(data, dict) and set(data) == {"job"}:
+            options = _check_job_options(data["job"], number, service)
+            first = False
+            continue
+        first = False
+        _spool_record(spool, data, number, max_chars)
+        count += 1
+        if count > settings.batch_max_records_per_request:
+            raise _too_many(settings.batch_max_records_per_request)
+    return count, options
+
+
+def _check_job_options(options: Any, line: int, service: Service) -> JobOptions:
+    """A first line `{"job": {...}}` carries the options the JSON body would (validated
+    the same way: unknown options are refused)."""
+    if not isinstance(options, dict):
+        raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
+    return _validated_options(options, line, service)
+
+
+def _validated_options(options: dict[str, Any], line: int, service: Service) -> JobOptions:
+    where = f"line {line}: job." if line else "query: "
+    try:
+        batch = BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"{where}{describe(exc)}") from None
+    try:
+        return job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.code, f"{where}{exc.message}") from None
+
+
+async def _spool_csv(request: Request, spool: IO[bytes], service: Service) -> int:
+    """A header row; the text in column `text_column` (default `text`), the id in
+    `id_column` (default `id`, when there is one); other columns go to metadata."""
+    settings = service.settings
+    max_chars = settings.batch_max_text_chars
+    text_column = request.query_params.get("text_column", "text")
+    id_column = request.query_params.get("id_column")
+    header: list[str] | None = None
+    count = 0
+    async for start, row in _csv_rows(_lines(request, max_chars * 2 + _LINE_OVERHEAD)):
+        if header is None:
+            header = row
+            if text_column not in header:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f"line {start}: no column {text_column!r} (columns: {', '.join(header)}); "
+                    "name the text's column with ?text_column=",
+                )
+            if id_column is not None and id_column not in header:
+                raise ApiError(422, "validation_error", f"line {start}: no column {id_column!r}")
+            if id_column is None and "id" in header:
+                id_column = "id"
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"line {start}: {len(row)} cells, the header has {len(header)}",
+            )
+        cells = dict(zip(header, row, strict=True))
+        metadata = {k: v for k, v in cells.items() if k not in (text_column, id_column)}
+        record = {
+            "text": cells[text_column],
+            "id": (cells[id_column] or None) if id_column else None,
+            "metadata": metadata,
+        }
+        _spool_record(spool, record, start, max_chars)
+        count += 1
+        if count > settings.batch_max_records_per_request:
+            raise _too_many(settings.batch_max_records_per_request)
+    return count
+
+
+async def _csv_rows(lines: AsyncIterator[tuple[int, str]]) -> AsyncIterator[tuple[int, list[str]]]:
+    """CSV rows with the line each starts on. A quoted cell may hold line breaks: physical
+    lines are joined until the quotes balance (escaped quotes come in pairs)."""
+    logical: list[str] = []
+    start = 0
+    quotes = 0
+    async for number, line in lines:
+        if not logical:
+            start = number
+        logical.append(line)
+        quotes += line.count('"')
+        if quotes % 2:
+            continue
+        try:
+            row = next(csv.reader(["\n".join(logical)], strict=True), [])
+        except csv.Error as exc:
+            raise ApiError(422, "validation_error", f"line {start}: {exc}") from None
+        logical, quotes = [], 0
+        yield start, row
+    if logical:
+        raise ApiError(422, "validation_error", f"line {start}: a quoted cell is not closed")

@@ -1,0 +1,121 @@
+"""The Claude call for one record: structured output through the official SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+import orjson
+from anthropic.types import JSONOutputFormatParam
+from pydantic import ValidationError
+
+from schemas import BatchRecord, Insight, TaskSpec
+from stream_app.core.exceptions import first_line
+from stream_app.provider.request import DEFAULT_INSTRUCTIONS, PreparedTask, prepare_task
+from stream_app.provider.usage import Usage
+
+# The default task's instructions and output format (stream_app.jobs.tasks builds the prompt).
+SYSTEM_PROMPT = DEFAULT_INSTRUCTIONS
+# Structured outputs take a JSON schema; the SDK rewrites pydantic's schema into the
+# subset the API accepts (constraints move into descriptions).
+INSIGHT_OUTPUT_FORMAT: JSONOutputFormatParam = {
+    "type": "json_schema",
+    "schema": anthropic.transform_schema(Insight),
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answered call, as the provider gave it: what it means is decided elsewhere
+    (`stream_app.provider.answers`)."""
+
+    text: str
+    stop_reason: str | None
+    usage: Usage
+    headers: Mapping[str, str]
+    max_tokens: int
+
+
+class InsightClient:
+    """One attempt at analysing one record. Retries and pacing live in the caller."""
+
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        *,
+        model: str,
+        max_tokens: int,
+        max_tokens_ceiling: int | None = None,
+    ) -> None:
+        self._client = client
+        self.model = model
+        self._max_tokens = max_tokens
+        # A reply cut off at max_tokens is retried once with this much room.
+        self.max_tokens_ceiling = max(max_tokens, max_tokens_ceiling or max_tokens)
+        # The task of records whose job has none of its own.
+        self.default_task = prepare_task(
+            None, name=None, default_model=model, default_max_tokens=max_tokens
+        )
+
+    def prepare(self, spec: TaskSpec | None, name: str | None = None) -> PreparedTask:
+        """A job's task with this client's defaults (model, max_tokens)."""
+        if spec is None:
+            return self.default_task
+        return prepare_task(
+            spec, name=name, default_model=self.model, default_max_tokens=self._max_tokens
+        )
+
+    def ceiling_for(self, task: PreparedTask) -> int:
+        return max(task.max_tokens, self.max_tokens_ceiling)
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def request_chars(self, record: BatchRecord, task: PreparedTask | None = None) -> int:
+        """Characters the request sends, for estimating its input tokens before it goes."""
+        return (task or self.default_task).request_chars(record.text)
+
+    async def analyze(
+        self, record: BatchRecord, max_tokens: int | None = None, task: PreparedTask | None = None
+    ) -> Reply:
+        """Raises the SDK's APIStatusError / APIConnectionError when the call is refused
+        or does not arrive; anything else the answer holds is in the Reply."""
+        task = task or self.default_task
+        room = max_tokens or task.max_tokens
+        # The raw response carries the provider's rate-limit headers for the budget.
+        raw = await self._client.messages.with_raw_response.create(
+            **task.request(record.text, room)
+        )
+        message = await raw.parse()
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
+
+
+def parse_insight(text: str) -> dict[str, Any] | str:
+    """The default task's structured output, or why it is not one (first line of the error)."""
+    try:
+        return Insight.model_validate(orjson.loads(text)).model_dump()
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        return first_line(exc)
+
+
+def build_anthropic_client(
+    *,
+    api_key: str,
+    base_url: str | None,
+    timeout: float,
+    wrap_transport: Callable[[httpx2.AsyncBaseTransport], httpx2.AsyncBaseTransport] | None = None,
+) -> anthropic.AsyncAnthropic:
+    """`wrap_transport` may wrap the HTTP transport (the metrics count calls there)."""
+    http_client = None
+    if wrap_transport is not None:
+        inner = httpx2.AsyncHTTPTransport(limits=anthropic.DEFAULT_CONNECTION_LIMITS)
+        http_client = anthropic.DefaultAsyncHttpxClient(transport=wrap_transport(inner))
+    # max_retries=0: every attempt must pass through our rate budget, so we retry ourselves.
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, http_client=http_client
+    )

@@ -1,0 +1,101 @@
+"""The lost-delivery rule (stream_app.kafka.redelivery), without Kafka: when a partition is
+sought back to its committed offset, and when it is left alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from faust.types import TP
+
+from stream_app.kafka.redelivery import (
+    LostOffsetWatch,
+    PartitionView,
+    _in_hand,
+    _track_fetched_batches,
+)
+from tests.kafka.test_faust_fixes import consumer_with_acks, message
+
+
+def test_a_committed_offset_passed_and_held_nowhere_is_sought_back_after_two_checks() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    lost = PartitionView(committed=4, position=50, in_hand=False)
+    assert watch.observe("p0", lost, 0.0) is None  # once could be a record between two hands
+    assert watch.observe("p0", lost, 2.5) == 4
+    # Sought back: not again within the cooldown (30 s), however often it looks lost.
+    assert [watch.observe("p0", lost, t) for t in (5.0, 7.5, 30.0)] == [None] * 3
+    assert watch.observe("p0", lost, 32.5) == 4
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        PartitionView(committed=4, position=4, in_hand=False),  # not fetched yet
+        PartitionView(committed=4, position=3, in_hand=False),  # sought back already
+        PartitionView(committed=4, position=50, in_hand=True),  # queued, unacked or acked
+    ],
+)
+def test_a_record_still_on_its_way_is_never_sought(view: PartitionView) -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert [watch.observe("p0", view, 0.0) for _ in range(5)] == [None] * 5
+
+
+def test_progress_or_a_rebalance_between_checks_clears_the_suspicion() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert watch.observe("p0", PartitionView(4, 50, False), 0.0) is None
+    # The commit moved on: a new offset must be found lost twice of its own.
+    assert watch.observe("p0", PartitionView(5, 50, False), 0.0) is None
+    assert watch.observe("p0", PartitionView(5, 50, False), 0.0) == 5
+    # The record came back into hand between two checks.
+    assert watch.observe("p1", PartitionView(7, 9, False), 0.0) is None
+    assert watch.observe("p1", PartitionView(7, 9, True), 0.0) is None
+    assert watch.observe("p1", PartitionView(7, 9, False), 0.0) is None
+    # A rebalance (or the partition leaving this worker) forgets what was seen.
+    watch.forget(keep=["p2"])
+    assert watch.observe("p1", PartitionView(7, 9, False), 0.0) is None
+    assert watch.observe("p1", PartitionView(7, 9, False), 0.0) == 7
+
+
+def test_partitions_are_watched_apart_and_checks_must_be_positive() -> None:
+    watch: LostOffsetWatch[str] = LostOffsetWatch(checks=2)
+    assert watch.observe("p0", PartitionView(1, 2, False), 0.0) is None
+    assert watch.observe("p1", PartitionView(1, 2, False), 0.0) is None
+    assert watch.observe("p0", PartitionView(1, 2, False), 0.0) == 1
+    assert watch.observe("p1", PartitionView(1, 2, False), 0.0) == 1
+    with pytest.raises(ValueError):
+        LostOffsetWatch(checks=0)
+
+
+async def test_a_fetched_batch_counts_as_on_its_way_until_the_next_fetch() -> None:
+    """The fetch loop's batch, as Faust's `_drain_messages` iterates `getmany`."""
+
+    class Fetcher:
+        async def getmany(self, timeout: float) -> AsyncIterator[tuple[str, int]]:
+            for offset in (1, 2):
+                yield "p0", offset
+
+    fetcher = Fetcher()
+    delivering = _track_fetched_batches(fetcher)
+    assert delivering() is False
+    seen = []
+    batch = fetcher.getmany(timeout=1.0)
+    async for item in batch:
+        seen.append((item, delivering()))
+    # Handing out the batch: on its way; the batch done: not any more.
+    assert seen == [(("p0", 1), True), (("p0", 2), True)]
+    assert delivering() is False
+
+
+def test_a_record_is_in_hand_while_faust_holds_it_unacknowledged_or_acknowledged() -> None:
+    """`_in_hand` reads Faust's own consumer state (no broker: nothing connects)."""
+    app, consumer = consumer_with_acks()
+    tp = TP("records", 0)
+    assert _in_hand(app, consumer, tp, 7) is False
+    held = message(7, generation_id=5)
+    consumer._unacked_messages.add(held)  # type: ignore[attr-defined]
+    assert _in_hand(app, consumer, tp, 7) is True
+    assert _in_hand(app, consumer, tp, 8) is False
+    consumer._unacked_messages.discard(held)  # type: ignore[attr-defined]
+    consumer._acked[tp].append(8)  # type: ignore[attr-defined]
+    assert _in_hand(app, consumer, tp, 8) is True
+    assert _in_hand(app, consumer, TP("records", 1), 8) is False
