@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
-from api.bodies import parse_batch, read_json_body
+from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_batch, read_json_body
 from api.job_options import JobOptions, job_options
-from api.streams import STREAMED_TYPES, spool_records
+from api.streams import spool_records
 from stream_app.jobs.aggregation import JobStatus
 from stream_app.jobs.estimate import Pace, estimate_job
 from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
@@ -31,20 +31,22 @@ async def estimate_batch(request: Request) -> Response:
     `unknown_task`)."""
     caller_of(request)
     service: Service = request.state.service
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type in STREAMED_TYPES:
+    kind = body_type(request)
+    if kind.media_type in STREAMED_TYPES:
         spool_dir = service.settings.batch_job_storage_path
         spool_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=spool_dir, prefix="estimate-") as spool:
-            count, options = await spool_records(request, spool, service, media_type)
+            count, options = await spool_records(request, spool, service, kind)
             chars = _spooled_text_chars(spool)
     else:
-        count, chars, options = _json_body(await read_json_body(request, service.settings), service)
+        count, chars, options = _json_body(
+            await read_json_body(request, service.settings), service, kind
+        )
     return JSONResponse(_estimate(service, options, count, chars))
 
 
-def _json_body(body: bytes, service: Service) -> tuple[int, int, JobOptions]:
-    batch = parse_batch(body, service.settings)
+def _json_body(body: bytes, service: Service, kind: BodyType) -> tuple[int, int, JobOptions]:
+    batch = parse_batch(body, service.settings, kind)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     return len(batch.records), sum(len(r.text) for r in batch.records), options
 
