@@ -19,7 +19,7 @@ from typing import Any
 import anthropic
 
 from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
-from stream_app.core.exceptions import first_line
+from stream_app.core.exceptions import UnreadableAnswer, first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
 from stream_app.provider.answers import (
@@ -177,6 +177,8 @@ class RecordProcessor:
             index=run.event.index,
             billed_tokens=run.usage.total,
         )
+        if isinstance(exc, UnreadableAnswer):
+            return f"unreadable answer{again}: {redact(first_line(exc))}"
         return f"internal error: {type(exc).__name__}: {redact(first_line(exc))}"
 
     async def _attempts(self, run: _Run) -> ResultEvent:
@@ -375,6 +377,7 @@ def _outcome(
         response=response,
         error=error,
         record_id=event.record.id,
+        input_metadata=event.record.metadata or None,
         attempts=run.attempts,
         finished_at=time.time(),
         model=run.task.model,
