@@ -201,3 +201,15 @@ def test_content_types_charsets_duplicate_columns_and_numeric_ids(
     assert [b["results"][0]["record_id"] for b in bodies] == ["7", "42", "43"]
     texts = {r["text"] for r in simulator.stats()["requests"]}
     assert "Café crème froid" in texts
+
+
+def test_a_task_error_names_the_field_and_what_a_task_is() -> None:
+    def refusal(task: object) -> str:
+        body = orjson.dumps({"records": [{"text": "a"}], "task": task})
+        return _refusal(lambda: parse_submission(body, SMALL))[2]
+
+    no_instructions = refusal({"output_schema": {"type": "object"}})
+    assert no_instructions.startswith("task.instructions: Field required (a task is {")
+    assert "TaskSpec" not in no_instructions and "task.str" not in no_instructions
+    assert "GET /api/v1/tasks" in no_instructions
+    assert refusal(5).startswith("task: must be an object or a preset name")
