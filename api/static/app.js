@@ -161,6 +161,8 @@ $("upload-form").addEventListener("submit", async (event) => {
   const file = $("file").files[0];
   if (!file) return;
   const isCsv = /\.csv$/i.test(file.name);
+  // A .json file is the API's own body ({"records": [...], ...}); .jsonl/.ndjson a record a line.
+  const isJson = /\.json$/i.test(file.name);
   let path = "/api/v1/batch";
   if (isCsv) path += `?text_column=${encodeURIComponent($("text-column").value || "text")}`;
   const button = $("upload");
@@ -171,7 +173,9 @@ $("upload-form").addEventListener("submit", async (event) => {
     const reply = await api(path, {
       method: "POST",
       body: file,
-      headers: { "content-type": isCsv ? "text/csv" : "application/x-ndjson" },
+      headers: {
+        "content-type": isCsv ? "text/csv" : isJson ? "application/json" : "application/x-ndjson",
+      },
     });
     const accepted = await reply.json();
     $("upload-status").textContent = `job ${accepted.job_id}: ${accepted.total_records} records`;
