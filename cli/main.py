@@ -215,7 +215,7 @@ def _checked_records(
 
 
 def _estimate_line(est: dict[str, Any]) -> str:
-    cap = f", cap ${est['max_cost_usd']:.2f}" if est.get("max_cost_usd") else ""
+    cap = f", cap ${est['max_cost_usd']:g}" if est.get("max_cost_usd") else ""
     return (
         f"estimate: {est['records']} records, {est['input_tokens']:,} input + "
         f"{est['output_tokens']:,} output tokens, ${est['cost_usd']:.4f} "

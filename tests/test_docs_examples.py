@@ -59,8 +59,9 @@ def test_the_examples_run_against_the_service(
     document: Path, start: StartService, simulator: SimulatorHandle, tmp_path: Path
 ) -> None:
     # Slow enough that a job is still running when an example cancels it right after the
-    # submit; fast enough for the whole guide to run in a minute or two.
-    simulator.configure(latency_ms=1500)
+    # submit (the CLI itself takes seconds to start on a loaded machine); fast enough for
+    # the whole guide to run in a few minutes.
+    simulator.configure(latency_ms=4000)
     service = start()
     address = service.base_url.removeprefix("http://")
     script = "\n".join(sh_blocks(document))
