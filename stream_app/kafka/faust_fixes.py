@@ -1,5 +1,5 @@
 """Every repair of Faust (faust-streaming 0.15.3) and aiokafka (0.14.0) behaviour, in one place:
-each function here replaces one method of the app, its consumer, its producer buffer or a Faust
+each function here replaces methods of the app, its consumer, its producer buffer or a Faust
 module, and is installed on the worker's app by `stream_app.kafka.faust_app.install_repairs`.
 Nothing else in the service replaces a method of Faust or aiokafka.
 
