@@ -43,6 +43,16 @@ def test_the_guide_has_runnable_examples_and_every_example_file_exists() -> None
                 assert (ROOT / name).is_file(), f"{path.name}: {name} does not exist"
 
 
+def test_every_file_the_docs_name_exists() -> None:
+    for path in DOCUMENTS:
+        named = re.findall(
+            r"`((?:stream_app|api|schemas|cli|simulator|bench|tests|deploy|examples)/[\w/.-]+)`",
+            path.read_text(encoding="utf-8"),
+        )
+        missing = sorted({name for name in named if not (ROOT / name).exists()})
+        assert not missing, f"{path.name} names files that do not exist: {missing}"
+
+
 def test_readme_and_docs_say_no_history() -> None:
     """Docs are for users: no issue numbers, rounds or commit hashes."""
     for path in DOCUMENTS:
