@@ -346,6 +346,12 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _text("text/html", "The page.")},
             }
         },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The page's icon (browsers ask for it on their own)",
+                "responses": {"200": _text("image/svg+xml", "The icon.")},
+            }
+        },
     }
 
 
