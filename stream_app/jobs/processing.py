@@ -271,7 +271,9 @@ class RecordProcessor:
             try:
                 reply: Reply = await self.client.analyze(record, max_tokens, run.task)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
-                if isinstance(exc, anthropic.APIStatusError):
+                # A 429's limit header is read by `RateBudget.throttled`, which compares it
+                # with the limit in force before adopting it.
+                if isinstance(exc, anthropic.APIStatusError) and exc.status_code != 429:
                     headers = exc.response.headers
                 return classify_error(
                     exc, now=self.clock(), cap_seconds=self.policy.retry_after_cap_seconds
@@ -296,7 +298,7 @@ class RecordProcessor:
         """A 429 never uses up a retry: the whole worker waits and slows down."""
         wait = answer.wait.seconds if answer.wait else None
         self.breaker.rate_limited(admission, wait)
-        self.budget.throttled(wait)
+        early = self.budget.throttled(wait, answer.requests_limit)
         if answer.token_limits and answer.tokens_reset_at is not None:
             until = min(answer.tokens_reset_at, self.clock() + self.policy.retry_after_cap_seconds)
             self.budget.hold_tokens(until)
@@ -307,6 +309,7 @@ class RecordProcessor:
             index=run.event.index,
             wait=round(wait, 3) if wait is not None else None,
             source=answer.wait.source if answer.wait else None,
+            arrived_early=early,
             token_limits=",".join(answer.token_limits) or None,
         )
 
