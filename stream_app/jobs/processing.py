@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from stream_app.provider.answers import (
 )
 from stream_app.provider.breaker import Admission, ProviderBreaker
 from stream_app.provider.budget import RateBudget
+from stream_app.provider.call_slots import CallSlots
 from stream_app.provider.client import InsightClient, Reply
 from stream_app.provider.request import PreparedTask
 from stream_app.provider.retry_timing import WaitReading
@@ -154,6 +155,8 @@ class RecordProcessor:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
+    # Calls in flight follow the budget and the measured latency (None: no limit here).
+    slots: CallSlots | None = None
 
     async def process(self, event: RecordEvent, task: PreparedTask | None = None) -> ResultEvent:
         """`task`: the record's job's task (None: the default task)."""
@@ -254,8 +257,17 @@ class RecordProcessor:
             return await self.breaker.admit(key)
 
     async def _call(self, run: _Run, max_tokens: int, admission: Admission) -> Answer | None:
-        """One attempt: a budget slot, the call, and what its answer means; None when the
-        call did not go out after all."""
+        """One attempt: a call slot, a budget grant, the call, and what its answer means;
+        None when the call did not go out after all."""
+        hold: AbstractAsyncContextManager[None] = (
+            self.slots.hold() if self.slots is not None else nullcontext()
+        )
+        async with hold:
+            return await self._granted_call(run, max_tokens, admission)
+
+    async def _granted_call(
+        self, run: _Run, max_tokens: int, admission: Admission
+    ) -> Answer | None:
         record = run.event.record
         chars = self.client.request_chars(record, run.task)
         grant = await self.budget.acquire(
@@ -268,6 +280,7 @@ class RecordProcessor:
             if not self.breaker.still_admits(admission):
                 return None
             run.attempts += 1
+            sent = time.monotonic()
             try:
                 reply: Reply = await self.client.analyze(record, max_tokens, run.task)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
@@ -278,6 +291,8 @@ class RecordProcessor:
                 return classify_error(
                     exc, now=self.clock(), cap_seconds=self.policy.retry_after_cap_seconds
                 )
+            if self.slots is not None:
+                self.slots.observe(time.monotonic() - sent)
             billed, headers = reply.usage, reply.headers
             run.usage += billed
             return read_reply(reply, run.task.parse)

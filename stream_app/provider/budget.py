@@ -21,9 +21,9 @@ The provider's word wins: a lower `anthropic-ratelimit-requests-limit` than conf
 becomes the limit. A 429 whose `anthropic-ratelimit-requests-limit` equals the limit in force
 only shows a request arrived a moment early (at a window's edge): every call of the worker
 waits `_EARLY_PAUSE` (or the provider's `retry-after` if shorter) and the pace stays. Any
-other 429 (a lower limit, no limit header, or the third "early" one within
-`_REPEATED_WITHIN`) pauses every call for `retry-after`, then halves the pace, which
-recovers linearly toward the configured rate over `_RECOVERY_SECONDS`.
+other 429 (a lower limit, no limit header, or the third one within the time of
+`_REPEATED_WITHIN_SLOTS` slots) pauses every call for `retry-after`, then halves the pace,
+which recovers linearly toward the configured rate over `_RECOVERY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ _SLOT_TOLERANCE = 0.03
 _SHORT_WINDOW = 5.0
 # An early arrival's 429 costs every call this long a wait (a few slots at high tiers).
 _EARLY_PAUSE = 0.25
-# This many 429s inside this many seconds are a real limit, whatever the headers say.
+# This many 429s within the time of this many slots are a real limit, whatever the
+# headers say (3 in 2 s at 3,000 requests/minute, 3 in 2 minutes at 50).
 _REPEATED_COUNT = 3
-_REPEATED_WITHIN = 10.0
+_REPEATED_WITHIN_SLOTS = 100
 # After a 429 the pace drops and climbs back to the configured rate over this long.
 _RECOVERY_SECONDS = 30.0
 _MIN_PACE_FACTOR = 0.25
@@ -220,7 +221,7 @@ class RateBudget:
         self.throttled_count += 1
         recent = self._recent_throttles
         recent.append(now)
-        while recent and recent[0] < now - _REPEATED_WITHIN:
+        while recent and recent[0] < now - _REPEATED_WITHIN_SLOTS * self.slot_seconds:
             recent.popleft()
         early = requests_limit == self.requests_per_minute and len(recent) < _REPEATED_COUNT
         if requests_limit is not None and requests_limit > 0:
