@@ -1,10 +1,11 @@
 """How much of the provider's request budget the cluster uses when that budget binds.
 
 `python -m bench.utilization` runs one scenario per worker count (1 and 2 by default). Each
-scenario gets a fresh Claude simulator that enforces the provider's real limit (`--rpm`), a
-fresh Kafka namespace on one shared embedded broker, and N `python -m stream_app` workers
-that all claim the same CLAUDE_REQUESTS_PER_MINUTE. One oversized batch keeps the budget
-binding; everything is measured from what the simulator saw, so the service is a black box.
+scenario gets a fresh Claude simulator (a process of its own) that enforces the provider's
+real limit (`--rpm`), a fresh Kafka namespace on one shared embedded broker, and N
+`python -m stream_app` workers that all claim the same CLAUDE_REQUESTS_PER_MINUTE. One
+oversized batch keeps the budget binding; everything is measured from what the simulator
+saw, so the service is a black box.
 
 Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
 """
@@ -32,12 +33,13 @@ from bench.harness import (
     render,
     results_json,
     start_broker,
+    start_simulator_process,
     start_worker,
     stop_workers,
     wait_cluster_ready,
 )
 from simulator import SimulatorConfig
-from simulator.testing import SimulatorHandle, max_in_window, run_simulator
+from simulator.testing import SimulatorHandle, max_in_window
 from stream_app.running.testing import ServiceProcess, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
@@ -55,6 +57,12 @@ class Options:
     seconds: float
     warmup: float
     json: bool
+    # The calls: mean latency and +- jitter (ms), the call-slot ceiling, and the provider's
+    # shorter window (its share of the minute over that many seconds; None: only 60 s).
+    latency_ms: float = LATENCY_MS
+    latency_jitter_ms: float = 0.0
+    concurrency: int = CONCURRENCY
+    short_window_seconds: float | None = None
 
     @property
     def records(self) -> int:
@@ -143,6 +151,8 @@ class Result:
     max_attempts_60s: int
     max_5s: int
     bound_5s: int
+    # Most calls the provider held at once (from arrival to answer).
+    max_in_flight: int
     window_covered: bool
     completed: bool
     completed_count: int
@@ -175,11 +185,25 @@ def measure(stats: dict[str, Any], opts: Options) -> dict[str, Any]:
         "max_60s": max_in_window(ok, 60),
         "max_attempts_60s": max_in_window(arrivals, 60),
         "max_5s": max_in_window(ok, 5),
+        "max_in_flight": max_in_flight(requests),
         "bound_5s": math.ceil(opts.rpm * 5 / 60) + 1,
         # False means supply ran out before the window ended: utilization is understated.
         "window_covered": max(arrivals) >= end,
         "by_status": stats["by_status"],
     }
+
+
+def max_in_flight(requests: list[dict[str, Any]]) -> int:
+    """Most requests between arrival (`t`) and answer (`t_done`) at any moment."""
+    edges = sorted(
+        [(r["t"], 1) for r in requests] + [(r.get("t_done", r["t"]), -1) for r in requests],
+        key=lambda edge: (edge[0], edge[1]),
+    )
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
 
 
 def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[str, str]:
@@ -188,14 +212,21 @@ def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[s
         **namespace_env("bench", broker, simulator),
         "KAFKA_PARTITIONS": str(PARTITIONS),
         "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
-        "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
+        "BATCH_MAX_CONCURRENT_LLM_CALLS": str(opts.concurrency),
     }
 
 
 def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Result:
-    config = SimulatorConfig(requests_per_minute=opts.rpm, latency_ms=LATENCY_MS)
+    config = SimulatorConfig(
+        requests_per_minute=opts.rpm,
+        latency_ms=opts.latency_ms,
+        latency_jitter_ms=opts.latency_jitter_ms,
+        requests_short_window_seconds=opts.short_window_seconds,
+    )
     with ExitStack() as stack:
-        simulator = stack.enter_context(run_simulator(config))
+        # A process of its own: at 100 calls/s it must not share the GIL with the polling.
+        simulator, _ = start_simulator_process(stack)
+        simulator.configure(**config.model_dump(exclude_defaults=True))
         env = shared_env(opts, broker, simulator)
         workers: list[ServiceProcess] = []
         # Registered before the first start so a failure halfway still stops the rest.
