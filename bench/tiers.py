@@ -61,7 +61,16 @@ def run(tiers: Sequence[tuple[int, int]], seconds: float, warmup: float) -> list
         for n, (rpm, workers) in enumerate(tiers):
             opts = options(rpm, workers, seconds, warmup)
             progress(f"tier {rpm} rpm, {workers} worker(s): {opts.records} records")
-            results.append(run_scenario(workers, opts, broker, workdir / f"tier{n}"))
+            try:
+                result = run_scenario(workers, opts, broker, workdir / f"tier{n}")
+            except TimeoutError as exc:  # a worker not ready on a loaded machine: next tier
+                progress(f"tier {rpm} rpm skipped: {exc}")
+                continue
+            progress(
+                f"tier {rpm} rpm: utilization {result.utilization * 100:.1f} %, "
+                f"429s {result.rate_limited}, max in flight {result.max_in_flight}"
+            )
+            results.append(result)
     return results
 
 
