@@ -68,7 +68,8 @@ def run(tiers: Sequence[tuple[int, int]], seconds: float, warmup: float) -> list
                 continue
             progress(
                 f"tier {rpm} rpm: utilization {result.utilization * 100:.1f} %, "
-                f"429s {result.rate_limited}, max in flight {result.max_in_flight}"
+                f"429s {result.rate_limited}, max in flight {result.max_in_flight}, "
+                f"worker CPU {result.worker_cores:.2f} cores, load {result.load_average:g}"
             )
             results.append(result)
     return results
@@ -85,6 +86,8 @@ def table(results: list[Result], host: dict[str, str | int]) -> str:
         "max/60s",
         "max/5s (share)",
         "max in flight",
+        "worker CPU (cores)",
+        "load avg",
         "failed",
     ]
     rows = [
@@ -98,6 +101,8 @@ def table(results: list[Result], host: dict[str, str | int]) -> str:
             str(r.max_60s),
             f"{r.max_5s} ({-(-r.rpm * 5 // 60)})",
             str(r.max_in_flight),
+            f"{r.worker_cores:.2f}",
+            f"{r.load_average:g}",
             failed_cell(r),
         ]
         for r in results

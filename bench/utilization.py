@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import httpx
 
 from bench.harness import (
     bench_main,
+    cpu_seconds,
     job_status,
     namespace_env,
     progress,
@@ -153,6 +155,10 @@ class Result:
     bound_5s: int
     # Most calls the provider held at once (from arrival to answer).
     max_in_flight: int
+    # The workers' CPU time over the run, in cores (1.0: one core busy all along), and the
+    # machine's 1-minute load average at the end: a starved worker shows here.
+    worker_cores: float
+    load_average: float
     window_covered: bool
     completed: bool
     completed_count: int
@@ -240,11 +246,13 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
         progress(f"ready after {startup:.1f} s; submitting {opts.records} records")
 
         began = time.monotonic()
+        cpu_before = sum(cpu_seconds(w.process.pid) for w in workers)
         job_id = submit(workers[0], opts.records)
         # Expected drain time at the budget, plus room for a slow machine.
         timeout = opts.records / (opts.rpm / 60) * 1.5 + 30
         final, status_from = wait_job(workers, job_id, timeout)
         run = time.monotonic() - began
+        worker_cores = (sum(cpu_seconds(w.process.pid) for w in workers) - cpu_before) / run
         progress(f"job {final.get('status')} after {run:.1f} s")
         numbers = measure(simulator.stats(), opts)
 
@@ -260,6 +268,8 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
         status_from=status_from,
         startup_s=round(startup, 1),
         run_s=round(run, 1),
+        worker_cores=round(worker_cores, 2),
+        load_average=round(os.getloadavg()[0], 1),
         **numbers,
     )
 
