@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables = table_memory.run(table_memory.SIZES)
         table += [["table memory", *row] for row in table_memory.rows(tables)]
         if args.all:
-            fair = fairness.run(fairness.parse_args([]))
+            fair = fairness.run(fairness.parse_args(["--depths", "0,20000"]))
             table += [["fairness", *row] for row in fairness.rows(fair)]
             table += [["outage", *row] for row in outage.rows(outage.run(outage.parse_args([])))]
     except KeyboardInterrupt:
