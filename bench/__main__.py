@@ -5,10 +5,10 @@ By default: bench.overhead with its defaults (3,000 records at 32 calls in fligh
 measured after 5 s), bench.job_sizes (jobs of 1,000 and 10,000 records: submit time,
 status and page latency, worker memory) and bench.table_memory (the table stores' memory
 after 10,000 and 100,000 records' writes, Faust's default options against the pipeline's).
-`--all` adds bench.fairness and bench.outage with their defaults (about 6 more minutes)
-and a 100,000-record job to bench.job_sizes (40 minutes or more on 2 cores). Each
-benchmark keeps its own command and flags for longer runs (bench/README.md). Progress goes
-to stderr; stdout holds only the table.
+`--all` adds bench.fairness (0 and 20,000 records ahead) and bench.outage with their
+defaults (about 10 more minutes) and a 100,000-record job to bench.job_sizes (40 minutes
+or more on 2 cores). Each benchmark keeps its own command and flags for longer runs
+(bench/README.md). Progress goes to stderr; stdout holds only the table.
 """
 
 from __future__ import annotations
