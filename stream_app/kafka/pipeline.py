@@ -1,8 +1,8 @@
-"""The worker's Faust pipeline: its topics, its three tables and its two agents, and the
+"""The worker's Faust pipeline: its topics, its three tables and its three agents, and the
 `Pipeline` handle the service and the API use (publishing jobs and cancels, reading jobs and
 results). The agents are a few lines each; what they do lives in plain objects:
-`RecordHandler` (process agent, stream_app.kafka.record_handler) and `Aggregator`
-(aggregate agent, stream_app.kafka.aggregator).
+`RecordHandler` (the process agents, one per record topic: stream_app.kafka.record_handler,
+stream_app.kafka.lanes) and `Aggregator` (aggregate agent, stream_app.kafka.aggregator).
 """
 
 from __future__ import annotations
