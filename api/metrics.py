@@ -62,7 +62,12 @@ class ServiceState(Collector):
             labels=["topic", "partition"],
         )
         settings = self._service.settings
-        topics = {settings.topic_records, settings.topic_jobs, settings.topic_results}
+        topics = {
+            settings.topic_records,
+            settings.topic_records_bulk,
+            settings.topic_jobs,
+            settings.topic_results,
+        }
         consumer: Any = self._service.pipeline.app.consumer
         try:
             assignment = consumer.assignment()

@@ -84,6 +84,7 @@ def namespace_env(prefix: str, broker: str, simulator: SimulatorHandle) -> dict[
         "KAFKA_APP_ID": app_id,
         "TOPIC_JOBS": f"{app_id}.jobs",
         "TOPIC_RECORDS": f"{app_id}.records",
+        "TOPIC_RECORDS_BULK": f"{app_id}.records.bulk",
         "TOPIC_RESULTS": f"{app_id}.results",
         "TOPIC_DLQ": f"{app_id}.dlq",
         "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",

@@ -33,7 +33,7 @@ class JobCreated(BaseModel):
 
 
 class RecordEvent(BaseModel):
-    """`batch.records`: one record of one job."""
+    """`batch.records` (or `batch.records.bulk`, for big jobs): one record of one job."""
 
     job_id: str = Field(min_length=1, max_length=200)
     index: int = Field(ge=0)

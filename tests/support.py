@@ -36,6 +36,7 @@ class Namespace:
         return {
             "jobs": f"{self.app_id}.jobs",
             "records": f"{self.app_id}.records",
+            "records_bulk": f"{self.app_id}.records.bulk",
             "results": f"{self.app_id}.results",
             "dlq": f"{self.app_id}.dlq",
         }
@@ -46,6 +47,7 @@ class Namespace:
             "KAFKA_APP_ID": self.app_id,
             "TOPIC_JOBS": t["jobs"],
             "TOPIC_RECORDS": t["records"],
+            "TOPIC_RECORDS_BULK": t["records_bulk"],
             "TOPIC_RESULTS": t["results"],
             "TOPIC_DLQ": t["dlq"],
         }

@@ -99,10 +99,14 @@ def test_broker_restart_mid_job_finishes_exactly_once(
     port, data = free_port(), tmp_path / "kafka"
     broker = private_broker(port, data=data)
     concurrency = 2
+    # The 40 records go to the bulk record topic (more than 20), read 5 at a time (half a
+    # look-ahead of 10): a backlog deeper than the look-ahead when the broker dies.
     service = start(
         workdir=tmp_path / "node",
         kafka_bootstrap_servers=f"127.0.0.1:{port}",
         batch_max_concurrent_llm_calls=concurrency,
+        batch_bulk_job_records=20,
+        batch_lookahead_records=10,
     )
     with service.client() as client:
         job_id = submit(client, TEXTS)

@@ -131,11 +131,18 @@ def test_sigkill_with_several_jobs_of_two_tenants_loses_nothing_and_pays_little(
 ) -> None:
     # The scheduler interleaves the jobs, so records finish far out of offset order and
     # the look-ahead holds many unacknowledged records: none may be committed past, and
-    # none paid twice but the calls in flight at the kill.
+    # none paid twice but the calls in flight at the kill. The 60-record job goes to the
+    # bulk record topic (more than 20 records), the others to batch.records, and each lane
+    # holds 10 records: a backlog deeper than the look-ahead on both topics.
     simulator.configure(latency_ms=400)
     workdir = tmp_path / "node"
     concurrency = 5
-    env = {"batch_max_concurrent_llm_calls": concurrency, "api_keys": "alpha:ka,beta:kb"}
+    env = {
+        "batch_max_concurrent_llm_calls": concurrency,
+        "api_keys": "alpha:ka,beta:kb",
+        "batch_bulk_job_records": 20,
+        "batch_lookahead_records": 20,
+    }
     alpha = {"headers": {"authorization": "Bearer ka"}}
     beta = {"headers": {"authorization": "Bearer kb"}}
     first = start(workdir=workdir, **env)

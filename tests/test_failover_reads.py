@@ -157,6 +157,9 @@ def test_sigkill_of_the_owner_mid_job_reads_never_fail_and_the_job_finishes_exac
     # 300 ms a call, the cluster paced at 300 a minute: the 40 records take ~8 s, so the
     # job still runs at the kill (after 8 results) and through the rebalance (the session
     # timeout, 6 s, the broker's minimum).
+    # The job's 40 records go to the bulk record topic (more than 20), read 5 at a time by
+    # each worker (half a look-ahead of 10): the take-over re-reads a backlog deeper than
+    # the look-ahead from a topic co-partitioned with the processed-records table.
     simulator.configure(latency_ms=300)
     concurrency = 3
     workers = start_cluster(
@@ -164,6 +167,8 @@ def test_sigkill_of_the_owner_mid_job_reads_never_fail_and_the_job_finishes_exac
         tmp_path,
         claude_requests_per_minute=300,
         batch_max_concurrent_llm_calls=concurrency,
+        batch_bulk_job_records=20,
+        batch_lookahead_records=10,
     )
     survivor, victim = workers
     with survivor.client() as client:

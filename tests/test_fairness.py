@@ -116,3 +116,39 @@ def test_a_high_priority_job_overtakes_a_normal_one(start: StartService) -> None
     # The status says which priority each job runs with.
     assert (final["priority"], normal_final["priority"]) == ("high", "normal")
     print(f"high job done when the normal job had {normal_then['completed_count']} of 200")
+
+
+BACKLOG = 20_000
+
+
+def test_a_small_job_behind_a_20000_record_backlog_completes_within_seconds(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    # The instant simulator and 1,200 requests a minute (20 calls a second): the backlog
+    # alone takes over 16 minutes, ten times what one look-ahead (2,000 records) holds. The
+    # big job's records go to the bulk record topic, the small job's to batch.records, and
+    # the worker reads both: the small job is within reach at once, and gets half the calls.
+    service = start(claude_requests_per_minute=1200)
+    body = "\n".join(f'{{"text": "Backlog {i}: the export failed again."}}' for i in range(BACKLOG))
+    with service.client() as client:
+        reply = client.post(
+            "/api/v1/batch", content=body, headers={"content-type": "application/x-ndjson"}
+        )
+        assert reply.status_code == 202, reply.text
+        big = reply.json()["job_id"]
+        results_at_least(client, big, 20)
+        submitted = time.monotonic()
+        small = submit(client, texts("small", 40))
+        final = wait_completed(client, small, timeout=120)
+        elapsed = time.monotonic() - submitted
+        big_now = status(client, big, params={"limit": "0"})
+    print(
+        f"40-record job behind a {BACKLOG}-record backlog completed in {elapsed:.1f} s; "
+        f"the big job had {big_now['completed_count']} outcomes by then"
+    )
+    assert_every_index_once(final, 40)
+    # The backlog was there the whole time: far more of it unread than a look-ahead holds.
+    assert big_now["status"] == "running"
+    assert BACKLOG - big_now["completed_count"] > 5 * 2000, big_now["completed_count"]
+    # In FIFO order it would wait for the whole backlog: over 16 minutes.
+    assert elapsed < 15.0, elapsed

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # record values): the records the scheduler chooses from. Bounds the worker's memory.
     batch_lookahead_records: int = Field(2000, ge=1, le=1_000_000)
     batch_lookahead_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Jobs with more records than this are published to topic_records_bulk, the others to
+    # topic_records; each worker reads both, each up to half of the look-ahead, so a small
+    # job is never queued behind a big job's backlog (stream_app.kafka.lanes).
+    batch_bulk_job_records: int = Field(500, ge=1)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
     # The provider circuit breaker (stream_app/provider/breaker.py): consecutive provider failures
     # (of two records at least) that open it, and the probe backoff while it is open.
@@ -79,6 +83,8 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(8, ge=1, le=256)
     topic_jobs: str = "batch.jobs"
     topic_records: str = "batch.records"
+    # The records of big jobs (more than batch_bulk_job_records records).
+    topic_records_bulk: str = "batch.records.bulk"
     topic_results: str = "batch.results"
     topic_dlq: str = "batch.dlq"
     # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.

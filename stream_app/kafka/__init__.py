@@ -1,9 +1,10 @@
 """The Kafka side. The Faust app, its plain-bytes topics and its tables (`faust_app`), wired
-into the worker's pipeline (`pipeline`: two agents a few lines long, the rebalance hooks and
+into the worker's pipeline (`pipeline`: three agents a few lines long, the rebalance hooks and
 the `Pipeline` handle the service and the API use); what the agents do, as plain objects:
 `RecordHandler` for the process agent (`record_handler`) and `Aggregator` for the aggregate
 agent (`aggregator`); reading consumed messages and dead-lettering the unreadable ones
-(`messages`); the records' look-ahead (`lookahead`); the group-less `batch.jobs` reader that
+(`messages`); the records' look-ahead (`lookahead`) and which record topic a job goes to
+(`lanes`); the group-less `batch.jobs` reader that
 feeds every worker's directory of jobs (`jobs_reader`); the job feed (`job_feed`); topic
 creation (`topics`); bulk publishing (`bulk_publish`); local table state and standby replicas
 (`local_state`, `replicas`); the stall watch (`stall`); and the repairs: every replaced method

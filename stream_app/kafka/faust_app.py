@@ -132,7 +132,9 @@ def install_repairs(app: faust.App, settings: Settings) -> None:
     guard_stale_acks(app)
     guard_unacked_commits(app)
     hold_commits_at_skipped_offsets(app)
-    heal_lost_deliveries(app, (s.topic_records, s.topic_jobs, s.topic_results))
+    heal_lost_deliveries(
+        app, (s.topic_records, s.topic_records_bulk, s.topic_jobs, s.topic_results)
+    )
     deliver_without_a_task_per_message(app)
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)

@@ -1,8 +1,8 @@
-"""The worker's Faust pipeline: its topics, its three tables and its two agents, and the
+"""The worker's Faust pipeline: its topics, its three tables and its three agents, and the
 `Pipeline` handle the service and the API use (publishing jobs and cancels, reading jobs and
 results). The agents are a few lines each; what they do lives in plain objects:
-`RecordHandler` (process agent, stream_app.kafka.record_handler) and `Aggregator`
-(aggregate agent, stream_app.kafka.aggregator).
+`RecordHandler` (the process agents, one per record topic: stream_app.kafka.record_handler,
+stream_app.kafka.lanes) and `Aggregator` (aggregate agent, stream_app.kafka.aggregator).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from stream_app.kafka.aggregator import Aggregator
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
 from stream_app.kafka.job_feed import JobFeed
+from stream_app.kafka.lanes import record_topics, topic_for_job
 from stream_app.kafka.local_state import discard_tables
 from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import DeadLetters, dump
@@ -89,7 +90,7 @@ class Pipeline:
     def topic_partitions(self) -> dict[str, int]:
         """Every topic the service uses, with the partition count it must have."""
         s = self.settings
-        names = [s.topic_jobs, s.topic_records, s.topic_results, s.topic_dlq]
+        names = [s.topic_jobs, *record_topics(s), s.topic_results, s.topic_dlq]
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
@@ -175,9 +176,10 @@ class Pipeline:
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
         """What an upstream producer does, all or nothing: send the job's records to
-        `batch.records` (`records`: each record's JSON object, in index order), wait until
-        the broker has acknowledged all of them (acks=all), and only then announce the job
-        on `batch.jobs` (its `created` event) and wait for that acknowledgement too.
+        `batch.records`, or `batch.records.bulk` for a big job (stream_app.kafka.lanes)
+        (`records`: each record's JSON object, in index order), wait until the broker has
+        acknowledged all of them (acks=all), and only then announce the job on
+        `batch.jobs` (its `created` event) and wait for that acknowledgement too.
 
         The records carry `created_follows: true`: a worker holds each one until the
         announcement comes, and dead-letters it, without a call, if none does (the submit
@@ -201,7 +203,9 @@ class Pipeline:
             # than the records: stream_app.kafka.bulk_publish). Every batch's delivery is awaited,
             # so a lost one raises and the job is not announced.
             producer = self.app.producer
-            topic = self.records_topic.get_topic_name()
+            # A big job goes to the bulk record topic, so that it never stands in a
+            # partition between a small job and the workers (stream_app.kafka.lanes).
+            topic = topic_for_job(self.settings, created.total_records)
 
             def keyed() -> Iterator[tuple[bytes, bytes]]:
                 for index, record in enumerate(records):
@@ -279,6 +283,7 @@ def build_pipeline(
     partitions = s.kafka_partitions
     jobs_topic = raw_topic(app, s.topic_jobs, partitions=partitions)
     records_topic = raw_topic(app, s.topic_records, partitions=partitions)
+    bulk_topic = raw_topic(app, s.topic_records_bulk, partitions=partitions)
     results_topic = raw_topic(app, s.topic_results, partitions=partitions)
     dlq_topic = raw_topic(app, s.topic_dlq, partitions=partitions)
     # batch.jobs and batch.results share key (job_id) and partition count, so both land on
@@ -306,7 +311,10 @@ def build_pipeline(
         FairScheduler() if s.batch_scheduling == "fair" else FifoScheduler()
     )
     lookahead = pipeline.lookahead = LookAhead(
-        scheduler, max_records=s.batch_lookahead_records, max_bytes=s.batch_lookahead_bytes
+        scheduler,
+        max_records=s.batch_lookahead_records,
+        max_bytes=s.batch_lookahead_bytes,
+        lanes=record_topics(s),
     )
     dead_letters = DeadLetters(dlq_topic)
     records = pipeline.records = RecordHandler(
@@ -328,7 +336,13 @@ def build_pipeline(
 
     @app.agent(records_topic, name="process")
     async def process(stream: faust.StreamT[bytes]) -> None:
-        await records.serve(stream, lookahead)
+        await records.serve(stream, lookahead, s.topic_records)
+
+    # Big jobs' records: read into their own lane of the look-ahead, called by the slots
+    # of the process agent (stream_app.kafka.lanes).
+    @app.agent(bulk_topic, name="process-bulk")
+    async def process_bulk(stream: faust.StreamT[bytes]) -> None:
+        await records.feed(stream, lookahead, s.topic_records_bulk)
 
     @app.agent(job_events, name="aggregate")
     async def aggregate(stream: faust.StreamT[bytes]) -> None:
@@ -359,6 +373,6 @@ def build_pipeline(
         )
 
     # Registered on the app; nothing else calls them.
-    del process, aggregate, on_revoked, on_assigned
+    del process, process_bulk, aggregate, on_revoked, on_assigned
     install_repairs(app, s)
     return pipeline

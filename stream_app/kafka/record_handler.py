@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import faust
@@ -90,29 +90,50 @@ class RecordHandler:
         # committed offset, e.g. when a restarted worker's fetch is reset after table
         # recovery); the copy then waits for that outcome instead of paying a second call.
         self._running: dict[str, asyncio.Future[None]] = {}
+        # topic -> the stream that reads it, which acknowledges its records.
+        self._streams: dict[str, faust.StreamT[bytes]] = {}
         self.outcomes_sent = 0
 
-    async def serve(self, stream: faust.StreamT[bytes], lookahead: LookAhead[EventT]) -> None:
-        """Run the agent's stream through the look-ahead until the agent stops."""
-        manual = cast(faust.Stream[bytes], stream).noack()
-
-        async def handle(event: EventT) -> None:
-            if event.message.generation_id != self._generation():
-                # Read before a rebalance: Kafka delivers it again to its partition's owner.
-                return
-            # Table writes go to the changelog partition of the event being processed, which
-            # Faust reads from a context variable that its stream sets in the reader's task
-            # only; each call slot is a task of its own (faust/streams.py, current_event).
-            _current_event.set(weakref.ref(event))
-            if await self.process_one(event):
-                await manual.ack(event)
-
+    async def serve(
+        self, stream: faust.StreamT[bytes], lookahead: LookAhead[EventT], lane: str
+    ) -> None:
+        """Read the agent's stream into the look-ahead's `lane` and run the worker's call
+        slots (on the records of every lane) until the agent stops."""
+        events = self._acknowledged_by(stream)
         await lookahead.serve(
-            manual.events(),
+            events,
             self.ticket,
-            handle,
+            self.handle_event,
             slots=self._settings.batch_max_concurrent_llm_calls,
+            lane=lane,
         )
+
+    async def feed(
+        self, stream: faust.StreamT[bytes], lookahead: LookAhead[EventT], lane: str
+    ) -> None:
+        """Read another record topic's agent stream into the look-ahead's `lane` until the
+        agent stops; `serve`'s call slots handle its records."""
+        await lookahead.feed(self._acknowledged_by(stream), self.ticket, lane)
+
+    def _acknowledged_by(self, stream: faust.StreamT[bytes]) -> AsyncIterator[EventT]:
+        # Records are acknowledged one by one once their outcome is sent, by the stream
+        # that read them (each record topic has its agent and stream).
+        manual = cast(faust.Stream[bytes], stream).noack()
+        for topic in cast(faust.TopicT, stream.channel).topics:
+            self._streams[topic] = manual
+        return manual.events()
+
+    async def handle_event(self, event: EventT) -> None:
+        """One call slot's work on one record; acknowledges it once it has an outcome."""
+        if event.message.generation_id != self._generation():
+            # Read before a rebalance: Kafka delivers it again to its partition's owner.
+            return
+        # Table writes go to the changelog partition of the event being processed, which
+        # Faust reads from a context variable that its stream sets in the reader's task
+        # only; each call slot is a task of its own (faust/streams.py, current_event).
+        _current_event.set(weakref.ref(event))
+        if await self.process_one(event):
+            await self._streams[event.message.topic].ack(event)
 
     def ticket(self, event: EventT) -> tuple[Ticket, int]:
         """Who the record belongs to for the scheduler, and its size in bytes."""

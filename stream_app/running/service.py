@@ -144,8 +144,11 @@ class Service:
         if excuse is None and in_flight == 0:
             read_at, backlog = self._backlog_read
             if now - read_at >= 5.0:
-                records = self.settings.topic_records
-                owned = [TopicPartition(records, p) for p in self.owned_partitions()]
+                owned = [
+                    TopicPartition(topic, p)
+                    for topic in (self.settings.topic_records, self.settings.topic_records_bulk)
+                    for p in self.owned_partitions()
+                ]
                 try:
                     backlog = await asyncio.wait_for(self.backlog.count(owned), timeout=5.0)
                 except Exception as exc:  # the broker checks report it; not a stall

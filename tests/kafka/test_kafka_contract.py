@@ -210,7 +210,8 @@ async def test_records_published_by_the_api_land_on_their_keys_partitions_in_ord
         whole = client.post("/api/v1/batch", json={"records": sent})
     assert [ndjson.status_code, whole.status_code] == [202, 202], [ndjson.text, whole.text]
     jobs = {ndjson.json()["job_id"], whole.json()["job_id"]}
-    messages = await consume(broker, namespace.topics["records"], 2 * len(sent))
+    # 600 records: more than BATCH_BULK_JOB_RECORDS (500), so on the bulk record topic.
+    messages = await consume(broker, namespace.topics["records_bulk"], 2 * len(sent))
     assert len(messages) == 2 * len(sent)
     seen: dict[str, list[int]] = {job_id: [] for job_id in jobs}
     last: dict[tuple[str, int], int] = {}

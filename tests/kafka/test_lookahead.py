@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler, Ticket
-from stream_app.kafka.lookahead import LookAhead
+from stream_app.kafka.lookahead import DEFAULT_LANE, LookAhead
 from tests.fake_clock import FakeClock
 
 SLOT_SECONDS = 0.1  # 600 requests a minute
@@ -92,6 +92,70 @@ async def test_dropped_records_free_their_room() -> None:
     assert [await lookahead.take(), await lookahead.take()] == ["b:0", "c:0"]
 
 
-async def _put_all(lookahead: LookAhead[str], items: list[str], size: int) -> None:
+async def _put_all(
+    lookahead: LookAhead[str], items: list[str], size: int, lane: str = DEFAULT_LANE
+) -> None:
     for item in items:
-        await lookahead.put(item, Ticket("", item.partition(":")[0]), size)
+        await lookahead.put(item, Ticket("", item.partition(":")[0]), size, lane)
+
+
+BULK = "batch.records.bulk"
+DEFAULT = "batch.records"
+
+
+async def test_a_small_job_in_its_own_lane_is_read_at_once_behind_any_backlog() -> None:
+    # 20,000 records of a big job in the bulk lane, 100 times what the look-ahead holds; the
+    # small job's 40 records come on the default lane once the big job has run a second.
+    # The small job is read at once; after the calls already waiting for the provider (one
+    # per slot), it takes every other call: 40 records in 8 s at 10 calls a second. In one
+    # lane it would wait for the 20,000 records before it: over half an hour.
+    clock = FakeClock()
+    lookahead: LookAhead[str] = LookAhead(
+        FairScheduler(), max_records=200, max_bytes=10**9, lanes=(DEFAULT, BULK)
+    )
+    done: dict[str, float] = {}
+    start = clock.now
+    provider = asyncio.Lock()
+
+    async def handle(item: str) -> None:
+        async with provider:
+            await clock.sleep(SLOT_SECONDS)
+        done[item] = clock.now - start
+
+    async def small_job() -> AsyncIterator[str]:
+        await clock.sleep(1.0)
+        for index in range(40):
+            yield f"small:{index}"
+
+    bulk = asyncio.create_task(lookahead.feed(records([("big", 20_000)]), classify, BULK))
+    serving = asyncio.create_task(lookahead.serve(small_job(), classify, handle, 5, DEFAULT))
+    try:
+        await clock.sleep(12.0)
+        small = [t for item, t in done.items() if item.startswith("small")]
+        assert len(small) == 40, len(small)
+        queued = 1.0 + 6 * SLOT_SECONDS + 0.01  # the slots' waiting calls, then its first
+        assert min(small) <= queued and max(small) <= queued + 39 * 2 * SLOT_SECONDS, small
+        # Each lane held at most its half of the look-ahead all along.
+        assert lookahead.held(BULK) == 100 and lookahead.held(DEFAULT) == 0
+    finally:
+        bulk.cancel()
+        serving.cancel()
+        await asyncio.gather(bulk, serving, return_exceptions=True)
+        clock.close()
+
+
+async def test_a_full_lane_does_not_hold_back_the_other() -> None:
+    lookahead: LookAhead[str] = LookAhead(
+        FifoScheduler(), max_records=4, max_bytes=10**6, lanes=(DEFAULT, BULK)
+    )
+    bulk = asyncio.create_task(_put_all(lookahead, [f"big:{n}" for n in range(10)], 10, BULK))
+    await asyncio.sleep(0.01)
+    assert lookahead.held(BULK) == 2 and not bulk.done()  # its share: half of 4
+    await asyncio.wait_for(lookahead.put("small:0", Ticket("", "small"), 10, DEFAULT), 1)
+    await asyncio.wait_for(lookahead.put("small:1", Ticket("", "small"), 10, DEFAULT), 1)
+    assert len(lookahead) == 4 and lookahead.bytes == 40
+    # The bulk lane gets room back only from its own records.
+    assert await lookahead.take() == "big:0"
+    await asyncio.sleep(0.01)
+    assert lookahead.held(BULK) == 2 and lookahead.held(DEFAULT) == 2
+    bulk.cancel()
