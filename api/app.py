@@ -17,7 +17,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import cancel, estimate, events, health, intake, jobs, metrics, results, web
+from api import cancel, delete, estimate, events, health, intake, jobs, metrics, results, web
 from api.errors import EXCEPTION_HANDLERS
 from stream_app.core.settings import Settings
 from stream_app.running.service import Service, running_service
@@ -49,6 +49,7 @@ def create_api(settings: Settings) -> Starlette:
         Route("/api/v1/tasks", estimate.list_tasks, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/status", results.job_status, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/cancel", cancel.cancel_job, methods=["POST"]),
+        Route("/api/v1/batch/{job_id}", delete.delete_job, methods=["DELETE"]),
         Route("/api/v1/batch/{job_id}/results", results.results_page, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/results.ndjson", results.results_ndjson, methods=["GET"]),
         Route("/api/v1/batch/{job_id}/results.csv", results.results_csv, methods=["GET"]),

@@ -18,6 +18,7 @@ from schemas.views import (
     ErrorBody,
     Estimate,
     Health,
+    JobDeletedView,
     JobList,
     JobStatusResponse,
     JobSummary,
@@ -35,6 +36,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (JobSummary, "serialization"),
     (JobStatusResponse, "serialization"),
     (JobList, "serialization"),
+    (JobDeletedView, "serialization"),
     (ResultsPage, "serialization"),
     (ResultView, "serialization"),
     (Health, "serialization"),
@@ -58,8 +60,9 @@ _ERRORS = {
         "`owner_unavailable`: the worker holding the job did not answer and the one "
         "asked holds no standby replica of it (reads are otherwise answered from the "
         'replica, marked `"stale": true`); '
-        "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
-        "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
+        "`delete_pending`: the deletion was sent but not applied within 10 s; "
+        "`broker_unavailable` (submit, cancel, delete, retry): the broker did not "
+        "acknowledge within KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
     ),
 }
 
@@ -210,6 +213,24 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(JobStatusResponse, "Status, counters, results in index order."),
                     **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        job: {
+            "delete": {
+                "summary": "Delete a job",
+                "description": (
+                    "A pending or running job is cancelled first. Then every worker removes "
+                    "the job's status, results and SQLite mirror rows (tombstones in the "
+                    "tables' compacted changelogs); the job answers 404 everywhere from then "
+                    "on. Records and results already on batch.records / batch.results stay "
+                    "until those topics' retention."
+                ),
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {
+                    "200": _json(JobDeletedView, "Deleted."),
+                    **_errors("401", "404", "503"),
                 },
             }
         },

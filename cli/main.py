@@ -4,7 +4,7 @@
     insight submit reviews.csv --text-column body --no-wait
     insight submit tickets.jsonl --task support-ticket-triage --max-cost 5
     insight estimate tickets.jsonl --task task.json   # cost and duration, nothing runs
-    insight status JOB | insight jobs | insight cancel JOB
+    insight status JOB | insight jobs | insight cancel JOB | insight delete JOB
     insight results JOB -o out.csv          # or out.jsonl; --failed for failures only
 
 `--url` (INSIGHT_URL, default http://127.0.0.1:8000) and `--api-key` (INSIGHT_API_KEY)
@@ -252,7 +252,8 @@ def submit(
             )
         if not typer.confirm("submit?", err=True):
             raise typer.Exit(1)
-    accepted = client.submit_ndjson(_ndjson_chunks(records(), options))
+    # With an Idempotency-Key, retried when the network fails: one job whatever happens.
+    accepted = client.submit_once(lambda: _ndjson_chunks(records(), options))
     job_id = accepted["job_id"]
     if not wait:
         out.print(job_id)
@@ -431,6 +432,21 @@ def cancel(
         f"{body['failed_count']} failed, {body['skipped_count']} skipped so far of "
         f"{body['total_records']} (calls in flight finish; the rest are skipped)"
     )
+
+
+@app.command()
+@_one_line_errors
+def delete(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a job everywhere the service keeps it (a running job is cancelled first).
+    Asks for confirmation unless --yes."""
+    if not yes and not typer.confirm(f"Delete job {job_id} and all its results?"):
+        raise typer.Exit(1)
+    _client(ctx).delete(job_id)
+    out.print(f"deleted job {job_id}")
 
 
 def run() -> None:

@@ -1,6 +1,6 @@
 """The one set of models for HTTP bodies, topic payloads and the LLM's structured output."""
 
-from schemas.cancel import JobCancelled, JobEvent, parse_job_event
+from schemas.cancel import JobCancelled, JobDeleted, JobEvent, JobRetried, parse_job_event
 from schemas.events import DeadLetter, JobCreated, RecordEvent, ResultEvent
 from schemas.http import BatchAccepted, BatchRecord, BatchRequest
 from schemas.insight import Insight, InsightResponse, ResponseMetadata
@@ -15,7 +15,9 @@ __all__ = [
     "InsightResponse",
     "JobCancelled",
     "JobCreated",
+    "JobDeleted",
     "JobEvent",
+    "JobRetried",
     "RecordEvent",
     "ResponseMetadata",
     "ResultEvent",

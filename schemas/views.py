@@ -126,6 +126,13 @@ class ResultsPage(BaseModel):
     stale: bool = Field(False, description="As in the status: read from a standby replica.")
 
 
+class JobDeletedView(BaseModel):
+    """DELETE /api/v1/batch/{job_id}: the job is gone."""
+
+    job_id: str
+    status: Literal["deleted"] = "deleted"
+
+
 class Health(BaseModel):
     status: Literal["ok", "failing"]
     reason: str | None = None

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     batch_persistence_backend: PersistenceBackend = "rocksdb"
     batch_job_storage_path: Path = Path("data/batch_jobs")
     batch_sqlite_path: Path = Path("data/batch.db")
+    # Finished jobs whose last change is this many days old are deleted (as by
+    # DELETE /api/v1/batch/{job_id}); None: kept until deleted by hand.
+    batch_retention_days: float | None = Field(None, gt=0)
+    # How long an Idempotency-Key of POST /api/v1/batch answers its first job (hours).
+    batch_idempotency_hours: float = Field(24.0, gt=0)
 
     # Kafka.
     kafka_bootstrap_servers: str | None = None
@@ -110,6 +115,9 @@ class Settings(BaseSettings):
     # How other workers reach this one's API (status reads are forwarded to a job's owner).
     advertised_url: str | None = None
     api_keys: SecretStr | None = None
+    # A file of `name:secret` lines (or comma-separated, as API_KEYS; `#` comments), read
+    # again on SIGHUP and when it changes; used with API_KEYS (both count).
+    api_keys_file: Path | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     # A JSON body is parsed whole in memory (a few times its size as Python objects); larger

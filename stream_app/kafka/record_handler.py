@@ -34,6 +34,7 @@ from stream_app.jobs.cancellation import (
     record_scope,
     skipped_outcome,
 )
+from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import Ticket, record_cost, ticket_for
@@ -71,6 +72,7 @@ class RecordHandler:
         metrics: WorkerMetrics,
         dead_letters: DeadLetters,
         current_generation: Callable[[], int],
+        deleted: DeletedJobs | None = None,
     ) -> None:
         self._settings = settings
         self._processor = processor
@@ -85,6 +87,7 @@ class RecordHandler:
         self._metrics = metrics
         self._dead_letters = dead_letters
         self._generation = current_generation
+        self._deleted = deleted if deleted is not None else DeletedJobs()
         # Records this worker is processing now, by key. The consumer can deliver a record
         # again while its first copy is still with Claude (it re-reads from the last
         # committed offset, e.g. when a restarted worker's fetch is reset after table
@@ -214,7 +217,10 @@ class RecordHandler:
         """Remember the outcome (processed-records table), produce it to `batch.results`,
         settle its spend, count it in the metrics (priced as the job's status prices it)."""
         outcome = result.model_dump(mode="json", exclude_none=True)
-        self._processed[key] = outcome
+        if result.job_id not in self._deleted:
+            # (A deleted job's entries were removed: a call in flight at the deletion does
+            # not write one back; its outcome is dropped by the aggregate agent.)
+            self._processed[key] = outcome
         await self._results.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
         self._rules.settle(result)
         self.outcomes_sent += 1
