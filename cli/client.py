@@ -81,6 +81,11 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/batch/{job_id}/cancel")
 
+    def retry(self, job_id: str, failed: bool, skipped: bool) -> dict[str, Any]:
+        return self._json(
+            "POST", f"/api/v1/batch/{job_id}/retry", json={"failed": failed, "skipped": skipped}
+        )
+
     def delete(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/api/v1/batch/{job_id}")
 

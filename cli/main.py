@@ -5,6 +5,7 @@
     insight submit tickets.jsonl --task support-ticket-triage --max-cost 5
     insight estimate tickets.jsonl --task task.json   # cost and duration, nothing runs
     insight status JOB | insight jobs | insight cancel JOB | insight delete JOB
+    insight retry JOB [--failed] [--skipped]   # run failed (or cap-skipped) records again
     insight results JOB -o out.csv          # or out.jsonl; --failed for failures only
 
 `--url` (INSIGHT_URL, default http://127.0.0.1:8000) and `--api-key` (INSIGHT_API_KEY)
@@ -431,6 +432,32 @@ def cancel(
         f"cancelled job {job_id}: {body['completed_count']} succeeded, "
         f"{body['failed_count']} failed, {body['skipped_count']} skipped so far of "
         f"{body['total_records']} (calls in flight finish; the rest are skipped)"
+    )
+
+
+@app.command()
+@_one_line_errors
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    failed: Annotated[
+        bool | None, typer.Option("--failed", help="Send the failed records again.")
+    ] = None,
+    skipped: Annotated[
+        bool,
+        typer.Option("--skipped", help="Send the records skipped by the spending cap again."),
+    ] = False,
+) -> None:
+    """Run a finished job's failed records (the default) and/or its cap-skipped records
+    again, under the same job: their new outcomes replace the old ones."""
+    # --failed is the default unless only --skipped was asked for.
+    body = _client(ctx).retry(job_id, failed=failed or not skipped, skipped=skipped)
+    if body["records"] == 0:
+        out.print(f"job {job_id}: nothing to retry")
+        return
+    out.print(
+        f"job {job_id}: retry {body['retry']} sends {body['records']} records again; "
+        f"follow with: insight status {job_id}"
     )
 
 

@@ -2,7 +2,7 @@
 
 from schemas.cancel import JobCancelled, JobDeleted, JobEvent, JobRetried, parse_job_event
 from schemas.events import DeadLetter, JobCreated, RecordEvent, ResultEvent
-from schemas.http import BatchAccepted, BatchRecord, BatchRequest
+from schemas.http import BatchAccepted, BatchRecord, BatchRequest, RetryAccepted, RetryRequest
 from schemas.insight import Insight, InsightResponse, ResponseMetadata
 from schemas.task import TaskResponse, TaskSpec
 
@@ -21,6 +21,8 @@ __all__ = [
     "RecordEvent",
     "ResponseMetadata",
     "ResultEvent",
+    "RetryAccepted",
+    "RetryRequest",
     "TaskResponse",
     "TaskSpec",
     "parse_job_event",

@@ -55,3 +55,23 @@ class BatchAccepted(BaseModel):
     job_id: str
     status: str
     total_records: int
+
+
+class RetryRequest(BaseModel):
+    """POST /api/v1/batch/{job_id}/retry: which records to send again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: bool = Field(True, description="Send the records that failed again.")
+    skipped: bool = Field(
+        False, description="Send the records skipped because the spending cap was reached."
+    )
+
+
+class RetryAccepted(BaseModel):
+    """The retry round started: `records` records run again under the same job."""
+
+    job_id: str
+    status: str
+    retry: int
+    records: int

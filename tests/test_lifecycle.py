@@ -203,3 +203,40 @@ def test_an_idempotency_key_answers_the_first_job_on_every_worker_and_after_a_re
         bad = client.post("/api/v1/batch", json=body, headers={"idempotency-key": "has space"})
         assert bad.status_code == 400
         assert bad.json()["error"]["code"] == "invalid_idempotency_key"
+
+
+def test_a_retry_of_three_failed_records_makes_three_calls_and_the_status_adds_up(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    service = start(batch_record_retry_count=0)
+    records = texts("again", 10)
+    flaky = {2, 5, 7}
+    for index in flaky:  # invalid output the first time (billed), valid the second
+        records[index] += " [[sim:bad-json-once]]"
+    with service.client() as client:
+        job_id = submit(client, records)
+        before = wait_completed(client, job_id)
+        assert (before["completed_count"], before["failed_count"]) == (7, 3)
+        assert calls_for(simulator, "again") == 10
+        reply = client.post(f"/api/v1/batch/{job_id}/retry", json={"failed": True})
+        assert reply.status_code == 202, reply.text
+        assert reply.json()["retry"] == 1 and reply.json()["records"] == 3
+        after = wait_completed(client, job_id)
+        assert (after["completed_count"], after["failed_count"]) == (10, 0)
+        assert calls_for(simulator, "again") == 13
+        results = {r["index"]: r for r in after["results"]}
+        assert sorted(results) == list(range(10))
+        assert all(results[i]["success"] for i in range(10))
+        assert [i for i, r in results.items() if r["attempts"] == 2] == sorted(flaky)
+        # Both rounds' tokens are counted, once: the job's total is the results' sum, and
+        # each retried record keeps its first round's billed tokens plus its second's.
+        assert after["total_tokens_used"] == sum(r["tokens_used"] for r in results.values())
+        first = {r["index"]: r["tokens_used"] for r in before["results"]}
+        for index in flaky:
+            assert results[index]["tokens_used"] > first[index] > 0
+        for index in set(range(10)) - flaky:
+            assert results[index]["tokens_used"] == first[index]
+        # Nothing left to retry: no round, no call.
+        again = client.post(f"/api/v1/batch/{job_id}/retry")
+        assert again.status_code == 202 and again.json()["records"] == 0
+        assert calls_for(simulator, "again") == 13

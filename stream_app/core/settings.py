@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         # Checked at start-up, not when the API is built: a bad value stops the launcher
         # before it starts anything (exit 2). The message never holds the value.
         if value is not None:
-            _parse_api_keys(value.get_secret_value())
+            parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("batch_persistence_backend", mode="before")
@@ -155,10 +155,10 @@ class Settings(BaseSettings):
         """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
         if self.api_keys is None:
             return {}
-        return _parse_api_keys(self.api_keys.get_secret_value())
+        return parse_api_keys(self.api_keys.get_secret_value())
 
 
-def _parse_api_keys(raw: str) -> dict[str, str]:
+def parse_api_keys(raw: str) -> dict[str, str]:
     """secret -> client name. Raises ValueError (without the value) when an item is not
     `name:secret`."""
     table: dict[str, str] = {}

@@ -19,7 +19,7 @@ import faust
 import orjson
 from faust.types import EventT, TableT
 
-from schemas import JobCancelled, JobCreated, JobDeleted
+from schemas import JobCancelled, JobCreated, JobDeleted, JobRetried
 from stream_app.core.exceptions import BrokerUnavailable
 from stream_app.core.logs import get_logger
 from stream_app.core.metrics import WorkerMetrics
@@ -40,6 +40,7 @@ from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import DeadLetters, dump
 from stream_app.kafka.purge import purge_job
 from stream_app.kafka.record_handler import RecordHandler
+from stream_app.kafka.record_reader import read_back
 from stream_app.kafka.replicas import active_partitions, stored_results, stored_values
 from stream_app.kafka.topics import CHANGELOG_CONFIG
 from stream_app.provider.pricing import Price
@@ -257,6 +258,52 @@ class Pipeline:
             await self.app.producer.flush()
 
         await self._within_publish_timeout(send(), f"deletion of job {job_id}")
+
+    async def read_records(self, where: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The `batch.records` messages at these (partition, offset) pairs that the topic
+        still holds (stream_app.kafka.record_reader). Raises BrokerUnavailable when the
+        broker does not answer within KAFKA_PUBLISH_TIMEOUT_SECONDS."""
+        wanted: dict[int, list[int]] = {}
+        for partition, offset in where:
+            wanted.setdefault(partition, []).append(offset)
+        timeout = self.settings.kafka_publish_timeout_seconds
+        try:
+            return await read_back(
+                cast(str, self.settings.kafka_bootstrap_servers),
+                self.settings.topic_records,
+                wanted,
+                timeout,
+            )
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not return the records within {timeout:g} s"
+            ) from None
+
+    async def publish_retry(
+        self, job_id: str, retry: int, records: list[tuple[int, bytes]]
+    ) -> None:
+        """Retry round `retry` of the job: announce it on `batch.jobs` (its indexes), then
+        send each record again to `batch.records` (`records`: (index, the record message
+        as read back)) marked with the round, under its original key (so on its original
+        partition). Raises BrokerUnavailable as publish_job does."""
+        event = JobRetried(
+            job_id=job_id, retry=retry, indexes=[i for i, _ in records], retried_at=time.time()
+        )
+
+        def keyed() -> Iterator[tuple[bytes, bytes]]:
+            for index, value in records:
+                message = orjson.loads(value)
+                message.pop("created_follows", None)
+                message["retry"] = retry
+                yield record_key(job_id, index), orjson.dumps(message)
+
+        async def send() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=dump(event))
+            await self.app.producer.flush()
+            producer = cast(Any, self.app.producer)._ensure_producer()
+            await publish_keyed(producer, self.records_topic.get_topic_name(), keyed())
+
+        await self._within_publish_timeout(send(), f"retry of job {job_id}")
 
     def forget_deleted(self, job_id: str) -> None:
         """Remove what this worker keeps of a deleted job outside the job tables (which the
