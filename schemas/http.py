@@ -12,7 +12,8 @@ from schemas.task import TaskSpec
 class BatchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    # (The schema says what the validator below checks: some non-blank character.)
+    text: str = Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})
     id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
