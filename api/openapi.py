@@ -27,6 +27,7 @@ from schemas.views import (
     ResultView,
     TaskPresets,
 )
+from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
 
 SWAGGER_UI_DIR = Path(swagger_ui.__file__).parent / "static"
 _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
@@ -405,10 +406,22 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _name_presets(schemas: dict[str, Any]) -> None:
+    """A task given by name must be a preset's: say which names (the model only knows
+    it is a string)."""
+    task = schemas["BatchRequest"]["properties"]["task"]
+    names = sorted({*PRESETS, DEFAULT_TASK_NAME})
+    task["anyOf"] = [
+        {"type": "string", "enum": names} if branch == {"type": "string"} else branch
+        for branch in task["anyOf"]
+    ]
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API (components from the pydantic models)."""
     _, top = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
+    _name_presets(top["$defs"])
     return {
         "openapi": "3.1.0",
         "info": {

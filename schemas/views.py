@@ -98,6 +98,7 @@ class JobSummary(BaseModel):
     as_of: str | None = Field(
         None, description="When `stale`: the job's last change the replica holds (ISO 8601)."
     )
+    retries: int = Field(0, ge=0, description="Retry rounds asked for (POST .../retry); 0: none.")
 
 
 class JobStatusResponse(JobSummary):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import StartService
 
@@ -17,8 +18,8 @@ EXAMPLES = 5
 def test_requests_generated_from_the_document_get_no_5xx_and_answers_it_describes(
     start: StartService,
 ) -> None:
-    service = start()
-    assert "the API is open to anyone" in service.logs()
+    service = start(api_keys="fuzz:fuzz-secret")
+    auth = {"Authorization": "Bearer fuzz-secret"}
     base = service.base_url
     document = httpx.get(f"{base}/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(document)
@@ -37,12 +38,23 @@ def test_requests_generated_from_the_document_get_no_5xx_and_answers_it_describe
             suppress_health_check=list(HealthCheck),
         )
         def check(case: schemathesis.Case) -> None:
+            # JSON Schema cannot say what makes a CSV or NDJSON body valid (the document
+            # declares them as strings), nor which of a custom task's output_schema keywords
+            # structured outputs accept or which models are priced: such a request refused
+            # with a 4xx is no contradiction of the document (5xx and the answers' shapes
+            # are still checked).
+            streamed = case.media_type not in (None, "application/json")
+            custom_task = isinstance(case.body, dict) and isinstance(case.body.get("task"), dict)
+            excluded = [positive_data_acceptance] if streamed or custom_task else []
             try:
-                case.call_and_validate(base_url=base, timeout=30)
+                case.call_and_validate(
+                    base_url=base, headers=auth, excluded_checks=excluded, timeout=30
+                )
             except BaseException as exc:  # schemathesis' FailureGroup is an exception group
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 failures.append(f"{case.operation.label}: {type(exc).__name__}: {exc}"[:2000])
 
         check()
-    assert failures == [], "\n\n".join(failures[:10])
+    summary = "\n\n".join("\n".join(f.splitlines()[:14]) for f in failures)
+    assert failures == [], f"{len(failures)} failures:\n\n{summary}"
