@@ -24,6 +24,7 @@ import orjson
 # What a key may be: printable ASCII without spaces, as HTTP header values go.
 MAX_KEY_LENGTH = 200
 HOUR_SECONDS = 3600.0
+_PRUNE_EVERY = 1024
 
 
 class BadIdempotencyKey(ValueError):
@@ -94,6 +95,9 @@ class IdempotencyKeys:
             self._by_job.pop(known.job_id, None)
         self._uses[slot] = KeyUse(job_id, request_hash, total_records, created_at)
         self._by_job[job_id] = slot
+        if len(self._uses) % _PRUNE_EVERY == 0:
+            # Expired keys go now and then: memory stays one entry per key of the window.
+            self.prune(created_at)
 
     def lookup(self, owner: str | None, key: str, now: float) -> KeyUse | None:
         """The job the key names, if it was created within the window before `now`."""
