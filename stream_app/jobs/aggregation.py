@@ -312,10 +312,11 @@ class JobLedger:
         """Count one outcome. `offset` (of the event in `batch.results`) is kept with the
         stored result: live readers resume after the last one they saw."""
         key = result_key(event.job_id, event.index)
-        known = self._results.get(key)
-        if known is not None and (event.retry or 0) > known.get("retry", 0):
-            return self._replace(key, ResultEvent.model_validate(known), event, now, offset)
-        if known is not None:
+        if key in self._results:
+            # A retry round's outcome replaces an earlier round's (read only then).
+            known = self._results[key] if event.retry else None
+            if known is not None and event.retry > known.get("retry", 0):  # type: ignore[operator]
+                return self._replace(key, ResultEvent.model_validate(known), event, now, offset)
             if event.job_id in self._recounted:
                 return Applied.DUPLICATE, None
             self._recounted.add(event.job_id)
