@@ -68,8 +68,16 @@ def gone(client: httpx.Client, job_id: str) -> None:
         reply = client.get(f"/api/v1/batch/{job_id}/{path}")
         assert reply.status_code == 404, (path, reply.status_code, reply.text)
         assert reply.json()["error"]["code"] == "job_not_found"
-    listed = client.get("/api/v1/batch/jobs").json()["jobs"]
-    assert job_id not in {job["job_id"] for job in listed}
+    # Each worker lists what it holds, without the jobs its batch.jobs reader knows are
+    # deleted: the other workers learn of it within moments of the owner.
+    wait_until(
+        lambda: (
+            job_id not in {j["job_id"] for j in client.get("/api/v1/batch/jobs").json()["jobs"]}
+        ),
+        timeout=10,
+        interval=0.1,
+        what="the job list without the deleted job",
+    )
 
 
 @pytest.mark.timeout(900)

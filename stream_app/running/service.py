@@ -216,13 +216,17 @@ class Service:
         partitions (not current: the owner may be ahead), and with the SQLite mirror the
         jobs only the mirror still has (current: their broker state is gone)."""
         owned = self.pipeline.owned_job_partitions()
+        deleted = self.pipeline.deleted
         held = {
             job.job_id: (job, self.pipeline.job_partition(job.job_id) in owned)
             for job in self.pipeline.held_jobs()
+            # (A standby replica may not have applied the deletion's tombstone yet.)
+            if job.job_id not in deleted
         }
         if self.mirror is not None:
             for job in self.mirror.jobs():
-                held.setdefault(job.job_id, (job, True))
+                if job.job_id not in deleted:
+                    held.setdefault(job.job_id, (job, True))
         return list(held.values())
 
     async def readiness(self) -> Readiness:
