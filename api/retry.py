@@ -15,8 +15,11 @@ from api.bodies import describe
 from api.errors import ApiError
 from api.forwarding import FoundJob, find_job
 from schemas import RetryAccepted, RetryRequest
+from stream_app.core.logs import get_logger
 from stream_app.jobs.cancellation import is_finished
 from stream_app.running.service import Service
+
+log = get_logger(__name__)
 
 _APPLIED_WITHIN_SECONDS = 10.0
 _MAX_BODY_BYTES = 4096
@@ -58,8 +61,15 @@ async def retry_job(request: Request) -> Response:
         return JSONResponse(body.model_dump(), status_code=202)
     if any(partition is None or offset is None for _, partition, offset in chosen):
         raise ApiError(409, "records_unavailable", "some outcomes do not say where their record is")
+    began = time.monotonic()
     records = await service.pipeline.read_records(
         {(int(p), int(o)) for _, p, o in chosen}  # type: ignore[arg-type]
+    )
+    log.info(
+        "retry: records read back from the records topic",
+        job_id=job_id,
+        records=len(records),
+        seconds=round(time.monotonic() - began, 3),
     )
     missing = [index for index, p, o in chosen if (p, o) not in records]
     if missing:

@@ -89,6 +89,14 @@ def test_deleted_job_is_gone_from_every_worker_every_table_and_after_a_restart_o
     one, two = (w.client() for w in workers)
     doomed = submit(one, texts("doomed", 12))
     kept = submit(one, texts("kept", 5))
+    for job_id in (doomed, kept):
+        # The 202 waits up to 5 s for the job to be readable; a rebalance on a loaded
+        # machine (missed heartbeats) can take longer.
+        wait_until(
+            lambda: one.get(f"/api/v1/batch/{job_id}/status").status_code == 200,
+            timeout=60,
+            what="the job to be readable",
+        )
     wait_completed(one, doomed)
     wait_completed(one, kept)
     # Its results are in every table (and so in their changelogs) before the deletion.
