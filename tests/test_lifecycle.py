@@ -93,7 +93,7 @@ def test_deleted_job_is_gone_from_every_worker_every_table_and_after_a_restart_o
         # The 202 waits up to 5 s for the job to be readable; a rebalance on a loaded
         # machine (missed heartbeats) can take longer.
         wait_until(
-            lambda: one.get(f"/api/v1/batch/{job_id}/status").status_code == 200,
+            lambda job_id=job_id: one.get(f"/api/v1/batch/{job_id}/status").status_code == 200,
             timeout=60,
             what="the job to be readable",
         )
