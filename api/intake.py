@@ -12,6 +12,7 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import IO
 
 import httpx
@@ -20,11 +21,13 @@ from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
 from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_submission, read_json_body
+from api.errors import ApiError
 from api.forwarding import forward_headers
-from api.job_options import JobOptions, job_options
+from api.job_options import job_options
 from api.streams import spool_records
-from schemas import BatchAccepted
+from schemas import BatchAccepted, JobCreated
 from stream_app.core.logs import get_logger
+from stream_app.jobs.idempotency import BadIdempotencyKey, check_key, request_hash
 from stream_app.running.service import Service
 
 log = get_logger(__name__)
@@ -34,12 +37,17 @@ _VISIBLE_WITHIN_SECONDS = 5.0
 
 async def submit_batch(request: Request) -> Response:
     """POST /api/v1/batch: a JSON batch body, or a stream (`submit_stream`). 202 `{"job_id",
-    "status", "total_records"}`; 400 `invalid_json`; 401; 413 `body_too_large`,
-    `too_many_records`, `record_too_large`; 415 `unsupported_media_type`; 422."""
+    "status", "total_records"}`; 400 `invalid_json`, `invalid_idempotency_key`; 401; 409
+    `idempotency_key_reused`; 413 `body_too_large`, `too_many_records`, `record_too_large`;
+    415 `unsupported_media_type`; 422. With an `Idempotency-Key` header, the same key and
+    the same request within BATCH_IDEMPOTENCY_HOURS answer the first job (202, same
+    `job_id`, header `Idempotent-Replayed: true`) instead of creating another; see
+    `_submit_once`."""
     kind = body_type(request)
     if kind.media_type in STREAMED_TYPES:
         return await submit_stream(request, kind)
     owner = caller_of(request)
+    key = idempotency_key(request)
     service: Service = request.state.service
     began = time.monotonic()
     body = await read_json_body(request, service.settings)
@@ -48,8 +56,90 @@ async def submit_batch(request: Request) -> Response:
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(records), time.time(), owner)
     read = time.monotonic()
-    job_id = await service.submit(records, owner=owner, created=created)
+
+    async def publish(created: JobCreated) -> str:
+        return await service.submit(records, owner=owner, created=created)
+
+    if key is not None:
+        digest = request_hash(records, _hashed_options(created))
+        return await _submit_once(
+            request, service, created, key, digest, publish, began=began, read=read
+        )
+    job_id = await publish(created)
     return await accepted(request, service, job_id, len(records), began, read)
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header, checked; None without one. Raises ApiError
+    400 `invalid_idempotency_key`."""
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    try:
+        return check_key(raw)
+    except BadIdempotencyKey as exc:
+        raise ApiError(400, "invalid_idempotency_key", str(exc)) from None
+
+
+def _hashed_options(created: JobCreated) -> dict[str, object]:
+    return created.model_dump(
+        mode="json", include={"task", "task_name", "max_cost_usd", "priority"}
+    )
+
+
+async def _submit_once(
+    request: Request,
+    service: Service,
+    created: JobCreated,
+    key: str,
+    digest: str,
+    publish: Callable[[JobCreated], Awaitable[str]],
+    *,
+    began: float,
+    read: float,
+) -> Response:
+    """Create the job unless the tenant's `key` already names one within
+    BATCH_IDEMPOTENCY_HOURS: then answer that job when `digest` (the request's hash)
+    matches, else 409 `idempotency_key_reused`. Before looking, this instance's batch.jobs
+    reader catches up with the topic's end, so a job another instance (or this one before
+    a restart) created with the key is found. Raises ApiError 503 `idempotency_unavailable`
+    when the reader cannot catch up within 5 s (the broker is slow or away; retry)."""
+    keys = service.idempotency
+    owner = created.owner
+    lock = keys.lock(owner, key)
+    try:
+        async with lock:
+            reader = service.jobs_reader
+            if reader is None or not await reader.read_to_end():
+                raise ApiError(
+                    503,
+                    "idempotency_unavailable",
+                    "could not check the Idempotency-Key against batch.jobs in time; retry",
+                )
+            hours = service.settings.batch_idempotency_hours
+            use = keys.lookup(owner, key, time.time())
+            if use is not None:
+                if use.request_hash != digest:
+                    raise ApiError(
+                        409,
+                        "idempotency_key_reused",
+                        f"this Idempotency-Key was used within {hours:g} h for another "
+                        "request; use a new key for a new job",
+                    )
+                log.info("idempotent submit answered with its first job", job_id=use.job_id)
+                await _await_visible(request, service, use.job_id)
+                body = BatchAccepted(
+                    job_id=use.job_id, status="pending", total_records=use.total_records
+                )
+                return JSONResponse(
+                    body.model_dump(), status_code=202, headers={"idempotent-replayed": "true"}
+                )
+            created = created.model_copy(update={"idempotency_key": key, "request_hash": digest})
+            job_id = await publish(created)
+            keys.remember(owner, key, job_id, digest, created.total_records, time.time())
+    finally:
+        keys.unlock(owner, key)
+    return await accepted(request, service, job_id, created.total_records, began, read)
 
 
 async def submit_stream(request: Request, kind: BodyType) -> Response:
@@ -57,6 +147,7 @@ async def submit_stream(request: Request, kind: BodyType) -> Response:
     "status", "total_records"}`; 401; 413 `too_many_records`; 422 `validation_error`
     (`line N: why`)."""
     owner = caller_of(request)
+    key = idempotency_key(request)
     service: Service = request.state.service
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
@@ -65,18 +156,29 @@ async def submit_stream(request: Request, kind: BodyType) -> Response:
     with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
         count, options = await spool_records(request, spool, service, kind)
         read = time.monotonic()
-        job_id = await _publish(service, spool, count, owner, options)
+        created = options.created(uuid.uuid4().hex, count, time.time(), owner)
+
+        async def publish(created: JobCreated) -> str:
+            return await _publish(service, spool, created)
+
+        if key is not None:
+            spool.seek(0)
+            digest = request_hash(_spooled(spool), _hashed_options(created))
+            return await _submit_once(
+                request, service, created, key, digest, publish, began=began, read=read
+            )
+        job_id = await publish(created)
     return await accepted(request, service, job_id, count, began, read)
 
 
-async def _publish(
-    service: Service, spool: IO[bytes], count: int, owner: str | None, options: JobOptions
-) -> str:
-    job_id = uuid.uuid4().hex
-    created = options.created(job_id, count, time.time(), owner)
+def _spooled(spool: IO[bytes]) -> Iterator[bytes]:
+    return (line.rstrip(b"\n") for line in spool)
+
+
+async def _publish(service: Service, spool: IO[bytes], created: JobCreated) -> str:
     spool.seek(0)
-    await service.pipeline.publish_job(created, (line.rstrip(b"\n") for line in spool))
-    return job_id
+    await service.pipeline.publish_job(created, _spooled(spool))
+    return created.job_id
 
 
 async def accepted(
@@ -92,12 +194,12 @@ async def accepted(
         read_seconds=round(read - began, 2),
         publish_seconds=round(time.monotonic() - read, 2),
     )
-    await _awaitvisible(request, service, job_id)
+    await _await_visible(request, service, job_id)
     body = BatchAccepted(job_id=job_id, status="pending", total_records=records)
     return JSONResponse(body.model_dump(), status_code=202)
 
 
-async def _awaitvisible(request: Request, service: Service, job_id: str) -> None:
+async def _await_visible(request: Request, service: Service, job_id: str) -> None:
     """Read-your-writes: after the 202, a status request to any worker finds the job.
     Waits (briefly) until the worker owning the job has seen its "created" event."""
     http: httpx.AsyncClient = request.state.http

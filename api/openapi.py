@@ -13,11 +13,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from schemas.http import BatchAccepted, BatchRequest
+from schemas.http import BatchAccepted, BatchRequest, RetryAccepted, RetryRequest
 from schemas.views import (
     ErrorBody,
     Estimate,
     Health,
+    JobDeletedView,
     JobList,
     JobStatusResponse,
     JobSummary,
@@ -26,15 +27,19 @@ from schemas.views import (
     ResultView,
     TaskPresets,
 )
+from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
 
 SWAGGER_UI_DIR = Path(swagger_ui.__file__).parent / "static"
 _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (BatchRequest, "validation"),
     (BatchAccepted, "serialization"),
+    (RetryRequest, "validation"),
+    (RetryAccepted, "serialization"),
     (ErrorBody, "serialization"),
     (JobSummary, "serialization"),
     (JobStatusResponse, "serialization"),
     (JobList, "serialization"),
+    (JobDeletedView, "serialization"),
     (ResultsPage, "serialization"),
     (ResultView, "serialization"),
     (Health, "serialization"),
@@ -46,7 +51,11 @@ _ERRORS = {
     "400": "Bad request: `invalid_json`, `invalid_parameter`.",
     "401": "`unauthorized`: API_KEYS is set and no valid `Authorization: Bearer <key>` came.",
     "404": "`job_not_found` (unknown, or another client's job).",
-    "409": "`job_finished`: the job completed or failed before the cancel.",
+    "409": "`job_finished`: the job completed or failed before the cancel; "
+    "`idempotency_key_reused`: the Idempotency-Key named another request within "
+    "BATCH_IDEMPOTENCY_HOURS; `job_not_finished`, `job_cancelled`, `records_unavailable` "
+    "(retry).",
+    "410": "`records_expired`: batch.records no longer holds the records to retry.",
     "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST; `body_too_large`: a "
     "JSON body over BATCH_MAX_JSON_BODY_BYTES (send large jobs as NDJSON); "
     "`record_too_large`: one record (named by index or line) over BATCH_MAX_RECORD_BYTES as "
@@ -61,8 +70,9 @@ _ERRORS = {
         "`owner_unavailable`: the worker holding the job did not answer and the one "
         "asked holds no standby replica of it (reads are otherwise answered from the "
         'replica, marked `"stale": true`); '
-        "`broker_unavailable` (submit, cancel): the broker did not acknowledge within "
-        "KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
+        "`delete_pending`: the deletion was sent but not applied within 10 s; "
+        "`broker_unavailable` (submit, cancel, delete, retry): the broker did not "
+        "acknowledge within KAFKA_PUBLISH_TIMEOUT_SECONDS. Retry."
     ),
 }
 
@@ -142,6 +152,18 @@ def _paths() -> dict[str, Any]:
                 ),
                 "security": _SECURED,
                 "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "1-200 printable ASCII characters (a UUID). The same key and "
+                            "the same request within BATCH_IDEMPOTENCY_HOURS answer the "
+                            "first job (header `Idempotent-Replayed: true`); the same key "
+                            "with another request: 409 `idempotency_key_reused`."
+                        ),
+                        "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"},
+                    },
                     _query("text_column", "CSV: the text's column.", {"type": "string"}),
                     _query("id_column", "CSV: the record id's column.", {"type": "string"}),
                     _query(
@@ -154,7 +176,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _batch_body(),
                 "responses": {
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
-                    **_errors("400", "401", "413", "415", "422", "503"),
+                    **_errors("400", "401", "409", "413", "415", "422", "503"),
                 },
             }
         },
@@ -213,6 +235,44 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(JobStatusResponse, "Status, counters, results in index order."),
                     **_errors("400", "401", "404", "503"),
+                },
+            }
+        },
+        job: {
+            "delete": {
+                "summary": "Delete a job",
+                "description": (
+                    "A pending or running job is cancelled first. Then every worker removes "
+                    "the job's status, results and SQLite mirror rows (tombstones in the "
+                    "tables' compacted changelogs); the job answers 404 everywhere from then "
+                    "on. Records and results already on batch.records / batch.results stay "
+                    "until those topics' retention."
+                ),
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {
+                    "200": _json(JobDeletedView, "Deleted."),
+                    **_errors("401", "404", "503"),
+                },
+            }
+        },
+        f"{job}/retry": {
+            "post": {
+                "summary": "Run a finished job's failed (or cap-skipped) records again",
+                "description": (
+                    "Under the same job and index, as retry round N: each new outcome "
+                    "replaces the old one; the tokens and cost of every round add up. The "
+                    "records are read back from batch.records. `records` 0: nothing matched."
+                ),
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref(RetryRequest)}},
+                },
+                "responses": {
+                    "202": _json(RetryAccepted, "The retry round runs."),
+                    **_errors("400", "401", "404", "409", "410", "413", "422", "503"),
                 },
             }
         },
@@ -355,10 +415,22 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _name_presets(schemas: dict[str, Any]) -> None:
+    """A task given by name must be a preset's: say which names (the model only knows
+    it is a string)."""
+    task = schemas["BatchRequest"]["properties"]["task"]
+    names = sorted({*PRESETS, DEFAULT_TASK_NAME})
+    task["anyOf"] = [
+        {"type": "string", "enum": names} if branch == {"type": "string"} else branch
+        for branch in task["anyOf"]
+    ]
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API (components from the pydantic models)."""
     _, top = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
+    _name_presets(top["$defs"])
     return {
         "openapi": "3.1.0",
         "info": {

@@ -46,6 +46,7 @@ def job_summary(
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
         "priority": job.priority or "normal",
         "stale": stale,
+        "retries": job.retries,
     }
     if stale:
         summary["as_of"] = _iso(job.updated_at if job.updated_at is not None else job.created_at)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+
+# Attempts of one submit (the first and its retries), and the pause before retry n (s).
+SUBMIT_ATTEMPTS = 4
+
+
+def _pause(attempt: int) -> float:
+    return float(min(2**attempt, 10))
 
 
 class CliError(Exception):
@@ -55,6 +64,36 @@ class ApiClient:
             timeout=httpx.Timeout(30.0, write=None, read=300.0),
         )
 
+    def submit_once(
+        self, make_lines: Callable[[], Iterable[bytes]], attempts: int = SUBMIT_ATTEMPTS
+    ) -> dict[str, Any]:
+        """POST /api/v1/batch (NDJSON, streamed) with an `Idempotency-Key` of its own, sent
+        again with the same key when the connection fails, times out, or the service
+        answers 503: whatever the network did, at most one job is created (the service
+        answers a repeated key with the first job). `make_lines` gives the body anew for
+        each attempt."""
+        key = uuid.uuid4().hex
+        for attempt in range(attempts):
+            last = attempt + 1 == attempts
+            try:
+                reply = self._http.request(
+                    "POST",
+                    "/api/v1/batch",
+                    content=make_lines(),
+                    headers={"content-type": "application/x-ndjson", "idempotency-key": key},
+                    timeout=httpx.Timeout(30.0, write=None, read=300.0),
+                )
+            except httpx.TransportError as exc:
+                if last:
+                    raise Unreachable(self._unreachable(exc)) from None
+                time.sleep(_pause(attempt))
+                continue
+            if reply.status_code == 503 and not last:
+                time.sleep(_pause(attempt))
+                continue
+            return self._checked(reply)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
     def status(self, job_id: str, **params: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/batch/{job_id}/status", params=params)
 
@@ -63,6 +102,14 @@ class ApiClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/batch/{job_id}/cancel")
+
+    def retry(self, job_id: str, failed: bool, skipped: bool) -> dict[str, Any]:
+        return self._json(
+            "POST", f"/api/v1/batch/{job_id}/retry", json={"failed": failed, "skipped": skipped}
+        )
+
+    def delete(self, job_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/api/v1/batch/{job_id}")
 
     @contextmanager
     def results_download(self, job_id: str, failed: bool, kind: str) -> Iterator[Iterator[bytes]]:
@@ -91,6 +138,9 @@ class ApiClient:
             raise Unreachable(self._unreachable(exc)) from None
         except httpx.InvalidURL as exc:
             raise CliError(f"--url {self.url}: not a usable address ({exc})") from None
+        return self._checked(reply)
+
+    def _checked(self, reply: httpx.Response) -> dict[str, Any]:
         if reply.status_code >= 400:
             raise CliError(self._describe(reply), reply.status_code)
         try:

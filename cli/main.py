@@ -5,6 +5,7 @@
     insight submit tickets.jsonl --task support-ticket-triage --max-cost 5
     insight estimate tickets.jsonl --task task.json   # cost and duration, nothing runs
     insight status JOB | insight watch JOB | insight jobs | insight cancel JOB
+    insight delete JOB | insight retry JOB [--failed] [--skipped]   # run failed records again
     insight results JOB -o out.csv          # or out.jsonl; --failed for failures only
 
 JOB may be the first characters of a job's id, as the web page shows it. `--url`
@@ -320,7 +321,11 @@ def submit(
             )
         if not typer.confirm("submit?", err=True):
             raise typer.Exit(1)
-    accepted = _submitted(client, _ndjson_chunks(records(), options), options, task)
+    # With an Idempotency-Key, retried when the network fails: one job whatever happens.
+    try:
+        accepted = client.submit_once(lambda: _ndjson_chunks(records(), options))
+    except CliError as exc:
+        raise _option_error(exc, options, task) from None
     job_id = accepted["job_id"]
     if not wait:
         out.print(job_id)
@@ -608,6 +613,47 @@ def cancel(
         f"{body['failed_count']} failed, {body['skipped_count']} skipped so far of "
         f"{body['total_records']} (calls in flight finish; the rest are skipped)"
     )
+
+
+@app.command()
+@_one_line_errors
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    failed: Annotated[
+        bool | None, typer.Option("--failed", help="Send the failed records again.")
+    ] = None,
+    skipped: Annotated[
+        bool,
+        typer.Option("--skipped", help="Send the records skipped by the spending cap again."),
+    ] = False,
+) -> None:
+    """Run a finished job's failed records (the default) and/or its cap-skipped records
+    again, under the same job: their new outcomes replace the old ones."""
+    # --failed is the default unless only --skipped was asked for.
+    body = _client(ctx).retry(job_id, failed=failed or not skipped, skipped=skipped)
+    if body["records"] == 0:
+        out.print(f"job {job_id}: nothing to retry")
+        return
+    out.print(
+        f"job {job_id}: retry {body['retry']} sends {body['records']} records again; "
+        f"follow with: insight status {job_id}"
+    )
+
+
+@app.command()
+@_one_line_errors
+def delete(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a job everywhere the service keeps it (a running job is cancelled first).
+    Asks for confirmation unless --yes."""
+    if not yes and not typer.confirm(f"Delete job {job_id} and all its results?"):
+        raise typer.Exit(1)
+    _client(ctx).delete(job_id)
+    out.print(f"deleted job {job_id}")
 
 
 def run() -> None:

@@ -1,4 +1,5 @@
-"""The `cancelled` event on `batch.jobs`, and reading any event of that topic."""
+"""The `cancelled`, `deleted` and `retried` events on `batch.jobs`, and reading any event of
+that topic."""
 
 from __future__ import annotations
 
@@ -19,7 +20,31 @@ class JobCancelled(BaseModel):
     cancelled_at: float | None = None
 
 
-JobEvent = JobCreated | JobCancelled
+class JobDeleted(BaseModel):
+    """`batch.jobs`, key job_id: forget the job. Every worker removes what it keeps of it
+    (tombstones in every table, the SQLite mirror's rows); a job still running is cancelled
+    first. Records and results already on `batch.records` / `batch.results` stay until
+    those topics' retention."""
+
+    type: Literal["deleted"] = "deleted"
+    job_id: str = Field(min_length=1, max_length=200)
+    deleted_at: float | None = None
+    # "request" (DELETE /api/v1/batch/{job_id}) or "retention" (BATCH_RETENTION_DAYS).
+    reason: Literal["request", "retention"] | None = None
+
+
+class JobRetried(BaseModel):
+    """`batch.jobs`, key job_id: some records of a finished job are sent again (attempt
+    `retry`, counted from 1); their new outcomes replace the old ones."""
+
+    type: Literal["retried"] = "retried"
+    job_id: str = Field(min_length=1, max_length=200)
+    retry: int = Field(ge=1)
+    indexes: list[int] = Field(default_factory=list)
+    retried_at: float | None = None
+
+
+JobEvent = JobCreated | JobCancelled | JobDeleted | JobRetried
 
 
 def parse_job_event(value: bytes) -> JobEvent:
@@ -29,6 +54,12 @@ def parse_job_event(value: bytes) -> JobEvent:
         data = orjson.loads(value)
     except orjson.JSONDecodeError:
         data = None
-    if isinstance(data, dict) and data.get("type") == "cancelled":
-        return JobCancelled.model_validate(data)
+    if isinstance(data, dict):
+        kind = data.get("type")
+        if kind == "cancelled":
+            return JobCancelled.model_validate(data)
+        if kind == "deleted":
+            return JobDeleted.model_validate(data)
+        if kind == "retried":
+            return JobRetried.model_validate(data)
     return JobCreated.model_validate_json(value)

@@ -30,6 +30,10 @@ class JobCreated(BaseModel):
     task_name: str | None = Field(None, max_length=100)
     # Spending cap in USD: records not yet sent once it is reached are skipped.
     max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # The submit's Idempotency-Key header and its request's SHA-256 (hex), when it had
+    # one: every worker learns the key -> job mapping from here (stream_app.jobs.idempotency).
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    request_hash: str | None = Field(None, max_length=64)
 
 
 class RecordEvent(BaseModel):
@@ -46,6 +50,9 @@ class RecordEvent(BaseModel):
     # so a submit that fails halfway never runs). Such a record waits for its job's
     # announcement and is dead-lettered, never run, if none comes (stream_app.jobs.job_rules).
     created_follows: bool | None = None
+    # Sent again by POST /api/v1/batch/{job_id}/retry: the retry round (1, 2, ...). Its
+    # outcome replaces the record's earlier one.
+    retry: int | None = Field(None, ge=1)
 
 
 class ResultEvent(BaseModel):
@@ -79,6 +86,12 @@ class ResultEvent(BaseModel):
     cache_creation_1h_input_tokens: int = Field(0, ge=0)
     attempts: int = Field(0, ge=0)
     finished_at: float | None = None
+    # The retry round whose outcome this is (absent: the first run); a later round's outcome
+    # replaces an earlier one, and the stored result then counts every round's tokens.
+    retry: int | None = Field(None, ge=1)
+    # Where the record was read in `batch.records` (a retry reads it back from there).
+    record_partition: int | None = Field(None, ge=0)
+    record_offset: int | None = Field(None, ge=0)
 
     @property
     def tokens_used(self) -> int:

@@ -12,7 +12,8 @@ from schemas.task import TaskSpec
 class BatchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    # (The schema says what the validator below checks: some non-blank character.)
+    text: str = Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})
     id: str | None = Field(
         None, description="The record's own id; a whole number is taken as its decimal string."
     )
@@ -66,3 +67,23 @@ class BatchAccepted(BaseModel):
     job_id: str
     status: str
     total_records: int
+
+
+class RetryRequest(BaseModel):
+    """POST /api/v1/batch/{job_id}/retry: which records to send again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: bool = Field(True, description="Send the records that failed again.")
+    skipped: bool = Field(
+        False, description="Send the records skipped because the spending cap was reached."
+    )
+
+
+class RetryAccepted(BaseModel):
+    """The retry round started: `records` records run again under the same job."""
+
+    job_id: str
+    status: str
+    retry: int
+    records: int

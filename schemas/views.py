@@ -102,6 +102,7 @@ class JobSummary(BaseModel):
     as_of: str | None = Field(
         None, description="When `stale`: the job's last change the replica holds (ISO 8601)."
     )
+    retries: int = Field(0, ge=0, description="Retry rounds asked for (POST .../retry); 0: none.")
 
 
 class JobStatusResponse(JobSummary):
@@ -128,6 +129,13 @@ class ResultsPage(BaseModel):
     next_offset: int | None = Field(description="The index to ask for next; null at the end.")
     results: list[ResultView]
     stale: bool = Field(False, description="As in the status: read from a standby replica.")
+
+
+class JobDeletedView(BaseModel):
+    """DELETE /api/v1/batch/{job_id}: the job is gone."""
+
+    job_id: str
+    status: Literal["deleted"] = "deleted"
 
 
 class Health(BaseModel):

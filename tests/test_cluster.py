@@ -33,6 +33,7 @@ def start_cluster(
     start: StartService,
     tmp_path: Path,
     per_worker: tuple[Mapping[str, object], ...] = ({}, {}),
+    settle_timeout: float = 120,
     **env: object,
 ) -> list[ServiceProcess]:
     workers = [
@@ -53,7 +54,9 @@ def start_cluster(
             and not owned[0] & owned[1]
         )
 
-    wait_until(settled, timeout=120, interval=0.2, what="both workers ready with half each")
+    wait_until(
+        settled, timeout=settle_timeout, interval=0.2, what="both workers ready with half each"
+    )
     return workers
 
 

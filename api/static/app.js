@@ -169,8 +169,9 @@ $("upload-form").addEventListener("submit", async (event) => {
   button.disabled = true;
   $("upload-status").textContent = `uploading ${file.name}…`;
   try {
-    // The File goes as the body: the browser streams it from disk.
-    const reply = await api(path, {
+    // The File goes as the body: the browser streams it from disk. One Idempotency-Key
+    // per submit: a retry after a network failure answers the same job.
+    const reply = await submitOnce(path, {
       method: "POST",
       body: file,
       headers: {
@@ -386,3 +387,38 @@ async function download(jobId, kind, name) {
 }
 
 route();
+
+// -- deleting a job, after a confirmation --------------------------------------------------
+
+$("delete").addEventListener("click", async () => {
+  const jobId = $("job-id").textContent;
+  if (!jobId || !window.confirm(`Delete job ${jobId} and all its results? This cannot be undone.`)) {
+    return;
+  }
+  $("delete").disabled = true;
+  try {
+    await api(`/api/v1/batch/${encodeURIComponent(jobId)}`, { method: "DELETE" });
+    location.hash = "";
+  } catch (error) {
+    showError(error);
+  } finally {
+    $("delete").disabled = false;
+  }
+});
+
+// -- submitting once, whatever the network does ---------------------------------------------
+
+async function submitOnce(path, options, attempts = 4) {
+  const key = window.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  const headers = { ...options.headers, "idempotency-key": key };
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await api(path, { ...options, headers });
+    } catch (error) {
+      // fetch rejects with a TypeError when the network failed; 503: the service is busy.
+      const retryable = error instanceof TypeError || error.status === 503;
+      if (!retryable || attempt >= attempts) throw error;
+      await sleep(1000 * 2 ** (attempt - 1));
+    }
+  }
+}

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     batch_persistence_backend: PersistenceBackend = "rocksdb"
     batch_job_storage_path: Path = Path("data/batch_jobs")
     batch_sqlite_path: Path = Path("data/batch.db")
+    # Finished jobs whose last change is this many days old are deleted (as by
+    # DELETE /api/v1/batch/{job_id}); None: kept until deleted by hand.
+    batch_retention_days: float | None = Field(None, gt=0)
+    # How long an Idempotency-Key of POST /api/v1/batch answers its first job (hours).
+    batch_idempotency_hours: float = Field(24.0, gt=0)
 
     # Kafka.
     kafka_bootstrap_servers: str | None = None
@@ -120,6 +125,9 @@ class Settings(BaseSettings):
     # How other workers reach this one's API (status reads are forwarded to a job's owner).
     advertised_url: str | None = None
     api_keys: SecretStr | None = None
+    # A file of `name:secret` lines (or comma-separated, as API_KEYS; `#` comments), read
+    # again on SIGHUP and when it changes; used with API_KEYS (both count).
+    api_keys_file: Path | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     # A record's JSON (text, id, metadata) as it is published, in bytes: refused at intake
@@ -148,7 +156,7 @@ class Settings(BaseSettings):
         # Checked at start-up, not when the API is built: a bad value stops the launcher
         # before it starts anything (exit 2). The message never holds the value.
         if value is not None:
-            _parse_api_keys(value.get_secret_value())
+            parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("batch_persistence_backend", mode="before")
@@ -161,10 +169,10 @@ class Settings(BaseSettings):
         """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
         if self.api_keys is None:
             return {}
-        return _parse_api_keys(self.api_keys.get_secret_value())
+        return parse_api_keys(self.api_keys.get_secret_value())
 
 
-def _parse_api_keys(raw: str) -> dict[str, str]:
+def parse_api_keys(raw: str) -> dict[str, str]:
     """secret -> client name. Raises ValueError (without the value) when an item is not
     `name:secret`."""
     table: dict[str, str] = {}

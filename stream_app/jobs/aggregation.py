@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from schemas import JobCancelled, JobCreated, ResultEvent
+from schemas import JobCancelled, JobCreated, JobRetried, ResultEvent
 from stream_app.provider.pricing import Price
 from stream_app.provider.usage import Usage
 
@@ -50,6 +50,9 @@ class JobStatus(BaseModel):
     priority: str | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
+    # Retry rounds asked for (POST .../retry), and records of them without a new outcome.
+    retries: int = 0
+    retrying: int = 0
 
     @property
     def total_tokens_used(self) -> int:
@@ -72,7 +75,9 @@ class JobStatus(BaseModel):
 def _settle(job: JobStatus) -> JobStatus:
     if job.status in _STOPPED:
         return job
-    if job.total_records is not None and job.outcomes >= job.total_records:
+    if job.retrying > 0:
+        job.status = "running"
+    elif job.total_records is not None and job.outcomes >= job.total_records:
         job.status = "completed"
     elif job.outcomes > 0:
         job.status = "running"
@@ -133,6 +138,46 @@ def apply_cancelled(job: JobStatus | None, event: JobCancelled, now: float) -> J
     return job
 
 
+def apply_retried(job: JobStatus | None, event: JobRetried, now: float) -> JobStatus | None:
+    """Records of the job are sent again (retry round `event.retry`): the job runs until
+    each has its new outcome. A round already applied (a redelivered event) changes
+    nothing; an unknown job stays unknown (None)."""
+    if job is None or event.retry <= job.retries:
+        return job
+    job = job.model_copy()
+    job.retries = event.retry
+    job.retrying = len(set(event.indexes))
+    if job.status in _STOPPED:
+        # A capped (or cancelled) job's records run again: it is no longer stopped.
+        job.status = "running"
+    job.updated_at = now
+    return _settle(job)
+
+
+def apply_replaced(
+    job: JobStatus, old: ResultEvent, new: ResultEvent, price: Price, now: float
+) -> JobStatus:
+    """A retried record's new outcome replaces its old one: the old outcome's count goes,
+    the new one's comes; the tokens (and cost) of the new attempt are added, those already
+    billed stay."""
+    job = job.model_copy()
+    if old.skipped:
+        job.skipped_count -= 1
+    elif old.success:
+        job.completed_count -= 1
+    else:
+        job.failed_count -= 1
+    job.retrying = max(0, job.retrying - 1)
+    return apply_result(job, new, price, now)
+
+
+def accumulated(old: ResultEvent, new: ResultEvent) -> ResultEvent:
+    """The stored result of a retried record: the new outcome, with the tokens and
+    attempts of every round (what the job's counters add up)."""
+    billed = Usage.of(old) + Usage.of(new)
+    return new.model_copy(update={**billed.fields(), "attempts": old.attempts + new.attempts})
+
+
 def result_out_of_range(job: JobStatus | None, result: ResultEvent) -> bool:
     return job is not None and job.total_records is not None and result.index >= job.total_records
 
@@ -157,8 +202,9 @@ class JobLedger:
     """Job statuses and per-record results over two mappings (Faust tables in the worker,
     dicts in tests). Each (job, index) is counted once, whatever redelivery brings.
 
-    A result is written before its job's counters, and results never change once written,
-    so the results are the truth. After a crash the counters can fall behind them: table
+    A result is written before its job's counters, and results change only when a retried
+    record's outcome (a higher `retry` round) replaces them, so the results are the truth.
+    After a crash the counters can fall behind them: table
     recovery replays changelog entries newer than the last offset the store recorded, and
     those can carry an older value of a job's counters than the store already had. The
     events behind such a gap were not committed (Faust flushes the changelog before it
@@ -236,6 +282,30 @@ class JobLedger:
         self._store(job)
         return job
 
+    def record_deleted(self, job_id: str) -> int:
+        """Remove the job's status and every stored result of it (with Faust tables each
+        removal is a tombstone in the table's changelog, so compaction drops the values
+        there too). Returns how many results were removed; 0 for an unknown job."""
+        stored = self.job(job_id)
+        removed = 0
+        if stored is not None:
+            end = (
+                stored.total_records
+                if stored.total_records is not None
+                else stored.highest_index + 1
+            )
+            for index in range(max(end, stored.highest_index + 1)):
+                key = result_key(job_id, index)
+                if key in self._results:
+                    del self._results[key]
+                    removed += 1
+            del self._jobs[job_id]
+        self._written.pop(job_id, None)
+        self._recounted.discard(job_id)
+        if self._last_result is not None and self._last_result[0].startswith(result_prefix(job_id)):
+            self._last_result = None
+        return removed
+
     def record_result(
         self, event: ResultEvent, now: float, *, offset: int | None = None
     ) -> tuple[Applied, JobStatus | None]:
@@ -243,6 +313,10 @@ class JobLedger:
         stored result: live readers resume after the last one they saw."""
         key = result_key(event.job_id, event.index)
         if key in self._results:
+            # A retry round's outcome replaces an earlier round's (read only then).
+            known = self._results[key] if event.retry else None
+            if known is not None and event.retry > known.get("retry", 0):  # type: ignore[operator]
+                return self._replace(key, ResultEvent.model_validate(known), event, now, offset)
             if event.job_id in self._recounted:
                 return Applied.DUPLICATE, None
             self._recounted.add(event.job_id)
@@ -252,6 +326,28 @@ class JobLedger:
             return Applied.OUT_OF_RANGE, job
         job = apply_result(job, event, self.price_for(event), now)
         stored = event.model_dump(mode="json", exclude_none=True)
+        if offset is not None:
+            stored["offset"] = offset
+        self._results[key] = stored
+        self._last_result = (key, stored)
+        self._store(job)
+        return Applied.COUNTED, job
+
+    def record_retried(self, event: JobRetried, now: float) -> JobStatus | None:
+        job = apply_retried(self.job(event.job_id), event, now)
+        if job is not None:
+            self._store(job)
+        return job
+
+    def _replace(
+        self, key: str, old: ResultEvent, new: ResultEvent, now: float, offset: int | None
+    ) -> tuple[Applied, JobStatus | None]:
+        job = self.job(new.job_id)
+        if job is None:
+            return Applied.DUPLICATE, None
+        # The new attempt's tokens priced at its own model; the old ones were counted.
+        job = apply_replaced(job, old, new, self.price_for(new), now)
+        stored = accumulated(old, new).model_dump(mode="json", exclude_none=True)
         if offset is not None:
             stored["offset"] = offset
         self._results[key] = stored

@@ -70,9 +70,10 @@ class SqliteMirror:
         )
 
     def save_result(self, result: ResultEvent) -> None:
-        # Results are immutable once written: a redelivered one changes nothing.
+        # A redelivered result changes nothing; a retried record's replaces the old one.
+        verb = "INSERT OR REPLACE" if result.retry else "INSERT OR IGNORE"
         self._db.execute(
-            "INSERT OR IGNORE INTO batch_results VALUES (?,?,?,?)",
+            f"{verb} INTO batch_results VALUES (?,?,?,?)",
             (
                 result.job_id,
                 result.index,
@@ -80,6 +81,11 @@ class SqliteMirror:
                 result.model_dump_json(exclude_none=True),
             ),
         )
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove the job's row and its results' rows (a deleted job)."""
+        self._db.execute("DELETE FROM batch_results WHERE job_id = ?", (job_id,))
+        self._db.execute("DELETE FROM batch_jobs WHERE job_id = ?", (job_id,))
 
     def job(self, job_id: str) -> JobStatus | None:
         row = self._db.execute("SELECT body FROM batch_jobs WHERE job_id = ?", (job_id,)).fetchone()

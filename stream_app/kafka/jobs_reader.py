@@ -24,9 +24,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from schemas import JobCancelled, JobCreated, parse_job_event
+from schemas import JobCancelled, JobCreated, JobDeleted, parse_job_event
 from stream_app.core.logs import get_logger
 from stream_app.jobs.cancellation import CancelledJobs
+from stream_app.jobs.deletion import DeletedJobs
+from stream_app.jobs.idempotency import IdempotencyKeys
 from stream_app.jobs.job_rules import JobRules
 
 log = get_logger(__name__)
@@ -47,6 +49,8 @@ class JobsReader:
         rules: JobRules,
         *,
         results_topic: str | None = None,
+        deleted: DeletedJobs | None = None,
+        keys: IdempotencyKeys | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
@@ -55,6 +59,11 @@ class JobsReader:
         # The service declared the topic with this many partitions before starting.
         self._partitions = partitions
         self._cancelled = cancelled
+        self._deleted = deleted
+        self._keys = keys
+        self._consumer: AIOKafkaConsumer | None = None
+        # batch.jobs partition -> the offset after the last event applied.
+        self._read_to: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -85,6 +94,7 @@ class JobsReader:
             auto_offset_reset="earliest",
         )
         await consumer.start()
+        self._consumer = consumer
         try:
             assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
             if self._results_topic is not None:
@@ -103,6 +113,7 @@ class JobsReader:
                     for message in messages:
                         if tp.topic == self._topic:
                             self._apply(message.value)
+                            self._read_to[tp.partition] = message.offset + 1
                         elif message.key:
                             self._rules.observe_result(
                                 message.key.decode(errors="replace"), message.value
@@ -118,7 +129,31 @@ class JobsReader:
                 if not pending:
                     self._rules.results_caught_up.set()
         finally:
+            self._consumer = None
             await consumer.stop()
+
+    async def read_to_end(self, timeout: float = 5.0) -> bool:
+        """Wait until this reader has applied every event `batch.jobs` held when called
+        (read-your-writes across instances: a job another instance has just created is
+        known here afterwards). False when it could not within `timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        consumer = self._consumer
+        while consumer is None:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+            consumer = self._consumer
+        tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout)
+        except Exception as exc:  # the broker did not answer: the caller decides
+            log.warning("could not read batch.jobs end offsets", error=type(exc).__name__)
+            return False
+        while any(self._read_to.get(tp.partition, 0) < ends[tp] for tp in tps):
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def _apply(self, value: bytes | None) -> None:
         if not value:
@@ -132,6 +167,29 @@ class JobsReader:
             return
         if isinstance(event, JobCreated):
             self._rules.learn(event)
+            if self._keys is not None and event.idempotency_key and event.request_hash:
+                self._keys.remember(
+                    event.owner,
+                    event.idempotency_key,
+                    event.job_id,
+                    event.request_hash,
+                    event.total_records,
+                    event.created_at or 0.0,
+                )
+            return
+        if isinstance(event, JobDeleted):
+            if self._keys is not None:
+                self._keys.forget_job(event.job_id)
+            # A deleted job's records that have not started are skipped, as if cancelled;
+            # the listeners remove what this worker keeps of it.
+            self._cancelled.add(event.job_id)
+            if self._deleted is not None:
+                try:
+                    self._deleted.add(event.job_id)
+                except Exception:
+                    log.exception(
+                        "could not remove a deleted job's local data", job_id=event.job_id
+                    )
             return
         if isinstance(event, JobCancelled) and self._cancelled.add(event.job_id):
             log.info(

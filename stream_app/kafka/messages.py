@@ -99,3 +99,13 @@ class DeadLetters:
             offset=message.offset,
             reason=reason,
         )
+
+
+def retry_round(value: bytes) -> int | None:
+    """The `retry` round a record message names (a positive integer), else None."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    found = data.get("retry") if isinstance(data, dict) else None
+    return found if isinstance(found, int) and not isinstance(found, bool) and found > 0 else None

@@ -19,13 +19,14 @@ import faust
 import orjson
 from faust.types import EventT, TableT
 
-from schemas import JobCancelled, JobCreated
+from schemas import JobCancelled, JobCreated, JobDeleted, JobRetried
 from stream_app.core.exceptions import BrokerUnavailable
 from stream_app.core.logs import get_logger
 from stream_app.core.metrics import WorkerMetrics
 from stream_app.core.settings import Settings
 from stream_app.jobs.aggregation import JobLedger, JobStatus, apply_created, result_key
 from stream_app.jobs.cancellation import CancelledJobs
+from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
@@ -38,7 +39,9 @@ from stream_app.kafka.lanes import record_topics, topic_for_job
 from stream_app.kafka.local_state import discard_tables
 from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import DeadLetters, dump
+from stream_app.kafka.purge import purge_job
 from stream_app.kafka.record_handler import RecordHandler
+from stream_app.kafka.record_reader import read_back
 from stream_app.kafka.replicas import active_partitions, stored_results, stored_values
 from stream_app.kafka.topics import CHANGELOG_CONFIG
 from stream_app.provider.pricing import Price
@@ -80,6 +83,8 @@ class Pipeline:
     announced: OrderedDict[str, JobStatus] = field(default_factory=OrderedDict)
     # The process agent's logic (set once its agent is built).
     records: RecordHandler | None = None
+    # Jobs deleted on batch.jobs (fed by the worker's batch.jobs reader): never answered.
+    deleted: DeletedJobs = field(default_factory=DeletedJobs)
 
     @property
     def outcomes_sent(self) -> int:
@@ -128,7 +133,10 @@ class Pipeline:
     def job(self, job_id: str) -> JobStatus | None:
         """The job's status as stored; or, for a job this instance has just published and
         whose table partition it holds, `pending` as announced until the aggregate agent
-        has applied its `created` event."""
+        has applied its `created` event. None for a deleted job."""
+        if job_id in self.deleted:
+            self.announced.pop(job_id, None)
+            return None
         job = self.ledger.job(job_id)
         if job is not None:
             self.announced.pop(job_id, None)
@@ -243,6 +251,73 @@ class Pipeline:
 
         await self._within_publish_timeout(send(), f"cancel of job {job_id}")
 
+    async def publish_delete(self, job_id: str, reason: str = "request") -> None:
+        """Announce on `batch.jobs` that the job is deleted (every worker reads it and
+        removes what it keeps of the job). `reason`: "request" or "retention". Raises
+        BrokerUnavailable as publish_job does."""
+        event = JobDeleted(job_id=job_id, deleted_at=time.time(), reason=reason)  # type: ignore[arg-type]
+
+        async def send() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=dump(event))
+            await self.app.producer.flush()
+
+        await self._within_publish_timeout(send(), f"deletion of job {job_id}")
+
+    async def read_records(self, where: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The `batch.records` messages at these (partition, offset) pairs that the topic
+        still holds (stream_app.kafka.record_reader). Raises BrokerUnavailable when the
+        broker does not answer within KAFKA_PUBLISH_TIMEOUT_SECONDS."""
+        wanted: dict[int, list[int]] = {}
+        for partition, offset in where:
+            wanted.setdefault(partition, []).append(offset)
+        timeout = self.settings.kafka_publish_timeout_seconds
+        try:
+            return await read_back(
+                cast(str, self.settings.kafka_bootstrap_servers),
+                self.settings.topic_records,
+                wanted,
+                timeout,
+            )
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not return the records within {timeout:g} s"
+            ) from None
+
+    async def publish_retry(
+        self, job_id: str, retry: int, records: list[tuple[int, bytes]]
+    ) -> None:
+        """Retry round `retry` of the job: announce it on `batch.jobs` (its indexes), then
+        send each record again to `batch.records` (`records`: (index, the record message
+        as read back)) marked with the round, under its original key (so on its original
+        partition). Raises BrokerUnavailable as publish_job does."""
+        event = JobRetried(
+            job_id=job_id, retry=retry, indexes=[i for i, _ in records], retried_at=time.time()
+        )
+
+        def keyed() -> Iterator[tuple[bytes, bytes]]:
+            for index, value in records:
+                message = orjson.loads(value)
+                message.pop("created_follows", None)
+                message["retry"] = retry
+                yield record_key(job_id, index), orjson.dumps(message)
+
+        async def send() -> None:
+            await self.jobs_topic.send(key=job_id.encode(), value=dump(event))
+            await self.app.producer.flush()
+            producer = cast(Any, self.app.producer)._ensure_producer()
+            await publish_keyed(producer, self.records_topic.get_topic_name(), keyed())
+
+        await self._within_publish_timeout(send(), f"retry of job {job_id}")
+
+    def forget_deleted(self, job_id: str) -> None:
+        """Remove what this worker keeps of a deleted job outside the job tables (which the
+        aggregate agent empties): its processed-records entries on the partitions this
+        worker owns (stream_app.kafka.purge), and its read-your-writes memory."""
+        self.announced.pop(job_id, None)
+        removed = purge_job(self.tables[2], job_id, self.settings.kafka_partitions)
+        if removed:
+            log.info("deleted job's processed records removed", job_id=job_id, records=removed)
+
     async def flush(self) -> None:
         """Wait until the broker acknowledged everything produced (at shutdown). Raises
         BrokerUnavailable after KAFKA_PUBLISH_TIMEOUT_SECONDS."""
@@ -272,6 +347,7 @@ def build_pipeline(
     cancelled: CancelledJobs | None = None,
     feed: JobFeed | None = None,
     metrics: WorkerMetrics | None = None,
+    deleted: DeletedJobs | None = None,
 ) -> Pipeline:
     """The Faust app with its topics, tables, agents and rebalance hooks, wired to the
     given plain objects (nothing starts until the app runs)."""
@@ -279,6 +355,7 @@ def build_pipeline(
     cancelled = cancelled if cancelled is not None else CancelledJobs()
     feed = feed if feed is not None else JobFeed()
     metrics = metrics if metrics is not None else WorkerMetrics()
+    deleted = deleted if deleted is not None else DeletedJobs()
     app = build_app(s, bootstrap_servers=bootstrap_servers, canonical_url=canonical_url)
     partitions = s.kafka_partitions
     jobs_topic = raw_topic(app, s.topic_jobs, partitions=partitions)
@@ -306,7 +383,11 @@ def build_pipeline(
         cancelled,
         feed,
         metrics,
+        deleted=deleted,
     )
+    deleted.on_deleted(pipeline.forget_deleted)
+    if mirror is not None:
+        deleted.on_deleted(mirror.delete_job)
     scheduler: Scheduler[EventT] = (
         FairScheduler() if s.batch_scheduling == "fair" else FifoScheduler()
     )
@@ -329,9 +410,16 @@ def build_pipeline(
         metrics=metrics,
         dead_letters=dead_letters,
         current_generation=lambda: app.consumer_generation_id,
+        deleted=deleted,
     )
     aggregator = Aggregator(
-        jobs_topic=s.topic_jobs, ledger=ledger, feed=feed, mirror=mirror, dead_letters=dead_letters
+        jobs_topic=s.topic_jobs,
+        ledger=ledger,
+        feed=feed,
+        mirror=mirror,
+        dead_letters=dead_letters,
+        deleted=deleted,
+        cancelled=cancelled,
     )
 
     @app.agent(records_topic, name="process")

@@ -34,6 +34,7 @@ from stream_app.jobs.cancellation import (
     record_scope,
     skipped_outcome,
 )
+from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import Ticket, record_cost, ticket_for
@@ -43,6 +44,7 @@ from stream_app.kafka.messages import (
     dump,
     job_and_index,
     payload,
+    retry_round,
     scheduling_fields,
     validation_summary,
 )
@@ -71,6 +73,7 @@ class RecordHandler:
         metrics: WorkerMetrics,
         dead_letters: DeadLetters,
         current_generation: Callable[[], int],
+        deleted: DeletedJobs | None = None,
     ) -> None:
         self._settings = settings
         self._processor = processor
@@ -85,6 +88,7 @@ class RecordHandler:
         self._metrics = metrics
         self._dead_letters = dead_letters
         self._generation = current_generation
+        self._deleted = deleted if deleted is not None else DeletedJobs()
         # Records this worker is processing now, by key. The consumer can deliver a record
         # again while its first copy is still with Claude (it re-reads from the last
         # committed offset, e.g. when a restarted worker's fetch is reset after table
@@ -172,7 +176,12 @@ class RecordHandler:
                 await self._dead_letters.send(event, error)
                 return True
             failed = ResultEvent(
-                job_id=ident[0], index=ident[1], success=False, error=error, finished_at=time.time()
+                job_id=ident[0],
+                index=ident[1],
+                success=False,
+                error=error,
+                finished_at=time.time(),
+                retry=retry_round(payload(event)),
             )
             await self.send_outcome(result_key(*ident), failed)
             return True
@@ -186,9 +195,9 @@ class RecordHandler:
             return
         key = result_key(record.job_id, record.index)
         first = self._running.get(key)
-        if first is not None and self._processed.get(key) is None:
+        if first is not None and self._known(key, record) is None:
             await asyncio.wait([first])  # returns also when the first copy was cancelled
-        known = self._processed.get(key)
+        known = self._known(key, record)
         if known is not None:
             # Redelivered after a crash: re-send the known outcome (the aggregate agent
             # drops duplicates) instead of paying for the call again.
@@ -207,9 +216,38 @@ class RecordHandler:
             if not done.done():
                 done.set_result(None)
 
+    def _known(self, key: str, record: RecordEvent) -> dict[str, object] | None:
+        """The record's outcome already sent, unless this copy is a later retry round
+        (POST .../retry sends a record again: its new outcome must be made, not re-sent)."""
+        known: dict[str, object] | None = self._processed.get(key)
+        if known is None:
+            return None
+        sent_round = known.get("retry") or 0
+        assert isinstance(sent_round, int)
+        return known if sent_round >= (record.retry or 0) else None
+
     async def _decide(self, event: EventT, record: RecordEvent, key: str) -> None:
+        def stamped(result: ResultEvent) -> ResultEvent:
+            # The retry round it answers, and where the record sits (a retry reads it back).
+            return result.model_copy(
+                update={
+                    "retry": record.retry,
+                    "record_partition": event.message.partition,
+                    "record_offset": event.message.offset,
+                }
+            )
+
+        await self._outcome_of(event, record, key, stamped)
+
+    async def _outcome_of(
+        self,
+        event: EventT,
+        record: RecordEvent,
+        key: str,
+        stamped: Callable[[ResultEvent], ResultEvent],
+    ) -> None:
         if await self._cancelled.should_skip(record.job_id):
-            await self.send_outcome(key, skipped_outcome(record))
+            await self.send_outcome(key, stamped(skipped_outcome(record)))
             return
         # The job's task, or the outcome without a call (its spending cap was reached).
         try:
@@ -219,7 +257,7 @@ class RecordHandler:
             await self._dead_letters.send(event, str(exc))
             return
         if isinstance(task, ResultEvent):
-            await self.send_outcome(key, task)
+            await self.send_outcome(key, stamped(task))
             return
         await self._gate.admit()
         async with self._gate.in_flight():
@@ -229,13 +267,16 @@ class RecordHandler:
             except CancelledBeforeCall:
                 # Its job was cancelled while it waited for the rate budget.
                 result = skipped_outcome(record)
-            await self.send_outcome(key, result)
+            await self.send_outcome(key, stamped(result))
 
     async def send_outcome(self, key: str, result: ResultEvent) -> None:
         """Remember the outcome (processed-records table), produce it to `batch.results`,
         settle its spend, count it in the metrics (priced as the job's status prices it)."""
         outcome = result.model_dump(mode="json", exclude_none=True)
-        self._processed[key] = outcome
+        if result.job_id not in self._deleted:
+            # (A deleted job's entries were removed: a call in flight at the deletion does
+            # not write one back; its outcome is dropped by the aggregate agent.)
+            self._processed[key] = outcome
         await self._results.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
         self._rules.settle(result)
         self.outcomes_sent += 1

@@ -26,6 +26,8 @@ from stream_app.core.metrics import MeteredTransport, WorkerMetrics
 from stream_app.core.settings import Settings
 from stream_app.jobs.aggregation import JobStatus
 from stream_app.jobs.cancellation import CancellableBudget, CancelledJobs, SkipCancelledTransport
+from stream_app.jobs.deletion import DeletedJobs
+from stream_app.jobs.idempotency import IdempotencyKeys
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor, RetryPolicy
@@ -33,6 +35,7 @@ from stream_app.kafka.job_feed import JobFeed
 from stream_app.kafka.jobs_reader import JobsReader
 from stream_app.kafka.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.kafka.pipeline import JOB_TABLE, Pipeline, build_pipeline
+from stream_app.kafka.retention import run_retention
 from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
 from stream_app.provider.breaker import ProviderBreaker
@@ -77,6 +80,10 @@ class Service:
     backlog: Backlog | None = None
     # (monotonic seconds, records) of the last backlog read: read at most every 5 s.
     _backlog_read: tuple[float, int] = field(default=(-1e9, 0), repr=False)
+    # Idempotency-Key -> job, from batch.jobs (stream_app.jobs.idempotency), and the reader
+    # that keeps it (and the cancels, deletions, job terms) current.
+    idempotency: IdempotencyKeys = field(default_factory=IdempotencyKeys)
+    jobs_reader: JobsReader | None = None
 
     def stop_intake(self) -> None:
         """No record starts from now on; calls in flight finish (at SIGTERM/SIGINT)."""
@@ -202,7 +209,7 @@ class Service:
 
     def archived(self, job_id: str) -> tuple[JobStatus, dict[int, dict[str, Any]]] | None:
         """A job known only to the SQLite mirror (its broker state is gone)."""
-        if self.mirror is None:
+        if self.mirror is None or job_id in self.pipeline.deleted:
             return None
         job = self.mirror.job(job_id)
         return (job, self.mirror.results(job_id)) if job is not None else None
@@ -213,13 +220,17 @@ class Service:
         partitions (not current: the owner may be ahead), and with the SQLite mirror the
         jobs only the mirror still has (current: their broker state is gone)."""
         owned = self.pipeline.owned_job_partitions()
+        deleted = self.pipeline.deleted
         held = {
             job.job_id: (job, self.pipeline.job_partition(job.job_id) in owned)
             for job in self.pipeline.held_jobs()
+            # (A standby replica may not have applied the deletion's tombstone yet.)
+            if job.job_id not in deleted
         }
         if self.mirror is not None:
             for job in self.mirror.jobs():
-                held.setdefault(job.job_id, (job, True))
+                if job.job_id not in deleted:
+                    held.setdefault(job.job_id, (job, True))
         return list(held.values())
 
     async def readiness(self) -> Readiness:
@@ -307,6 +318,8 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
+    deleted = DeletedJobs()
+    keys = IdempotencyKeys(settings.batch_idempotency_hours)
     anthropic_client = build_anthropic_client(
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
@@ -386,6 +399,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         feed=JobFeed(),
         metrics=metrics,
         rules=rules,
+        deleted=deleted,
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
@@ -414,6 +428,8 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         cancelled,
         rules,
         results_topic=settings.topic_results,
+        deleted=deleted,
+        keys=keys,
     )
     await jobs_reader.start()
     try:
@@ -431,15 +447,24 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
             )
+            service.idempotency = keys
+            service.jobs_reader = jobs_reader
             service.stall = StallWatch(settings.batch_stall_exit_seconds)
             service.backlog = Backlog(
                 settings.kafka_bootstrap_servers, admin, settings.kafka_app_id
             )
             watchdog = asyncio.create_task(service.watch(settings.batch_ready_deadline_seconds))
+            retention = (
+                asyncio.create_task(run_retention(pipeline, settings.batch_retention_days))
+                if settings.batch_retention_days is not None
+                else None
+            )
             try:
                 yield service
             finally:
                 watchdog.cancel()
+                if retention is not None:
+                    retention.cancel()
                 await service.backlog.close()
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
