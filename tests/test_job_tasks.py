@@ -18,7 +18,7 @@ from stream_app.provider.pricing import price_for
 from tests.conftest import StartService
 from tests.support import status, wait_until
 
-PRICE = price_for("claude-sonnet-4-6")
+PRICE = price_for("claude-sonnet-5-5")
 
 TRIAGE = {
     "instructions": "Triage the support ticket: product area, urgency, refund requested.",
@@ -99,7 +99,7 @@ def test_two_jobs_with_their_own_tasks_at_once(start: StartService) -> None:
                 jsonschema.validate(fields(result), task["output_schema"])
                 with pytest.raises(jsonschema.ValidationError):
                     jsonschema.validate(fields(result), other["output_schema"])
-                assert result["response"]["metadata"]["model"] == "claude-sonnet-4-6"
+                assert result["response"]["metadata"]["model"] == "claude-sonnet-5-5"
         # The default task is unchanged for a job that names none.
         body = wait_over(client, plain)
         assert set(fields(body["results"][0])) == {"summary", "insights", "sentiment", "topics"}

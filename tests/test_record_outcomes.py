@@ -13,7 +13,7 @@ from stream_app.provider.pricing import Price, price_for
 from tests.conftest import StartService
 from tests.support import submit, wait_completed
 
-MODEL = "claude-sonnet-4-6"
+MODEL = "claude-sonnet-5-5"
 SECRET = "sk-test-secret-do-not-log"
 
 
@@ -164,9 +164,10 @@ def test_cache_tokens_are_counted_and_priced_with_an_input_price_override(
     assert sim["total_cache_read_input_tokens_billed"] == 2000
     price = price_for(MODEL, input_per_1k=Decimal("0.01"))
     assert_job_money(body, sim, price)
-    # The cache tokens are priced at 1.25x, 2x and 0.1x of the overridden input price.
+    # The cache tokens are priced at the model's ratios to its input price, applied to the
+    # overridden one: Sonnet 5.5 writes at 1.25x (1-hour: 2x) and reads at 0.05x.
     plain = price.cost(sim["total_input_tokens_billed"], sim["total_output_tokens_billed"])
-    cache = Decimal("1000") * Decimal("0.0125") + 300 * Decimal("0.02") + 2000 * Decimal("0.001")
+    cache = Decimal("1000") * Decimal("0.0125") + 300 * Decimal("0.02") + 2000 * Decimal("0.0005")
     assert Decimal(body["estimated_cost_usd"]) == plain + cache / 1000
     results = {r["index"]: r for r in body["results"]}
     seen = requests_by_tag(sim)

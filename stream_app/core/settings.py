@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # At start, drop local table stores that claim more than their changelog holds (they
     # are rebuilt from it). Off: such a worker fails recovery and exits non-zero instead.
     batch_heal_local_state: bool = True
-    claude_model: str = "claude-sonnet-4-6"
+    claude_model: str = "claude-sonnet-5-5"
     claude_max_tokens: int = Field(1024, ge=64)
     # A reply cut off at max_tokens is retried once with this much room.
     claude_max_tokens_ceiling: int = Field(4096, ge=64)
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # How long a record waits for its job's `created` event before it runs with the
     # default task (records of jobs that were never announced).
     batch_job_announce_wait_seconds: float = Field(10.0, ge=0)
-    # Cost: None means "use the built-in price table for claude_model".
+    # Cost: None means "the model's price in genai-prices" (stream_app.provider.pricing).
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None
 

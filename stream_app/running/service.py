@@ -39,7 +39,7 @@ from stream_app.kafka.topics import ensure_topics, leader_topic
 from stream_app.provider.breaker import ProviderBreaker
 from stream_app.provider.budget import RateBudget
 from stream_app.provider.client import InsightClient, build_anthropic_client
-from stream_app.provider.pricing import is_known_model, price_for
+from stream_app.provider.pricing import FALLBACK_MODEL, is_known_model, price_for
 from stream_app.running.dir_lock import DirLock
 
 log = get_logger(__name__)
@@ -301,7 +301,11 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     if settings.anthropic_api_key is None:
         raise ValueError("ANTHROPIC_API_KEY must be resolved before the service starts")
     if not is_known_model(settings.claude_model):
-        log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
+        log.warning(
+            "model without a price in genai-prices; priced like the fallback model",
+            model=settings.claude_model,
+            fallback=FALLBACK_MODEL,
+        )
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
     directory = JobDirectory()
@@ -340,6 +344,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             model or settings.claude_model,
             settings.batch_cost_per_1k_input_tokens,
             settings.batch_cost_per_1k_output_tokens,
+            fallback_model=FALLBACK_MODEL,
         ),
         announce_wait_seconds=settings.batch_job_announce_wait_seconds,
         # A submit gives up after KAFKA_PUBLISH_TIMEOUT_SECONDS: by then its job is
@@ -372,6 +377,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             settings.claude_model,
             settings.batch_cost_per_1k_input_tokens,
             settings.batch_cost_per_1k_output_tokens,
+            fallback_model=FALLBACK_MODEL,
         ),
         mirror=mirror,
         canonical_url=canonical_url,
