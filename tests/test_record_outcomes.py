@@ -251,3 +251,24 @@ def test_an_unexpected_exception_becomes_a_failed_outcome_and_the_worker_goes_on
     # Each exception logged once, with its traceback.
     assert logs.count("internal error while processing a record") == 3
     assert logs.count("Traceback (most recent call last)") == 3
+
+
+def test_an_answer_slower_than_claude_timeout_seconds_succeeds_with_one_paid_call(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """The provider takes 5 s over a 3 s CLAUDE_TIMEOUT_SECONDS (as a long output takes
+    longer than the default 60 s): the call's timeout follows the time its max_tokens can
+    take, so the record gets the answer it paid for, in one call, not a timeout and a retry."""
+    service = start(claude_timeout_seconds=3)
+    texts = ["S0 A long generation. [[sim:slow=5000]]", "S1 A quick one."]
+    with service.client() as client:
+        body = wait_completed(client, submit(client, texts))
+    sim = simulator.stats()
+    assert sim["by_status"] == {"200": 2}
+    [slow] = requests_by_tag(sim)["S0"]
+    assert slow["t_done"] - slow["t"] >= 5.0
+    results = {r["index"]: r for r in body["results"]}
+    assert (body["completed_count"], body["failed_count"]) == (2, 0)
+    assert results[0]["success"] and results[0]["attempts"] == 1
+    assert_job_money(body, sim, price_for(MODEL))
+    service.stop()

@@ -337,6 +337,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         model=settings.claude_model,
         max_tokens=settings.claude_max_tokens,
         max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+        timeout_seconds=settings.claude_timeout_seconds,
     )
     rules = JobRules(
         insight_client,
