@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
 from api.bodies import parse_submission, read_json_body
+from api.errors import ApiError
 from api.forwarding import forward_headers
 from api.job_options import JobOptions, job_options
 from api.streams import STREAMED_TYPES, spool_records
@@ -38,6 +39,7 @@ async def submit_batch(request: Request) -> Response:
         return await submit_stream(request, media_type)
     owner = caller_of(request)
     service: Service = request.state.service
+    refuse_exhausted_tenant(service, owner)
     began = time.monotonic()
     body = await read_json_body(request, service.settings)
     batch, records = parse_submission(body, service.settings)
@@ -55,6 +57,7 @@ async def submit_stream(request: Request, media_type: str) -> Response:
     (`line N: why`)."""
     owner = caller_of(request)
     service: Service = request.state.service
+    refuse_exhausted_tenant(service, owner)
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +67,19 @@ async def submit_stream(request: Request, media_type: str) -> Response:
         read = time.monotonic()
         job_id = await _publish(service, spool, count, owner, options)
     return await accepted(request, service, job_id, count, began, read)
+
+
+def refuse_exhausted_tenant(service: Service, owner: str | None) -> None:
+    """402 `tenant_budget_exhausted` when the caller's monthly budget (TENANT_BUDGETS) is
+    spent: a new job would only be skipped record by record."""
+    if service.rules.tenant_exhausted(owner):
+        budget = service.rules.tenant_budgets[owner or ""]
+        raise ApiError(
+            402,
+            "tenant_budget_exhausted",
+            f"the monthly budget of {owner!r} (${budget}, TENANT_BUDGETS) is spent for this "
+            "calendar month (UTC); new jobs are refused until the next one",
+        )
 
 
 async def _publish(

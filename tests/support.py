@@ -38,6 +38,7 @@ class Namespace:
             "records": f"{self.app_id}.records",
             "results": f"{self.app_id}.results",
             "dlq": f"{self.app_id}.dlq",
+            "spend": f"{self.app_id}.spend",
         }
 
     def env(self) -> dict[str, str]:
@@ -48,6 +49,7 @@ class Namespace:
             "TOPIC_RECORDS": t["records"],
             "TOPIC_RESULTS": t["results"],
             "TOPIC_DLQ": t["dlq"],
+            "TOPIC_SPEND": t["spend"],
         }
 
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     topic_records: str = "batch.records"
     topic_results: str = "batch.results"
     topic_dlq: str = "batch.dlq"
+    # Spend reservations and settlements of capped jobs and tenant budgets, shared by the
+    # cluster (stream_app.kafka.spend_log).
+    topic_spend: str = "batch.spend"
     # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
     kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
@@ -110,6 +113,8 @@ class Settings(BaseSettings):
     # How other workers reach this one's API (status reads are forwarded to a job's owner).
     advertised_url: str | None = None
     api_keys: SecretStr | None = None
+    # `name:usd,...`: a tenant's (API_KEYS client name) budget per calendar month (UTC), USD.
+    tenant_budgets: str | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     # A JSON body is parsed whole in memory (a few times its size as Python objects); larger
@@ -137,11 +142,22 @@ class Settings(BaseSettings):
             _parse_api_keys(value.get_secret_value())
         return value
 
+    @field_validator("tenant_budgets")
+    @classmethod
+    def _tenant_budgets_well_formed(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_tenant_budgets(value)
+        return value
+
     @field_validator("batch_persistence_backend", mode="before")
     @classmethod
     def _file_is_rocksdb(cls, value: object) -> object:
         # "file" is the original service's name for the on-disk backend.
         return "rocksdb" if value == "file" else value
+
+    def tenant_budget_table(self) -> dict[str, Decimal]:
+        """tenant -> USD a calendar month, from `TENANT_BUDGETS=name:usd,...`."""
+        return parse_tenant_budgets(self.tenant_budgets) if self.tenant_budgets else {}
 
     def api_key_table(self) -> dict[str, str]:
         """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
@@ -162,4 +178,22 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
         if not sep or not name or not secret:
             raise ValueError("API_KEYS must look like name:secret,name2:secret2")
         table[secret] = name
+    return table
+
+
+def parse_tenant_budgets(raw: str) -> dict[str, Decimal]:
+    """tenant -> USD. Raises ValueError when an item is not `name:usd` with usd >= 0."""
+    table: dict[str, Decimal] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, amount = item.partition(":")
+        try:
+            usd = Decimal(amount.strip())
+        except ArithmeticError:
+            usd = Decimal(-1)
+        if not sep or not name.strip() or not usd.is_finite() or usd < 0:
+            raise ValueError("TENANT_BUDGETS must look like alpha:500,beta:50 (USD a month)")
+        table[name.strip()] = usd
     return table

@@ -105,7 +105,9 @@ class JobsReader:
                             self._apply(message.value)
                         elif message.key:
                             self._rules.observe_result(
-                                message.key.decode(errors="replace"), message.value
+                                message.key.decode(errors="replace"),
+                                message.value,
+                                (tp.partition, message.offset),
                             )
                 if pending:
                     pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,30 @@ class InsightClient:
         message = await raw.parse()
         text = "".join(block.text for block in message.content if block.type == "text")
         return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
+
+    async def count_prompt_tokens(
+        self, texts: Sequence[str], task: PreparedTask | None = None, *, concurrency: int = 8
+    ) -> list[int]:
+        """Prompt tokens (uncached input, cache writes and reads together) a call of each
+        text would send, from the provider's token-counting endpoint
+        (`messages.count_tokens`: free, not billed, rate-limited apart from messages).
+        Raises the SDK's APIStatusError / APIConnectionError."""
+        task = task or self.default_task
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(text: str) -> int:
+            request = task.request(text)
+            async with slots:
+                counted = await self._client.messages.count_tokens(
+                    model=request["model"],
+                    system=request["system"],
+                    messages=request["messages"],
+                    output_config=request["output_config"],
+                    timeout=self.timeout_seconds,
+                )
+            return counted.input_tokens
+
+        return list(await asyncio.gather(*(one(text) for text in texts)))
 
 
 def parse_insight(text: str) -> dict[str, Any] | str:

@@ -29,10 +29,12 @@ from stream_app.jobs.cancellation import CancellableBudget, CancelledJobs, SkipC
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor, RetryPolicy
+from stream_app.jobs.spend_ledger import SpendLedgers
 from stream_app.kafka.job_feed import JobFeed
 from stream_app.kafka.jobs_reader import JobsReader
 from stream_app.kafka.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.kafka.pipeline import JOB_TABLE, Pipeline, build_pipeline
+from stream_app.kafka.spend_log import SPEND_TOPIC_CONFIG, SpendLog
 from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
 from stream_app.provider.breaker import ProviderBreaker
@@ -350,6 +352,15 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         # announced or never will be (its records wait this long, then are dead-lettered).
         created_follows_wait_seconds=settings.kafka_publish_timeout_seconds
         + settings.batch_job_announce_wait_seconds,
+        spend=(
+            spend_log := SpendLog(
+                settings.kafka_bootstrap_servers,
+                settings.topic_spend,
+                settings.kafka_partitions,
+                SpendLedgers(),
+            )
+        ),
+        tenant_budgets=settings.tenant_budget_table(),
     )
     processor = RecordProcessor(
         client=insight_client,
@@ -388,8 +399,12 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
-        {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
-        configs=pipeline.topic_configs,
+        {
+            **pipeline.topic_partitions,
+            leader_topic(settings.kafka_app_id): 1,
+            settings.topic_spend: settings.kafka_partitions,
+        },
+        configs={**pipeline.topic_configs, settings.topic_spend: SPEND_TOPIC_CONFIG},
         group_id=settings.kafka_app_id,
     )
     pipeline.discard_stale_state(created)
@@ -415,6 +430,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         results_topic=settings.topic_results,
     )
     await jobs_reader.start()
+    await spend_log.start()
     try:
         async with faust_app_running(pipeline.app, stop_timeout=FAUST_STOP_SECONDS):
             log.info(
@@ -450,6 +466,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 log.error("outcomes not acknowledged at stop", reason=str(exc))
             log.info("drained", calls_abandoned=left)
     finally:
+        await spend_log.stop()
         await jobs_reader.stop()
         await admin.close()
         await anthropic_client.close()
