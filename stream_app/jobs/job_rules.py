@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class JobRules:
         # (stream_app.jobs.spend_ledger); the ledgers each record of this worker reserved in.
         self.spend: SpendGrants = spend or LocalSpend()
         self.tenant_budgets: Mapping[str, Decimal] = tenant_budgets or {}
-        self._reserved: dict[str, list[str]] = {}
+        self._reserved: dict[str, tuple[str, list[str]]] = {}
         self.history = UsageHistory()
         # Output tokens of successful results whose job's terms are not read yet (results
         # and job events are read apart): folded into the history when the job is learnt.
@@ -240,11 +241,12 @@ class JobRules:
         reserved in, and learn from it."""
         key = result_key(result.job_id, result.index)
         usage = Usage.of(result)
-        ledgers = self._reserved.pop(key, None)
-        if ledgers:
+        reserved = self._reserved.pop(key, None)
+        if reserved is not None:
+            reservation, ledgers = reserved
             cost = self._price_of(result.model).cost_of(usage)
             for ledger in ledgers:
-                self.spend.settle(ledger, key, cost)
+                self.spend.settle(ledger, reservation, cost)
         sent = self._chars.pop(key, None)
         if sent is not None and result.success and result.response is not None:
             self.history.observe(
@@ -255,8 +257,11 @@ class JobRules:
         """The record is done here, with or without an outcome: no reservation stays."""
         key = result_key(record.job_id, record.index)
         self._chars.pop(key, None)
-        for ledger in self._reserved.pop(key, None) or ():
-            self.spend.release(ledger, key)
+        reserved = self._reserved.pop(key, None)
+        if reserved is not None:
+            reservation, ledgers = reserved
+            for ledger in ledgers:
+                self.spend.release(ledger, reservation)
 
     def _limits(self, job_id: str, terms: JobTerms) -> list[tuple[str, Decimal]]:
         """(ledger, USD limit) a call of the job must fit: its cap, its tenant's budget."""
@@ -299,17 +304,20 @@ class JobRules:
         self, record: RecordEvent, task: PreparedTask, limits: list[tuple[str, Decimal]]
     ) -> str | None:
         """Reserve the record's call in every ledger of `limits`; the ledger that refused
-        it (the reservations made are released), or None when all admitted it."""
+        it (the reservations made are released), or None when all admitted it. Each
+        reservation has an id of its own: a record run twice (by two workers around a
+        rebalance) is two calls the provider bills, and the ledgers count both."""
         key = result_key(record.job_id, record.index)
+        reservation = f"{key}:{uuid.uuid4().hex[:12]}"
         expected = self.call_estimate(task, record)
         most = self.call_most(task, record)
         granted: list[str] = []
-        self._reserved[key] = granted
+        self._reserved[key] = (reservation, granted)
         for ledger, limit in limits:
-            verdict = await self.spend.reserve(ledger, key, expected, most, limit)
+            verdict = await self.spend.reserve(ledger, reservation, expected, most, limit)
             if verdict is Verdict.REFUSE:
                 for done in granted:
-                    self.spend.release(done, key)
+                    self.spend.release(done, reservation)
                 self._reserved.pop(key, None)
                 return ledger
             granted.append(ledger)

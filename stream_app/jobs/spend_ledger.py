@@ -64,7 +64,8 @@ class Entry:
 
     kind: str  # "reserve" | "settle" | "release"
     ledger: str
-    # The record: "<job_id>:<index>" (one record is reserved and settled once per ledger).
+    # The reservation: "<job_id>:<index>:<id>", one per call of a record (a record run
+    # twice around a rebalance is two reservations: the provider bills both calls).
     record: str
     usd: Decimal = Decimal(0)
     most_usd: Decimal = Decimal(0)
@@ -142,7 +143,7 @@ class SpendLedgers:
         if entry.limit_usd > 0:
             ledger.limit = entry.limit_usd  # a tenant's budget may be changed by config
         if entry.record in ledger.billed:
-            return Verdict.ADMIT  # its outcome is known: it will not call again
+            return Verdict.ADMIT  # settled already (the same entry read again)
         if ledger.exhausted:
             return Verdict.REFUSE
         if ledger.spent + entry.usd > ledger.limit:
