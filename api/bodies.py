@@ -4,7 +4,9 @@ field named (pydantic's messages, shortened by `describe`)."""
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,6 +17,56 @@ from api.errors import ApiError
 from api.records import record_json
 from schemas import BatchRequest
 from stream_app.core.settings import Settings
+
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+JSON = "application/json"
+STREAMED_TYPES = (NDJSON, "application/jsonl", "application/jsonlines", CSV)
+ACCEPTED_TYPES = (JSON, *STREAMED_TYPES)
+
+
+@dataclass(frozen=True)
+class BodyType:
+    """A request body's content type: `media_type` lower-case without parameters ("" when
+    the request names none: read as JSON), `charset` a Python codec name ("utf-8" unless
+    the content type's charset parameter names another)."""
+
+    media_type: str
+    charset: str = "utf-8"
+
+    @property
+    def utf8(self) -> bool:
+        return self.charset == "utf-8"
+
+
+def body_type(request: Request) -> BodyType:
+    """The submit's (or estimate's) content type. Raises ApiError 415
+    `unsupported_media_type` for a type other than ACCEPTED_TYPES (RFC 9110 15.5.16) or a
+    charset Python does not know, listing what is taken."""
+    raw = request.headers.get("content-type", "")
+    media_type, _, parameters = raw.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type and media_type not in ACCEPTED_TYPES:
+        raise unsupported_media_type(f"content-type {media_type!r} is not taken")
+    charset = "utf-8"
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip(' "'):
+            try:
+                charset = codecs.lookup(value.strip(' "')).name
+            except LookupError:
+                raise unsupported_media_type(f"unknown charset {value.strip()!r}") from None
+    return BodyType(media_type, charset)
+
+
+def unsupported_media_type(why: str) -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        f"{why}: send {JSON} (a batch body), {NDJSON} (a record a line; also "
+        "application/jsonl, application/jsonlines) or text/csv (a header row); bodies are "
+        "read as UTF-8 unless the content type names a charset",
+    )
 
 
 def int_param(request: Request, name: str, default: int | None) -> int | None:
@@ -27,22 +79,29 @@ def int_param(request: Request, name: str, default: int | None) -> int | None:
     return int(raw)
 
 
-def parse_batch(body: bytes, settings: Settings) -> BatchRequest:
+def parse_batch(body: bytes, settings: Settings, kind: BodyType | None = None) -> BatchRequest:
     """A JSON batch body, checked as POST /api/v1/batch checks it. Raises ApiError 400
     `invalid_json`, 413 `too_many_records` (more than BATCH_MAX_RECORDS_PER_REQUEST, before
-    the records are validated), 422 `validation_error` (a text over BATCH_MAX_TEXT_CHARS)."""
-    batch = _validated_batch(_counted_payload(body, settings))
+    the records are validated), 422 `validation_error` (a text over BATCH_MAX_TEXT_CHARS),
+    413 `record_too_large` (a record over `record_limit`)."""
+    batch = _validated_batch(_counted_payload(body, settings, kind))
     _check_texts((record.text for record in batch.records), settings)
+    for index, record in enumerate(batch.records):
+        check_record_size(
+            record.model_dump_json(exclude_none=True).encode(), f"records.{index}", settings
+        )
     return batch
 
 
-def parse_submission(body: bytes, settings: Settings) -> tuple[BatchRequest, list[bytes]]:
+def parse_submission(
+    body: bytes, settings: Settings, kind: BodyType | None = None
+) -> tuple[BatchRequest, list[bytes]]:
     """A JSON batch body as POST /api/v1/batch takes it: checked as `parse_batch` checks it
     (same errors, same order), returned as the request's options and each record's
     published JSON (api.records). The returned request's own `records` are not the job's:
     plain records are not turned into pydantic models (issue 9: 1.7 s of a 100,000-record
     submit), so it holds only the first one."""
-    payload = _counted_payload(body, settings)
+    payload = _counted_payload(body, settings, kind)
     records = payload.get("records") if isinstance(payload, dict) else None
     if isinstance(records, list) and records:
         encoded = []
@@ -55,17 +114,65 @@ def parse_submission(body: bytes, settings: Settings) -> tuple[BatchRequest, lis
             # Every record is plain: validate the options with one stand-in record.
             options = _validated_batch({**payload, "records": records[:1]})
             _check_texts((record["text"] for record in records), settings)
+            _check_sizes(encoded, settings)
             return options, encoded
     batch = _validated_batch(payload)
     _check_texts((record.text for record in batch.records), settings)
-    return batch, [r.model_dump_json(exclude_none=True).encode() for r in batch.records]
+    encoded = [r.model_dump_json(exclude_none=True).encode() for r in batch.records]
+    _check_sizes(encoded, settings)
+    return batch, encoded
 
 
-def _counted_payload(body: bytes, settings: Settings) -> Any:
+# Room in a batch.records message around the record's JSON: job_id, index, owner,
+# priority, created_follows (about 150 bytes; the rest is margin).
+ENVELOPE_BYTES = 4096
+
+
+def record_limit(settings: Settings) -> int:
+    """The largest record, in bytes of its published JSON: BATCH_MAX_RECORD_BYTES, and never
+    more than a Kafka message may carry (KAFKA_MAX_REQUEST_BYTES less ENVELOPE_BYTES)."""
+    return min(settings.batch_max_record_bytes, settings.kafka_max_request_bytes - ENVELOPE_BYTES)
+
+
+def check_record_size(encoded: bytes, where: str, settings: Settings) -> None:
+    """Raises ApiError 413 `record_too_large` naming the record (`where`: `records.3`,
+    `line 4`), its size and the limit, when `encoded` (the record's published JSON) is over
+    `record_limit`: such a record cannot travel as one Kafka message."""
+    limit = record_limit(settings)
+    if len(encoded) > limit:
+        raise ApiError(
+            413,
+            "record_too_large",
+            f"{where}: the record is {len(encoded):,} bytes as JSON, at most {limit:,} are "
+            "allowed (BATCH_MAX_RECORD_BYTES: a record travels as one Kafka message); "
+            "shorten its text or metadata, or split it",
+        )
+
+
+def _check_sizes(encoded: list[bytes], settings: Settings) -> None:
+    for index, record in enumerate(encoded):
+        check_record_size(record, f"records.{index}", settings)
+
+
+def _counted_payload(body: bytes, settings: Settings, kind: BodyType | None) -> Any:
+    kind = kind or BodyType(JSON)
+    if not kind.utf8:
+        try:
+            body = body.decode(kind.charset).encode()
+        except UnicodeDecodeError as exc:
+            line = body[: exc.start].count(b"\n") + 1
+            raise ApiError(
+                422,
+                "validation_error",
+                f"line {line}: not {kind.charset} text (the content type's charset)",
+            ) from None
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        payload = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError as exc:
+        if not kind.media_type:
+            # No content type and not JSON: say what the service takes.
+            raise unsupported_media_type("the request names no content-type") from None
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON ({exc})") from None
     limit = settings.batch_max_records_per_request
     if isinstance(payload, dict) and isinstance(payload.get("records"), list):
         if len(payload["records"]) > limit:
@@ -85,7 +192,10 @@ def _check_texts(texts: Iterable[str], settings: Settings) -> None:
     for index, text in enumerate(texts):
         if len(text) > max_chars:
             raise ApiError(
-                422, "validation_error", f"records.{index}.text: longer than {max_chars} characters"
+                422,
+                "validation_error",
+                f"records.{index}.text: {len(text):,} characters, at most {max_chars:,} are "
+                "allowed (BATCH_MAX_TEXT_CHARS); shorten or split it",
             )
 
 
@@ -113,9 +223,33 @@ async def read_json_body(request: Request, settings: Settings) -> bytes:
     return b"".join(chunks)
 
 
+_TASK_SHAPE = (
+    'a task is {"instructions": "...", "output_schema": {...}, "model"?, "max_tokens"?} or '
+    "the name of a preset (GET /api/v1/tasks)"
+)
+
+
 def describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line, `where: why; ...` (at most 5). The task union
+    (`task`: TaskSpec | preset name) reports only the alternative the input was meant as
+    (an object: the TaskSpec's errors; anything else: that it must be either), and an
+    error in a task says what a task is."""
+    errors = exc.errors()
+    task_object = any(e["loc"][:2] == ("task", "TaskSpec") and len(e["loc"]) > 2 for e in errors)
     parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+    for error in errors:
+        loc = list(error["loc"])
+        if loc[:1] == ["task"]:
+            if loc[1:2] == ["str"]:
+                continue  # the preset-name alternative; said below when it matters
+            if loc[1:2] == ["TaskSpec"]:
+                del loc[1]
+                if not task_object and len(loc) == 1:
+                    parts.append(f"task: must be an object or a preset name ({_TASK_SHAPE})")
+                    continue
+            where = ".".join(str(p) for p in loc)
+            parts.append(f"{where}: {error['msg']} ({_TASK_SHAPE})")
+            continue
+        where = ".".join(str(p) for p in loc) or "body"
         parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+    return "; ".join(parts[:5])

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
-from api.bodies import parse_batch, read_json_body
+from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_batch, read_json_body
 from api.job_options import JobOptions, job_options
-from api.streams import STREAMED_TYPES, spool_records
+from api.streams import spool_records
 from stream_app.core.exceptions import first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import JobStatus
@@ -40,16 +40,16 @@ async def estimate_batch(request: Request) -> Response:
     `unsupported_schema` / `unknown_task`)."""
     caller_of(request)
     service: Service = request.state.service
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type in STREAMED_TYPES:
+    kind = body_type(request)
+    if kind.media_type in STREAMED_TYPES:
         spool_dir = service.settings.batch_job_storage_path
         spool_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=spool_dir, prefix="estimate-") as spool:
-            count, options = await spool_records(request, spool, service, media_type)
+            count, options = await spool_records(request, spool, service, kind)
             chars, sample = _spooled_texts(spool, count)
     else:
         count, chars, sample, options = _json_body(
-            await read_json_body(request, service.settings), service
+            await read_json_body(request, service.settings), service, kind
         )
     task = service.rules.prepare(options.task, options.task_name)
     counted = await _count(service, task, sample)
@@ -61,8 +61,10 @@ async def estimate_batch(request: Request) -> Response:
 ESTIMATE_SAMPLE = 50
 
 
-def _json_body(body: bytes, service: Service) -> tuple[int, int, list[str], JobOptions]:
-    batch = parse_batch(body, service.settings)
+def _json_body(
+    body: bytes, service: Service, kind: BodyType
+) -> tuple[int, int, list[str], JobOptions]:
+    batch = parse_batch(body, service.settings, kind)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     texts = [r.text for r in batch.records]
     sample = texts if len(texts) <= ESTIMATE_SAMPLE else _sample(texts, ESTIMATE_SAMPLE)

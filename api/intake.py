@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
-from api.bodies import parse_submission, read_json_body
+from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_submission, read_json_body
 from api.errors import ApiError
 from api.forwarding import forward_headers
 from api.job_options import JobOptions, job_options
-from api.streams import STREAMED_TYPES, spool_records
+from api.streams import spool_records
 from schemas import BatchAccepted
 from stream_app.core.logs import get_logger
 from stream_app.running.service import Service
@@ -34,15 +34,19 @@ _VISIBLE_WITHIN_SECONDS = 5.0
 
 
 async def submit_batch(request: Request) -> Response:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type in STREAMED_TYPES:
-        return await submit_stream(request, media_type)
+    """POST /api/v1/batch: a JSON batch body, or a stream (`submit_stream`). 202 `{"job_id",
+    "status", "total_records"}`; 400 `invalid_json`; 401; 402 `tenant_budget_exhausted`;
+    413 `body_too_large`, `too_many_records`, `record_too_large`; 415
+    `unsupported_media_type`; 422."""
+    kind = body_type(request)
+    if kind.media_type in STREAMED_TYPES:
+        return await submit_stream(request, kind)
     owner = caller_of(request)
     service: Service = request.state.service
     refuse_exhausted_tenant(service, owner)
     began = time.monotonic()
     body = await read_json_body(request, service.settings)
-    batch, records = parse_submission(body, service.settings)
+    batch, records = parse_submission(body, service.settings, kind)
     del body
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
     created = options.created(uuid.uuid4().hex, len(records), time.time(), owner)
@@ -51,7 +55,7 @@ async def submit_batch(request: Request) -> Response:
     return await accepted(request, service, job_id, len(records), began, read)
 
 
-async def submit_stream(request: Request, media_type: str) -> Response:
+async def submit_stream(request: Request, kind: BodyType) -> Response:
     """Read, validate and spool the records, then publish the job. 202 `{"job_id",
     "status", "total_records"}`; 401; 413 `too_many_records`; 422 `validation_error`
     (`line N: why`)."""
@@ -63,7 +67,7 @@ async def submit_stream(request: Request, media_type: str) -> Response:
     spool_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with tempfile.TemporaryFile(dir=spool_dir, prefix="intake-") as spool:
-        count, options = await spool_records(request, spool, service, media_type)
+        count, options = await spool_records(request, spool, service, kind)
         read = time.monotonic()
         job_id = await _publish(service, spool, count, owner, options)
     return await accepted(request, service, job_id, count, began, read)

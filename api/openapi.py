@@ -49,8 +49,11 @@ _ERRORS = {
     "404": "`job_not_found` (unknown, or another client's job).",
     "409": "`job_finished`: the job completed or failed before the cancel.",
     "413": "`too_many_records`: more than BATCH_MAX_RECORDS_PER_REQUEST; `body_too_large`: a "
-    "JSON body over BATCH_MAX_JSON_BODY_BYTES (send large jobs as NDJSON).",
-    "415": "`unsupported_media_type`: not JSON, NDJSON or CSV.",
+    "JSON body over BATCH_MAX_JSON_BODY_BYTES (send large jobs as NDJSON); "
+    "`record_too_large`: one record (named by index or line) over BATCH_MAX_RECORD_BYTES as "
+    "JSON, more than a Kafka message carries.",
+    "415": "`unsupported_media_type`: not JSON, NDJSON or CSV (or a charset Python does not "
+    "know); the message lists the accepted types.",
     "422": "`validation_error`: the body (or the line it names) does not fit the schema; "
     "`unsupported_schema`: the task's output_schema uses a keyword structured outputs do "
     "not accept (named in the message); `unknown_task`: no such preset; `unknown_model`: "
@@ -170,7 +173,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _batch_body(),
                 "responses": {
                     "200": _json(Estimate, "The estimate."),
-                    **_errors("400", "401", "413", "422"),
+                    **_errors("400", "401", "413", "415", "422"),
                 },
             }
         },
@@ -342,6 +345,12 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "The web page: jobs, upload, live results",
                 "responses": {"200": _text("text/html", "The page.")},
+            }
+        },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The page's icon (browsers ask for it on their own)",
+                "responses": {"200": _text("image/svg+xml", "The icon.")},
             }
         },
     }

@@ -32,7 +32,10 @@ def record_json(data: Any) -> bytes | None:
     if type(text) is not str or not text.strip():
         return None
     record_id = data.get("id")
-    if record_id is not None and type(record_id) is not str:
+    if type(record_id) is int:
+        # A whole number (database exports): kept as its decimal string, as BatchRecord does.
+        record_id = str(record_id)
+    elif record_id is not None and type(record_id) is not str:
         return None
     metadata = data.get("metadata", {})
     if type(metadata) is not dict:

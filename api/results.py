@@ -21,7 +21,7 @@ from api.bodies import int_param
 from api.errors import ApiError
 from api.forwarding import FoundJob, find_job
 from api.views import job_summary, result_view
-from schemas.export import CSV_COLUMNS, csv_row
+from schemas.export import csv_columns, csv_row, task_fields
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -150,22 +150,31 @@ async def results_ndjson(request: Request) -> Response:
 async def results_csv(request: Request) -> Response:
     """GET /api/v1/batch/{job_id}/results.csv?failed=
 
-    Every result there is, in index order, as CSV with a header row (columns: index,
-    record_id, success, skipped, summary, sentiment, topics, insights, error,
-    tokens_used, input_tokens, output_tokens, attempts, model; lists joined with
-    " | "), streamed; `x-insight-stream-stale` as for results.ndjson. Errors as for
-    /results.
+    Every result there is, in index order, as CSV with a header row, streamed;
+    `x-insight-stream-stale` as for results.ndjson. Columns (schemas.export): index,
+    record_id, success, skipped, the task's fields (the default task's summary, sentiment,
+    topics, insights, lists joined with " | "; a custom task's own fields, nested values as
+    JSON), error, tokens_used, input_tokens, output_tokens, attempts, model,
+    input_metadata (the record's metadata as JSON). A job with its own task is read twice:
+    once for its fields (in the order they first appear), once for the rows. Text cells
+    that a spreadsheet would run as a formula start with a ' (OWASP CSV injection). Errors
+    as for /results.
     """
     failed_only = failed_param(request)
     job_id = request.path_params["job_id"]
     found = await find_job(request, job_id, stream=True, stale_ok=True)
     if isinstance(found, Response):
         return found
+    if found.job.task is None:
+        columns = csv_columns()
+    else:
+        responses = (v["response"] for v in _each_result(found, failed_only) if "response" in v)
+        columns = csv_columns(task_fields(responses))
 
     def rows() -> Iterator[bytes]:
-        yield _csv_line(list(CSV_COLUMNS))
+        yield _csv_line(list(columns))
         for view in _each_result(found, failed_only):
-            yield _csv_line(csv_row(view))
+            yield _csv_line(csv_row(view, columns))
 
     return StreamingResponse(
         _paced(rows()),

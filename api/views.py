@@ -80,6 +80,8 @@ def result_view(stored: dict[str, Any]) -> dict[str, Any]:
             view["skip_reason"] = stored["skip_reason"]
     if stored.get("record_id") is not None:
         view["record_id"] = stored["record_id"]
+    if stored.get("input_metadata"):
+        view["input_metadata"] = stored["input_metadata"]
     view["tokens_used"] = _tokens_used(stored)
     view["attempts"] = stored.get("attempts", 0)
     return view

@@ -1,10 +1,11 @@
 """How much of the provider's request budget the cluster uses when that budget binds.
 
 `python -m bench.utilization` runs one scenario per worker count (1 and 2 by default). Each
-scenario gets a fresh Claude simulator that enforces the provider's real limit (`--rpm`), a
-fresh Kafka namespace on one shared embedded broker, and N `python -m stream_app` workers
-that all claim the same CLAUDE_REQUESTS_PER_MINUTE. One oversized batch keeps the budget
-binding; everything is measured from what the simulator saw, so the service is a black box.
+scenario gets a fresh Claude simulator (a process of its own) that enforces the provider's
+real limit (`--rpm`), a fresh Kafka namespace on one shared embedded broker, and N
+`python -m stream_app` workers that all claim the same CLAUDE_REQUESTS_PER_MINUTE. One
+oversized batch keeps the budget binding; everything is measured from what the simulator
+saw, so the service is a black box.
 
 Progress goes to stderr; stdout holds only the table (or JSON with `--json`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -26,18 +28,20 @@ import httpx
 
 from bench.harness import (
     bench_main,
+    cpu_seconds,
     job_status,
     namespace_env,
     progress,
     render,
     results_json,
     start_broker,
+    start_simulator_process,
     start_worker,
     stop_workers,
     wait_cluster_ready,
 )
 from simulator import SimulatorConfig
-from simulator.testing import SimulatorHandle, max_in_window, run_simulator
+from simulator.testing import SimulatorHandle, max_in_window
 from stream_app.running.testing import ServiceProcess, wait_until
 
 # Fixed by the brief so runs on different machines and commits compare.
@@ -55,6 +59,12 @@ class Options:
     seconds: float
     warmup: float
     json: bool
+    # The calls: mean latency and +- jitter (ms), the call-slot ceiling, and the provider's
+    # shorter window (its share of the minute over that many seconds; None: only 60 s).
+    latency_ms: float = LATENCY_MS
+    latency_jitter_ms: float = 0.0
+    concurrency: int = CONCURRENCY
+    short_window_seconds: float | None = None
 
     @property
     def records(self) -> int:
@@ -143,6 +153,12 @@ class Result:
     max_attempts_60s: int
     max_5s: int
     bound_5s: int
+    # Most calls the provider held at once (from arrival to answer).
+    max_in_flight: int
+    # The workers' CPU time over the run, in cores (1.0: one core busy all along), and the
+    # machine's 1-minute load average at the end: a starved worker shows here.
+    worker_cores: float
+    load_average: float
     window_covered: bool
     completed: bool
     completed_count: int
@@ -175,11 +191,25 @@ def measure(stats: dict[str, Any], opts: Options) -> dict[str, Any]:
         "max_60s": max_in_window(ok, 60),
         "max_attempts_60s": max_in_window(arrivals, 60),
         "max_5s": max_in_window(ok, 5),
+        "max_in_flight": max_in_flight(requests),
         "bound_5s": math.ceil(opts.rpm * 5 / 60) + 1,
         # False means supply ran out before the window ended: utilization is understated.
         "window_covered": max(arrivals) >= end,
         "by_status": stats["by_status"],
     }
+
+
+def max_in_flight(requests: list[dict[str, Any]]) -> int:
+    """Most requests between arrival (`t`) and answer (`t_done`) at any moment."""
+    edges = sorted(
+        [(r["t"], 1) for r in requests] + [(r.get("t_done", r["t"]), -1) for r in requests],
+        key=lambda edge: (edge[0], edge[1]),
+    )
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
 
 
 def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[str, str]:
@@ -188,14 +218,21 @@ def shared_env(opts: Options, broker: str, simulator: SimulatorHandle) -> dict[s
         **namespace_env("bench", broker, simulator),
         "KAFKA_PARTITIONS": str(PARTITIONS),
         "CLAUDE_REQUESTS_PER_MINUTE": str(opts.rpm),
-        "BATCH_MAX_CONCURRENT_LLM_CALLS": str(CONCURRENCY),
+        "BATCH_MAX_CONCURRENT_LLM_CALLS": str(opts.concurrency),
     }
 
 
 def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Result:
-    config = SimulatorConfig(requests_per_minute=opts.rpm, latency_ms=LATENCY_MS)
+    config = SimulatorConfig(
+        requests_per_minute=opts.rpm,
+        latency_ms=opts.latency_ms,
+        latency_jitter_ms=opts.latency_jitter_ms,
+        requests_short_window_seconds=opts.short_window_seconds,
+    )
     with ExitStack() as stack:
-        simulator = stack.enter_context(run_simulator(config))
+        # A process of its own: at 100 calls/s it must not share the GIL with the polling.
+        simulator, _ = start_simulator_process(stack)
+        simulator.configure(**config.model_dump(exclude_defaults=True))
         env = shared_env(opts, broker, simulator)
         workers: list[ServiceProcess] = []
         # Registered before the first start so a failure halfway still stops the rest.
@@ -209,11 +246,13 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
         progress(f"ready after {startup:.1f} s; submitting {opts.records} records")
 
         began = time.monotonic()
+        cpu_before = sum(cpu_seconds(w.process.pid) for w in workers)
         job_id = submit(workers[0], opts.records)
         # Expected drain time at the budget, plus room for a slow machine.
         timeout = opts.records / (opts.rpm / 60) * 1.5 + 30
         final, status_from = wait_job(workers, job_id, timeout)
         run = time.monotonic() - began
+        worker_cores = (sum(cpu_seconds(w.process.pid) for w in workers) - cpu_before) / run
         progress(f"job {final.get('status')} after {run:.1f} s")
         numbers = measure(simulator.stats(), opts)
 
@@ -229,6 +268,8 @@ def run_scenario(count: int, opts: Options, broker: str, workdir: Path) -> Resul
         status_from=status_from,
         startup_s=round(startup, 1),
         run_s=round(run, 1),
+        worker_cores=round(worker_cores, 2),
+        load_average=round(os.getloadavg()[0], 1),
         **numbers,
     )
 

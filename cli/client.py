@@ -10,12 +10,34 @@ import httpx
 
 
 class CliError(Exception):
-    """Printed as `error: <message>`; the command exits with status 1."""
+    """Printed as `error: <message>`; the command exits with status 1. `status`: the HTTP
+    status of the service's answer, None when there was none."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unreachable(CliError):
+    """No answer from the service (refused, timed out): it may come back."""
+
+
+def normal_url(url: str) -> str:
+    """The service's base address as people type it: `localhost:8000` gets `http://`, and
+    a trailing `/`, `/api/v1` or `/docs` is dropped (the CLI adds the API's paths)."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    for suffix in ("/api/v1", "/api", "/docs"):
+        if url.endswith(suffix):
+            url = url.removesuffix(suffix).rstrip("/")
+    return url
 
 
 class ApiClient:
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = normal_url(url)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -43,28 +65,34 @@ class ApiClient:
         return self._json("POST", f"/api/v1/batch/{job_id}/cancel")
 
     @contextmanager
-    def results_lines(self, job_id: str, failed: bool) -> Iterator[Iterator[bytes]]:
-        """The job's results as NDJSON lines, streamed."""
+    def results_download(self, job_id: str, failed: bool, kind: str) -> Iterator[Iterator[bytes]]:
+        """GET /api/v1/batch/{job_id}/results.{kind} (`ndjson` or `csv`), streamed as bytes."""
+        with self._stream(f"/api/v1/batch/{job_id}/results.{kind}", failed) as reply:
+            yield reply.iter_bytes()
+
+    @contextmanager
+    def _stream(self, path: str, failed: bool) -> Iterator[httpx.Response]:
         params = {"failed": "true"} if failed else {}
-        path = f"/api/v1/batch/{job_id}/results.ndjson"
         try:
             with self._http.stream(
                 "GET", path, params=params, timeout=httpx.Timeout(30.0, read=None)
             ) as reply:
                 if reply.status_code >= 400:
                     reply.read()
-                    raise CliError(self._describe(reply))
-                yield (line.encode() for line in reply.iter_lines() if line)
+                    raise CliError(self._describe(reply), reply.status_code)
+                yield reply
         except httpx.HTTPError as exc:
-            raise CliError(self._unreachable(exc)) from None
+            raise Unreachable(self._unreachable(exc)) from None
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             reply = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise CliError(self._unreachable(exc)) from None
+            raise Unreachable(self._unreachable(exc)) from None
+        except httpx.InvalidURL as exc:
+            raise CliError(f"--url {self.url}: not a usable address ({exc})") from None
         if reply.status_code >= 400:
-            raise CliError(self._describe(reply))
+            raise CliError(self._describe(reply), reply.status_code)
         try:
             body: dict[str, Any] = reply.json()
         except ValueError:
@@ -90,4 +118,9 @@ class ApiClient:
             error = reply.json()["error"]
             return f"{error['message']} ({error['code']}, HTTP {reply.status_code})"
         except (ValueError, KeyError, TypeError):
+            if reply.status_code == 404:
+                return (
+                    f"{reply.request.url} is not an insight-stream API (HTTP 404); give the "
+                    "service's address, e.g. --url http://127.0.0.1:8000"
+                )
             return f"the service answered HTTP {reply.status_code}"

@@ -4,11 +4,12 @@
     insight submit reviews.csv --text-column body --no-wait
     insight submit tickets.jsonl --task support-ticket-triage --max-cost 5
     insight estimate tickets.jsonl --task task.json   # cost and duration, nothing runs
-    insight status JOB | insight jobs | insight cancel JOB
+    insight status JOB | insight watch JOB | insight jobs | insight cancel JOB
     insight results JOB -o out.csv          # or out.jsonl; --failed for failures only
 
-`--url` (INSIGHT_URL, default http://127.0.0.1:8000) and `--api-key` (INSIGHT_API_KEY)
-come before the command. Errors print one line, `error: ...`, and exit with status 1.
+JOB may be the first characters of a job's id, as the web page shows it. `--url`
+(INSIGHT_URL, default http://127.0.0.1:8000) and `--api-key` (INSIGHT_API_KEY) come before
+the command. Errors print one line, `error: ...`, and exit with status 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -35,12 +38,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.client import ApiClient, CliError
-from cli.records import BadInput, Format, detect_format, read_records
-from schemas.export import CSV_COLUMNS, csv_row
+from cli.client import ApiClient, CliError, Unreachable
+from cli.records import BadInput, Format, detect_format, file_options, read_records
+from schemas import TaskSpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
+# Following a job: how long status calls may go unanswered (the service restarts, the
+# broker moves; `make run` with its embedded Kafka takes a minute or so) before giving up
+# (INSIGHT_FOLLOW_GIVE_UP_SECONDS), and the longest pause between two.
+FOLLOW_GIVE_UP_SECONDS = 180.0
+FOLLOW_BACKOFF_MAX_SECONDS = 5.0
+# What `insight results -o` writes, by the output's extension.
+EXPORT_KINDS = {".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv"}
 # Upload chunks of about this many bytes (records are streamed, never held all at once).
 _CHUNK_BYTES = 64 * 1024
 
@@ -117,23 +127,71 @@ PRIORITY_OPTION = typer.Option(
 def _job_options(
     task: str | None, max_cost: float | None, priority: Priority | None = None
 ) -> dict[str, Any]:
+    """The job options the flags give, checked here so an error names the flag or the task
+    file (not the `{"job": ...}` line the CLI sends)."""
     options: dict[str, Any] = {}
     if priority is not None:
         options["priority"] = priority.value
     if task is not None:
         path = Path(task)
         if path.suffix == ".json" or path.is_file():
-            try:
-                options["task"] = json.loads(path.read_text())
-            except OSError as exc:
-                raise CliError(f"{task}: {exc.strerror}") from None
-            except json.JSONDecodeError as exc:
-                raise CliError(f"{task}: not JSON: {exc}") from None
+            options["task"] = _task_file(path)
         else:
             options["task"] = task
     if max_cost is not None:
+        if not (max_cost > 0 and max_cost != float("inf")):
+            raise CliError(f"--max-cost {max_cost}: must be a positive number of USD, e.g. 5")
         options["max_cost_usd"] = max_cost
     return options
+
+
+def _task_file(path: Path) -> dict[str, Any]:
+    """A task file: `{"instructions", "output_schema", "model"?, "max_tokens"?}`, checked with
+    the API's own model. Raises CliError naming the file and the field."""
+    shape = 'a task file holds {"instructions": "...", "output_schema": {...}}'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise CliError(f"--task {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"--task {path}: not JSON ({exc}); {shape}") from None
+    try:
+        TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "task"
+        raise CliError(f"--task {path}: {field}: {error['msg']}; {shape}") from None
+    task: dict[str, Any] = data
+    return task
+
+
+def _option_error(exc: CliError, options: dict[str, Any], task: str | None) -> CliError:
+    """The service's refusal of the `{"job": ...}` line the CLI wrote, told as the flag
+    or task file it came from."""
+    message = str(exc)
+    prefix = "line 1: job."
+    if not (options and message.startswith(prefix)):
+        return exc
+    rest = message.removeprefix(prefix)
+    for field, flag in (("max_cost_usd", "--max-cost"), ("priority", "--priority")):
+        if rest.startswith(field):
+            return CliError(f"{flag}: {rest.removeprefix(field).lstrip('.: ')}", exc.status)
+    if task is not None:
+        return CliError(f"--task {task}: {rest}", exc.status)
+    return CliError(f"job options: {rest}", exc.status)
+
+
+def _submitted(
+    client: ApiClient,
+    chunks: Iterator[bytes],
+    options: dict[str, Any],
+    task: str | None,
+    estimate: bool = False,
+) -> dict[str, Any]:
+    try:
+        return client.submit_ndjson(chunks, estimate=estimate)
+    except CliError as exc:
+        raise _option_error(exc, options, task) from None
 
 
 def _checked_records(
@@ -157,7 +215,7 @@ def _checked_records(
 
 
 def _estimate_line(est: dict[str, Any]) -> str:
-    cap = f", cap ${est['max_cost_usd']:.2f}" if est.get("max_cost_usd") else ""
+    cap = f", cap ${est['max_cost_usd']:g}" if est.get("max_cost_usd") else ""
     return (
         f"estimate: {est['records']} records, {est['input_tokens']:,} input + "
         f"{est['output_tokens']:,} output tokens, ${est['cost_usd']:.4f} "
@@ -175,7 +233,9 @@ def estimate(
     file: Annotated[Path, typer.Argument(help="As for submit.")],
     text_column: Annotated[str, typer.Option(help="CSV: the column holding the text.")] = "text",
     id_column: Annotated[str | None, typer.Option(help="CSV: the record id column.")] = None,
-    fmt: Annotated[Format | None, typer.Option("--format", help="jsonl, csv or text.")] = None,
+    fmt: Annotated[
+        Format | None, typer.Option("--format", help="jsonl, json, csv or text.")
+    ] = None,
     task: Annotated[str | None, TASK_OPTION] = None,
     max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The estimate as JSON.")] = False,
@@ -183,9 +243,8 @@ def estimate(
     """What FILE would cost and take as a batch; nothing runs, no model is called."""
     client = _client(ctx)
     records, _ = _checked_records(file, fmt, text_column, id_column)
-    est = client.submit_ndjson(
-        _ndjson_chunks(records(), _job_options(task, max_cost)), estimate=True
-    )
+    options = {**file_options(file, detect_format(file, fmt)), **_job_options(task, max_cost)}
+    est = _submitted(client, _ndjson_chunks(records(), options), options, task, estimate=True)
     if as_json:
         out.print(json.dumps(est), markup=False)
     else:
@@ -212,7 +271,11 @@ def _ndjson_chunks(
 def submit(
     ctx: typer.Context,
     file: Annotated[
-        Path, typer.Argument(help="JSONL, CSV (header row) or text (a record a line).")
+        Path,
+        typer.Argument(
+            help='JSONL, CSV (header row), JSON (the API\'s body, {"records": [...]}, or a '
+            "list of records) or text (a record a line)."
+        ),
     ],
     text_column: Annotated[str, typer.Option(help="CSV: the column holding the text.")] = "text",
     id_column: Annotated[
@@ -220,7 +283,9 @@ def submit(
     ] = None,
     fmt: Annotated[
         Format | None,
-        typer.Option("--format", help="jsonl, csv or text (default: from the file's suffix)."),
+        typer.Option(
+            "--format", help="jsonl, json, csv or text (default: from the file's suffix)."
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Follow the job until it ends.")
@@ -243,8 +308,11 @@ def submit(
     estimate is asked first; above --confirm-above USD you are asked to go on (--yes)."""
     client = _client(ctx)
     records, count = _checked_records(file, fmt, text_column, id_column)
-    options = _job_options(task, max_cost, priority)
-    estimate = client.submit_ndjson(_ndjson_chunks(records(), options), estimate=True)
+    options = {
+        **file_options(file, detect_format(file, fmt)),
+        **_job_options(task, max_cost, priority),
+    }
+    estimate = _submitted(client, _ndjson_chunks(records(), options), options, task, True)
     err.print(_estimate_line(estimate), markup=False)
     if estimate["cost_usd"] > confirm_above and not yes:
         if not sys.stdin.isatty():
@@ -254,7 +322,7 @@ def submit(
             )
         if not typer.confirm("submit?", err=True):
             raise typer.Exit(1)
-    accepted = client.submit_ndjson(_ndjson_chunks(records(), options))
+    accepted = _submitted(client, _ndjson_chunks(records(), options), options, task)
     job_id = accepted["job_id"]
     if not wait:
         out.print(job_id)
@@ -291,7 +359,7 @@ def _follow(client: ApiClient, job_id: str) -> None:
         with progress:
             task = progress.add_task("running", total=None, failed=0, rate=0.0, tokens=0, cost=0.0)
             while True:
-                body = client.status(job_id, limit="0")
+                body = _status_retrying(client, job_id)
                 done = body["completed_count"] + body["failed_count"] + body["skipped_count"]
                 first_done = done if first_done is None else first_done
                 elapsed = time.monotonic() - started
@@ -315,6 +383,56 @@ def _follow(client: ApiClient, job_id: str) -> None:
     _print_outcome(body, time.monotonic() - started)
 
 
+def _give_up_seconds() -> float:
+    raw = os.environ.get("INSIGHT_FOLLOW_GIVE_UP_SECONDS", "")
+    try:
+        return float(raw) if raw.strip() else FOLLOW_GIVE_UP_SECONDS
+    except ValueError:
+        raise CliError(f"INSIGHT_FOLLOW_GIVE_UP_SECONDS={raw!r}: not a number of seconds") from None
+
+
+def _status_retrying(client: ApiClient, job_id: str) -> dict[str, Any]:
+    """The job's status; while the service does not answer (a restart, a 502/503/504), asked
+    again with a growing pause for up to FOLLOW_GIVE_UP_SECONDS. Raises CliError saying how
+    to follow the job again once it gives up."""
+    pause = POLL_SECONDS
+    give_up = time.monotonic() + _give_up_seconds()
+    while True:
+        try:
+            return client.status(job_id, limit="0")
+        except CliError as exc:
+            again = isinstance(exc, Unreachable) or exc.status in (502, 503, 504)
+            if not again or time.monotonic() + pause > give_up:
+                raise CliError(
+                    f"{exc}; the job goes on in the service: follow it again with "
+                    f"`insight watch {job_id}`",
+                    exc.status,
+                ) from None
+            err.print(f"no answer from the service ({exc}); asking again in {pause:.1f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, FOLLOW_BACKOFF_MAX_SECONDS)
+
+
+def _resolve(client: ApiClient, job_id: str) -> str:
+    """A job id, or the first characters of one (the web page shows 12): the one job of
+    the list whose id starts with them. Raises CliError when none or several do."""
+    if len(job_id) >= 32:
+        return job_id
+    try:
+        client.status(job_id, limit="0")
+        return job_id
+    except CliError as exc:
+        if exc.status != 404:
+            raise
+    matches = [j["job_id"] for j in client.jobs()["jobs"] if j["job_id"].startswith(job_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"no job {job_id!r}, and no job's id starts with it (insight jobs)", 404)
+    shown = ", ".join(matches[:5])
+    raise CliError(f"{job_id!r} starts {len(matches)} jobs' ids ({shown}); give more of it")
+
+
 def _print_outcome(body: dict[str, Any], seconds: float) -> None:
     out.print(
         f"{body['status']}: job {body['job_id']}: {body['completed_count']} succeeded, "
@@ -329,11 +447,12 @@ def _print_outcome(body: dict[str, Any], seconds: float) -> None:
 @_one_line_errors
 def status(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """A job's status and counters."""
-    body = _client(ctx).status(job_id, limit="0")
+    client = _client(ctx)
+    body = client.status(_resolve(client, job_id), limit="0")
     body.pop("results", None)
     if as_json:
         out.print(json.dumps(body, indent=2), markup=False)
@@ -343,6 +462,18 @@ def status(
         if value is not None:  # unset fields (no task, no cap, not cancelled) are left out
             table.add_row(key, _status_value(value))
     out.print(table)
+
+
+@app.command()
+@_one_line_errors
+def watch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
+) -> None:
+    """Follow a job until it ends, with the live progress bar of `submit` (again after a
+    lost connection: the job goes on in the service)."""
+    client = _client(ctx)
+    _follow(client, _resolve(client, job_id))
 
 
 def _status_value(value: Any) -> str:
@@ -404,42 +535,88 @@ def jobs(ctx: typer.Context) -> None:
 @_one_line_errors
 def results(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="out.jsonl or out.csv; '-' for stdout.")
+        Path,
+        typer.Option(
+            "-o", "--output", help="out.jsonl (or .ndjson) or out.csv; '-' for JSONL on stdout."
+        ),
     ] = Path("-"),
     failed: Annotated[bool, typer.Option(help="Only records that failed or were skipped.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job to end, then export.")
+    ] = False,
+    partial: Annotated[
+        bool,
+        typer.Option("--partial", help="Export a job that is still running without an error."),
+    ] = False,
 ) -> None:
-    """Export a job's results (streamed) as JSONL, or as CSV when OUTPUT ends in .csv."""
+    """Export a job's results (streamed) as JSONL, or as CSV when OUTPUT ends in .csv (the
+    API's columns: a custom task's fields, the record's input_metadata). A job still
+    running gives a partial export: said on stderr, status 1 unless --partial."""
     client = _client(ctx)
-    as_csv = output.suffix.lower() == ".csv"
-    count = 0
-    with client.results_lines(job_id, failed) as lines:
-        handle = sys.stdout if str(output) == "-" else output.open("w", newline="")
-        try:
-            writer = csv.writer(handle) if as_csv else None
-            if writer is not None:
-                writer.writerow(CSV_COLUMNS)
-            for line in lines:
-                if writer is not None:
-                    writer.writerow(csv_row(json.loads(line)))
-                else:
-                    handle.write(line.decode() + "\n")
-                count += 1
-        finally:
-            if handle is not sys.stdout:
-                handle.close()
-    if str(output) != "-":
+    to_stdout = str(output) == "-"
+    kind = "ndjson" if to_stdout else EXPORT_KINDS.get(output.suffix.lower())
+    if kind is None:
+        raise CliError(
+            f"-o {output}: unknown extension {output.suffix or '(none)'!r}; use .jsonl, "
+            ".ndjson or .csv, or '-' for JSONL on stdout"
+        )
+    job_id = _resolve(client, job_id)
+    body = client.status(job_id, limit="0")
+    if wait and not _finished(body):
+        while not _finished(body):
+            time.sleep(POLL_SECONDS)
+            body = _status_retrying(client, job_id)
+    running = not _finished(body)
+    try:
+        handle = sys.stdout.buffer if to_stdout else output.open("wb")
+    except OSError as exc:
+        raise CliError(f"-o {output}: {exc.strerror or exc}") from None
+    try:
+        with client.results_download(job_id, failed, kind) as chunks:
+            for chunk in chunks:
+                handle.write(chunk)
+    except OSError as exc:
+        raise CliError(f"-o {output}: {exc.strerror or exc}") from None
+    finally:
+        if not to_stdout:
+            handle.close()
+        else:
+            handle.flush()
+    count = None if to_stdout else _rows_in(output, kind)
+    if count is not None:
         out.print(f"wrote {count} results to {output}")
+    if running:
+        done = body["completed_count"] + body["failed_count"] + body["skipped_count"]
+        note = (
+            f"partial export: job {job_id} is {body['status']} ({done} of "
+            f"{body['total_records']} records had an outcome when it began)"
+        )
+        if not partial:
+            raise CliError(f"{note}; pass --wait to export once it ends, or --partial")
+        err.print(f"warning: {note}")
+
+
+def _rows_in(path: Path, kind: str) -> int:
+    """Results in an export just written: JSONL lines, or CSV rows after the header (a
+    cell may hold line breaks, so rows are read as CSV)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        if kind == "csv":
+            return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+        return sum(1 for line in handle if line.strip())
 
 
 @app.command()
 @_one_line_errors
 def cancel(
-    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The job's id.")]
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
 ) -> None:
     """Cancel a job: records not started are skipped, calls in flight finish."""
-    body = _client(ctx).cancel(job_id)
+    client = _client(ctx)
+    job_id = _resolve(client, job_id)
+    body = client.cancel(job_id)
     out.print(
         f"cancelled job {job_id}: {body['completed_count']} succeeded, "
         f"{body['failed_count']} failed, {body['skipped_count']} skipped so far of "

@@ -1,5 +1,6 @@
 """Reading records from a file, one at a time (the file is never loaded whole): JSONL, CSV
-with a header row, or plain text with one record per line."""
+with a header row, or plain text with one record per line; and JSON, the API's own body
+(`{"records": [...], "task"?, ...}` or a list of records), which is loaded whole."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from pydantic import ValidationError
 
 from schemas import BatchRecord
 
-Format = Literal["jsonl", "csv", "text"]
+Format = Literal["jsonl", "json", "csv", "text"]
 _SUFFIXES: dict[str, Format] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
-    ".json": "jsonl",
+    ".json": "json",
     ".csv": "csv",
 }
+# Job options a JSON body may carry besides its records (POST /api/v1/batch).
+_BODY_OPTIONS = ("task", "priority", "max_cost_usd")
+# Cells may be as long as a record's text (the csv module's default limit is 131,072).
+csv.field_size_limit(max(csv.field_size_limit(), 2**30))
 
 
 class BadInput(Exception):
@@ -42,19 +47,64 @@ def read_records(
     API's own model. Raises BadInput naming the line and why; OSError for the file."""
     if fmt == "jsonl":
         yield from _jsonl(path)
+    elif fmt == "json":
+        records, _ = _json_body(path)
+        for number, data in enumerate(records):
+            yield _valid(path, None, data, f"records.{number}")
     elif fmt == "csv":
         yield from _csv(path, text_column, id_column)
     else:
         yield from _text(path)
 
 
-def _valid(path: Path, line: int, data: Any) -> dict[str, Any]:
+def file_options(path: Path, fmt: Format) -> dict[str, Any]:
+    """The job options a JSON body file carries (`task`, `priority`, `max_cost_usd`); none
+    for the other formats. The command line's options win over these."""
+    if fmt != "json":
+        return {}
+    _, options = _json_body(path)
+    return options
+
+
+def _json_body(path: Path) -> tuple[list[Any], dict[str, Any]]:
+    """A `.json` file: the API's body `{"records": [...], ...options}`, or a bare list of
+    records; a file of one JSON object a line (JSONL named .json) is read as JSONL."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise BadInput(path, None, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several objects: JSONL
+            return [record for record in _jsonl(path)], {}
+        raise BadInput(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
+    if isinstance(data, list):
+        return data, {}
+    if isinstance(data, dict) and isinstance(data.get("records"), list):
+        unknown = sorted(set(data) - {"records", *_BODY_OPTIONS})
+        if unknown:
+            raise BadInput(
+                path,
+                None,
+                f"unknown field {unknown[0]!r} (a body has records, {', '.join(_BODY_OPTIONS)})",
+            )
+        return data["records"], {k: data[k] for k in _BODY_OPTIONS if k in data}
+    if isinstance(data, dict) and "text" in data:
+        return [data], {}
+    raise BadInput(
+        path,
+        None,
+        'expected the API\'s body {"records": [{"text": ...}, ...]} or a list of records',
+    )
+
+
+def _valid(path: Path, line: int | None, data: Any, where: str = "") -> dict[str, Any]:
     try:
         record = BatchRecord.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"]) or "record"
-        raise BadInput(path, line, f"{field}: {error['msg']}") from None
+        prefix = f"{where}." if where and error["loc"] else where
+        raise BadInput(path, line, f"{prefix}{field}: {error['msg']}") from None
     return record.model_dump(exclude_none=True, exclude_defaults=True) | {"text": record.text}
 
 
@@ -89,6 +139,14 @@ def _csv(path: Path, text_column: str, id_column: str | None) -> Iterator[dict[s
             return
         except csv.Error as exc:
             raise BadInput(path, 1, f"not valid CSV ({exc})") from None
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise BadInput(
+                path,
+                1,
+                f"the header names column {twice[0]!r} more than once; give each "
+                "column its own name",
+            )
         if text_column not in header:
             columns = ", ".join(header)
             raise BadInput(
@@ -127,6 +185,7 @@ def _decoded(path: Path, lines: Iterator[bytes]) -> Iterator[str]:
     BadInput naming it, not a traceback."""
     for number, line in enumerate(lines, 1):
         try:
-            yield line.decode("utf-8")
+            # A leading byte-order mark (Notepad, Excel's "CSV UTF-8") is not text.
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError:
             raise BadInput(path, number, "not UTF-8 text") from None

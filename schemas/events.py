@@ -66,6 +66,9 @@ class ResultEvent(BaseModel):
     # The model that billed the tokens below (prices differ per model); None: CLAUDE_MODEL.
     model: str | None = None
     record_id: str | None = None
+    # The record's own metadata (a JSON record's `metadata`, a CSV row's other columns),
+    # carried to its outcome so results and exports keep it; absent when it had none.
+    input_metadata: dict[str, Any] | None = None
     # Every billed attempt of this record, successful or not. Cache writes and reads are
     # billed apart from input_tokens; cache_creation_1h_input_tokens is the part of the
     # writes that went to the 1-hour cache (priced 2x input instead of 1.25x).

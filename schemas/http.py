@@ -13,8 +13,19 @@ class BatchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str
-    id: str | None = None
+    id: str | None = Field(
+        None, description="The record's own id; a whole number is taken as its decimal string."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _whole_number_id(cls, value: Any) -> Any:
+        # Database exports often carry numeric ids ({"id": 42}): kept as "42". A bool is
+        # not a number here (JSON true is no id).
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
 
     @field_validator("text")
     @classmethod

@@ -43,6 +43,10 @@ class ResultView(BaseModel):
     )
     skip_reason: Literal["cancelled", "budget_exhausted"] | None = None
     record_id: str | None = Field(None, description="The record's own `id`, when it had one.")
+    input_metadata: dict[str, Any] | None = Field(
+        None,
+        description="The record's own `metadata` (a CSV row's other columns), when it had any.",
+    )
     tokens_used: int = Field(ge=0, description="Every billed token of the record.")
     attempts: int = Field(ge=0, description="Provider calls made for the record.")
 

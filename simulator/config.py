@@ -19,6 +19,10 @@ class SimulatorConfig(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1)
     input_tokens_per_minute: int | None = Field(default=None, ge=1)
     output_tokens_per_minute: int | None = Field(default=None, ge=1)
+    # When set (with requests_per_minute), requests are also limited over any window of
+    # this many seconds, to that window's share of the minute: ceil(rpm * seconds / 60)
+    # (providers check a per-minute limit over shorter intervals too; 5 s is typical).
+    requests_short_window_seconds: float | None = Field(default=None, gt=0, le=60)
     latency_ms: float = Field(default=0.0, ge=0)
     latency_jitter_ms: float = Field(default=0.0, ge=0)
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -1,4 +1,5 @@
-"""Sliding 60-second windows for requests, input tokens and output tokens per minute.
+"""Sliding 60-second windows for requests, input tokens and output tokens per minute, and
+optionally the requests' share of the minute over a shorter window.
 
 Times are passed in explicitly (unix seconds) so the logic is pure and easy to test.
 """
@@ -17,12 +18,13 @@ WINDOW_SECONDS = 60.0
 
 @dataclass
 class Window:
-    """Amounts accepted in the trailing minute, oldest first."""
+    """Amounts accepted in the trailing `seconds` (a minute unless told), oldest first."""
 
     events: deque[tuple[float, int]] = field(default_factory=deque)
+    seconds: float = WINDOW_SECONDS
 
     def used(self, now: float) -> int:
-        while self.events and self.events[0][0] <= now - WINDOW_SECONDS:
+        while self.events and self.events[0][0] <= now - self.seconds:
             self.events.popleft()
         return sum(amount for _, amount in self.events)
 
@@ -37,13 +39,13 @@ class Window:
         for at, freed in self.events:
             excess -= freed
             if excess <= 0:
-                return at + WINDOW_SECONDS - now
+                return at + self.seconds - now
         return math.inf  # larger than the whole budget: it never fits
 
     def replenished_at(self, now: float) -> float:
         """When everything now in the window has expired (the API's "reset" meaning)."""
         self.used(now)
-        return self.events[-1][0] + WINDOW_SECONDS if self.events else now
+        return self.events[-1][0] + self.seconds if self.events else now
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Limit:
 class RateLimiter:
     def __init__(self) -> None:
         self._requests = Window()
+        self._short: Window | None = None
         self._input = Window()
         self._output = Window()
 
@@ -82,6 +85,10 @@ class RateLimiter:
             limit.window.seconds_until_fits(now, needs[limit.name], limit.limit)
             for limit in self._limits(config)
         ]
+        short = self._short_window(config)
+        if short is not None and config.requests_per_minute is not None:
+            share = math.ceil(config.requests_per_minute * short.seconds / WINDOW_SECONDS)
+            waits.append(short.seconds_until_fits(now, 1, share))
         worst = max((w for w in waits if w > 0), default=None)
         if worst is None:
             return None
@@ -89,8 +96,18 @@ class RateLimiter:
         # window" rather than infinity so clients still get a usable integer.
         return max(1, math.ceil(min(worst, WINDOW_SECONDS)))
 
+    def _short_window(self, config: SimulatorConfig) -> Window | None:
+        seconds = config.requests_short_window_seconds
+        if seconds is None:
+            self._short = None
+        elif self._short is None or self._short.seconds != seconds:
+            self._short = Window(seconds=seconds)
+        return self._short
+
     def admit(self, now: float, input_tokens: int) -> None:
         self._requests.add(now, 1)
+        if self._short is not None:
+            self._short.add(now, 1)
         self._input.add(now, input_tokens)
 
     def charge_output(self, now: float, output_tokens: int) -> None:

@@ -144,7 +144,7 @@ function drawJobs(jobs) {
         cell((job.created_at || "").replace("T", " ").slice(0, 19)),
         status,
         progressCell(job),
-        cell(`${doneOf(job)}/${job.total_records ?? "?"}`, "done"),
+        cell(`${job.completed_count}/${job.total_records ?? "?"}`, "succeeded"),
         cell(job.failed_count),
         cell(job.skipped_count),
         cell(number(job.total_tokens_used)),
@@ -161,6 +161,8 @@ $("upload-form").addEventListener("submit", async (event) => {
   const file = $("file").files[0];
   if (!file) return;
   const isCsv = /\.csv$/i.test(file.name);
+  // A .json file is the API's own body ({"records": [...], ...}); .jsonl/.ndjson a record a line.
+  const isJson = /\.json$/i.test(file.name);
   let path = "/api/v1/batch";
   if (isCsv) path += `?text_column=${encodeURIComponent($("text-column").value || "text")}`;
   const button = $("upload");
@@ -171,7 +173,9 @@ $("upload-form").addEventListener("submit", async (event) => {
     const reply = await api(path, {
       method: "POST",
       body: file,
-      headers: { "content-type": isCsv ? "text/csv" : "application/x-ndjson" },
+      headers: {
+        "content-type": isCsv ? "text/csv" : isJson ? "application/json" : "application/x-ndjson",
+      },
     });
     const accepted = await reply.json();
     $("upload-status").textContent = `job ${accepted.job_id}: ${accepted.total_records} records`;
@@ -179,6 +183,13 @@ $("upload-form").addEventListener("submit", async (event) => {
     location.hash = `#/jobs/${encodeURIComponent(accepted.job_id)}`;
   } catch (error) {
     $("upload-status").textContent = "";
+    if (isCsv && error.message) {
+      // The API names its query parameter; here the column is named in the form.
+      error.message = error.message.replace(
+        "name the text's column with ?text_column=",
+        'type the name of the column that holds the text in "CSV text column" above',
+      );
+    }
     showError(error);
   } finally {
     button.disabled = false;
@@ -230,6 +241,13 @@ function drawJob(state, job) {
   $("count-tokens").textContent = number(job.total_tokens_used);
   $("count-cost").textContent = money(job.estimated_cost);
   $("cancel").disabled = job.status !== "pending" && job.status !== "running";
+  // Once a job has ended, what became of its records, in words (a cancelled job is "done"
+  // at 100% though most of it was skipped).
+  const ended = !["pending", "running"].includes(job.status) && percentOf(job) >= 100;
+  $("job-outcome").textContent = ended
+    ? `${job.status}: ${number(job.completed_count)} succeeded, ${number(job.failed_count)} ` +
+      `failed, ${number(job.skipped_count)} skipped of ${number(job.total_records)}`
+    : "";
 }
 
 // The events stream, read with fetch (EventSource cannot send the Authorization header).
@@ -336,6 +354,10 @@ function drawResults(state) {
 }
 
 async function cancelJob(state) {
+  const question =
+    `Cancel job ${state.jobId.slice(0, 12)}? Records not started yet are skipped ` +
+    "(calls in flight finish). This cannot be undone.";
+  if (!window.confirm(question)) return;
   $("cancel").disabled = true;
   try {
     const reply = await api(`/api/v1/batch/${encodeURIComponent(state.jobId)}/cancel`, {

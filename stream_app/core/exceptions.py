@@ -28,6 +28,11 @@ class PortInUse(StartupFailed):
     """Something already listens on a port this process was told to open."""
 
 
+class UnreadableAnswer(InsightStreamError):
+    """The provider answered a call with something that is not a Messages API message (a
+    proxy's page, a truncated body): its message says what came instead."""
+
+
 class RecordFailed(InsightStreamError):
     """A record ran out of attempts or hit a non-retryable provider error."""
 

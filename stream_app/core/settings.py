@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # How long a submit or cancel waits for the broker to acknowledge what it produced
     # before answering 503 broker_unavailable; also bounds the producer flush at shutdown.
     kafka_publish_timeout_seconds: float = Field(30.0, gt=0)
+    # The producer's largest request (Faust's producer_max_request_size, 1,000,000 bytes;
+    # Kafka's broker default message.max.bytes is 1,048,588). A record travels as one
+    # message, and so does its outcome (which carries the record's metadata back).
+    kafka_max_request_bytes: int = Field(1_000_000, ge=65_536)
     # Copies of every table partition that other workers keep up to date from its
     # changelog (Faust standby replicas): they answer reads while the owner is dead.
     table_standby_replicas: int = Field(1, ge=0, le=16)
@@ -117,6 +121,10 @@ class Settings(BaseSettings):
     tenant_budgets: str | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
+    # A record's JSON (text, id, metadata) as it is published, in bytes: refused at intake
+    # (413 record_too_large) above this. Half of KAFKA_MAX_REQUEST_BYTES by default, so the
+    # record's outcome (its answer plus the record's metadata) fits in a message too.
+    batch_max_record_bytes: int = Field(500_000, ge=1024)
     # A JSON body is parsed whole in memory (a few times its size as Python objects); larger
     # jobs go as NDJSON or CSV, which are read line by line into a spool file.
     batch_max_json_body_bytes: int = Field(32 * 2**20, ge=1)

@@ -71,6 +71,7 @@ def skipped_outcome(event: RecordEvent, now: float | None = None) -> ResultEvent
         skip_reason="cancelled",
         error=SKIPPED_ERROR,
         record_id=event.record.id,
+        input_metadata=event.record.metadata or None,
         attempts=0,
         finished_at=time.time() if now is None else now,
     )

@@ -407,6 +407,7 @@ def _outcome(
         skipped=True if skipped else None,
         skip_reason="budget_exhausted" if skipped else None,
         record_id=record.record.id,
+        input_metadata=record.record.metadata or None,
         attempts=0,
         finished_at=time.time(),
         model=model,

@@ -12,14 +12,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 
 from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
-from stream_app.core.exceptions import first_line
+from stream_app.core.exceptions import UnreadableAnswer, first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
 from stream_app.provider.answers import (
@@ -36,6 +36,7 @@ from stream_app.provider.answers import (
 )
 from stream_app.provider.breaker import Admission, ProviderBreaker
 from stream_app.provider.budget import RateBudget
+from stream_app.provider.call_slots import CallSlots
 from stream_app.provider.client import InsightClient, Reply
 from stream_app.provider.request import PreparedTask
 from stream_app.provider.retry_timing import WaitReading
@@ -154,6 +155,8 @@ class RecordProcessor:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
+    # Calls in flight follow the budget and the measured latency (None: no limit here).
+    slots: CallSlots | None = None
 
     async def process(self, event: RecordEvent, task: PreparedTask | None = None) -> ResultEvent:
         """`task`: the record's job's task (None: the default task)."""
@@ -177,6 +180,8 @@ class RecordProcessor:
             index=run.event.index,
             billed_tokens=run.usage.total,
         )
+        if isinstance(exc, UnreadableAnswer):
+            return f"unreadable answer{again}: {redact(first_line(exc))}"
         return f"internal error: {type(exc).__name__}: {redact(first_line(exc))}"
 
     async def _attempts(self, run: _Run) -> ResultEvent:
@@ -254,8 +259,17 @@ class RecordProcessor:
             return await self.breaker.admit(key)
 
     async def _call(self, run: _Run, max_tokens: int, admission: Admission) -> Answer | None:
-        """One attempt: a budget slot, the call, and what its answer means; None when the
-        call did not go out after all."""
+        """One attempt: a call slot, a budget grant, the call, and what its answer means;
+        None when the call did not go out after all."""
+        hold: AbstractAsyncContextManager[None] = (
+            self.slots.hold() if self.slots is not None else nullcontext()
+        )
+        async with hold:
+            return await self._granted_call(run, max_tokens, admission)
+
+    async def _granted_call(
+        self, run: _Run, max_tokens: int, admission: Admission
+    ) -> Answer | None:
         record = run.event.record
         chars = self.client.request_chars(record, run.task)
         grant = await self.budget.acquire(
@@ -268,14 +282,19 @@ class RecordProcessor:
             if not self.breaker.still_admits(admission):
                 return None
             run.attempts += 1
+            sent = time.monotonic()
             try:
                 reply: Reply = await self.client.analyze(record, max_tokens, run.task)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
-                if isinstance(exc, anthropic.APIStatusError):
+                # A 429's limit header is read by `RateBudget.throttled`, which compares it
+                # with the limit in force before adopting it.
+                if isinstance(exc, anthropic.APIStatusError) and exc.status_code != 429:
                     headers = exc.response.headers
                 return classify_error(
                     exc, now=self.clock(), cap_seconds=self.policy.retry_after_cap_seconds
                 )
+            if self.slots is not None:
+                self.slots.observe(time.monotonic() - sent)
             billed, headers = reply.usage, reply.headers
             run.usage += billed
             return read_reply(reply, run.task.parse)
@@ -296,7 +315,7 @@ class RecordProcessor:
         """A 429 never uses up a retry: the whole worker waits and slows down."""
         wait = answer.wait.seconds if answer.wait else None
         self.breaker.rate_limited(admission, wait)
-        self.budget.throttled(wait)
+        early = self.budget.throttled(wait, answer.requests_limit)
         if answer.token_limits and answer.tokens_reset_at is not None:
             until = min(answer.tokens_reset_at, self.clock() + self.policy.retry_after_cap_seconds)
             self.budget.hold_tokens(until)
@@ -307,6 +326,7 @@ class RecordProcessor:
             index=run.event.index,
             wait=round(wait, 3) if wait is not None else None,
             source=answer.wait.source if answer.wait else None,
+            arrived_early=early,
             token_limits=",".join(answer.token_limits) or None,
         )
 
@@ -375,6 +395,7 @@ def _outcome(
         response=response,
         error=error,
         record_id=event.record.id,
+        input_metadata=event.record.metadata or None,
         attempts=run.attempts,
         finished_at=time.time(),
         model=run.task.model,

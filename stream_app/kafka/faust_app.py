@@ -82,6 +82,8 @@ def build_app(settings: Settings, *, bootstrap_servers: str, canonical_url: str)
         # cores); outcomes are produced as they come, so linger, not size, sets their
         # latency.
         producer_max_batch_size=1 if s.kafka_one_record_per_batch else 262144,
+        # The intake refuses a record larger than BATCH_MAX_RECORD_BYTES, below this.
+        producer_max_request_size=s.kafka_max_request_bytes,
         # Other workers keep a standby replica of each table partition, read by the API
         # while the partition's owner is dead (api.forwarding) and replayed from where it
         # stands when a standby becomes the owner (docs: "Reads during a failover").

@@ -20,7 +20,7 @@ Provider messages are passed on with anything that looks like an API key removed
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,9 @@ class RateLimited:
     # Token limits the answer says are spent, and when the latest of them resets.
     token_limits: tuple[str, ...] = ()
     tokens_reset_at: float | None = None
+    # The provider's request limit as this answer states it (`anthropic-ratelimit-requests-
+    # limit`): equal to ours, the request only arrived early.
+    requests_limit: int | None = None
 
     @property
     def wait(self) -> ProviderWait | None:
@@ -225,6 +228,7 @@ def classify_error(
             read_wait(headers, now, cap_seconds),
             spent,
             reset_at(headers, spent) if spent else None,
+            _requests_limit(headers),
         )
     if status in (401, 402, 403, 404):
         return ConfigurationFault(described, status)
@@ -266,3 +270,8 @@ def _detail(exc: anthropic.APIStatusError) -> tuple[str, str]:
 def redact(text: str) -> str:
     """Text with anything shaped like an API key (`sk-...`) cut to its first characters."""
     return _KEY_LIKE.sub(r"\1[redacted]", text)
+
+
+def _requests_limit(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("anthropic-ratelimit-requests-limit", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None

@@ -1,21 +1,29 @@
 """The provider budget, shared by every worker of the cluster without extra infrastructure.
 
-Requests: a global timetable. Time is cut into slots of G = (60 + margin) / rpm seconds,
-counted from the Unix epoch, and slot k belongs to partition k mod P of `batch.records`.
-A worker may send only at the start of a slot whose partition it owns, so each slot is
-used at most once cluster-wide, whichever worker owns what, through every rebalance
-(Kafka gives each partition to one worker at a time). Hence in any 60 s window there are
-at most rpm requests, in any 5 s window at most ceil(rpm * 5 / 60) + 1, and a worker
-owning half the partitions gets half the slots. Workers need only clocks in step to well
-under `_SLOT_TOLERANCE` (NTP gives milliseconds).
+Requests: a global timetable. Time is cut into slots of G = 60 * (1 + S / 5) / rpm seconds
+(S = `_ARRIVAL_SPREAD`), counted from the Unix epoch, and slot k belongs to partition k mod P
+of `batch.records`. A worker may send only at the start of a slot whose partition it owns, so
+each slot is used at most once cluster-wide, whichever worker owns what, through every
+rebalance (Kafka gives each partition to one worker at a time). The provider counts
+arrivals, not grants, and checks the per-minute limit over shorter windows too (its share,
+rpm / 12, over any 5 s). Requests reach it a varying moment after their grant (a late
+wake-up, the SDK, the network); while those delays differ by at most S, any 5 s window of
+arrivals holds at most ceil((5 + S) / G) = rpm / 12 requests and any 60 s window at most rpm,
+at a cost of S / 5 of the budget (1 % at S = 50 ms). A worker owning half the partitions
+gets half the slots. Workers need only clocks in step to well under `_SLOT_TOLERANCE` (NTP
+gives milliseconds).
 
 Tokens (optional input/output tokens per minute): each worker keeps a 60 s window of the
 tokens it spent against its share (owned partitions / P) of the limit, reserving an
 estimate before a call and correcting it with the real usage afterwards.
 
 The provider's word wins: a lower `anthropic-ratelimit-requests-limit` than configured
-becomes the limit, and a 429 pauses every call of the worker for `retry-after`, then
-halves the pace, which recovers linearly toward the configured rate.
+becomes the limit. A 429 whose `anthropic-ratelimit-requests-limit` equals the limit in force
+only shows a request arrived a moment early (at a window's edge): every call of the worker
+waits `_EARLY_PAUSE` (or the provider's `retry-after` if shorter) and the pace stays. Any
+other 429 (a lower limit, no limit header, or the third one within the time of
+`_REPEATED_WITHIN_SLOTS` slots) pauses every call for `retry-after`, then halves the pace,
+which recovers linearly toward the configured rate over `_RECOVERY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -30,10 +38,20 @@ from dataclasses import dataclass
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# Slots are spaced (60 + margin) / rpm apart so that a send that starts up to
-# _SLOT_TOLERANCE late, plus network jitter, cannot put rpm + 1 requests in 60 s.
+# Token spending is counted over 60 s plus this margin (late sends, clock steps).
 _MINUTE_MARGIN = 0.25
-_SLOT_TOLERANCE = 0.05
+# How much the delays between grant and arrival may differ (a slot taken up to
+# _SLOT_TOLERANCE late, plus the send's own variation); slots are widened for it.
+_ARRIVAL_SPREAD = 0.05
+_SLOT_TOLERANCE = 0.03
+# The shorter window over which the provider checks its share of the per-minute limit.
+_SHORT_WINDOW = 5.0
+# An early arrival's 429 costs every call this long a wait (a few slots at high tiers).
+_EARLY_PAUSE = 0.25
+# This many 429s within the time of this many slots are a real limit, whatever the
+# headers say (3 in 2 s at 3,000 requests/minute, 3 in 2 minutes at 50).
+_REPEATED_COUNT = 3
+_REPEATED_WITHIN_SLOTS = 100
 # After a 429 the pace drops and climbs back to the configured rate over this long.
 _RECOVERY_SECONDS = 30.0
 _MIN_PACE_FACTOR = 0.25
@@ -85,6 +103,7 @@ class RateBudget:
         self._paused_until = 0.0
         self._last_throttle: float | None = None
         self._throttle_factor = 1.0
+        self._recent_throttles: deque[float] = deque()
         self._spent: deque[Grant] = deque()
         self._share = 1.0
         self._share_from = 1.0
@@ -93,6 +112,7 @@ class RateBudget:
         self._tokens_held_until = 0.0
         self._output_mean: float | None = None
         self.throttled_count = 0
+        self.early_count = 0
 
     # -- configuration that changes at run time -------------------------------------------
 
@@ -105,7 +125,8 @@ class RateBudget:
 
     @property
     def slot_seconds(self) -> float:
-        return (60.0 + _MINUTE_MARGIN) / self.requests_per_minute
+        """Seconds between two slots of the cluster's timetable (see the module docstring)."""
+        return 60.0 * (1.0 + _ARRIVAL_SPREAD / _SHORT_WINDOW) / self.requests_per_minute
 
     @property
     def owned(self) -> frozenset[int]:
@@ -188,15 +209,34 @@ class RateBudget:
                     self._spent.append(grant)
                 return grant
 
-    def throttled(self, retry_after: float | None) -> None:
-        """The provider answered 429: hold everyone back and slow the pace."""
+    def throttled(self, retry_after: float | None, requests_limit: int | None = None) -> bool:
+        """The provider answered 429. `retry_after`: the wait it asked for (s);
+        `requests_limit`: its `anthropic-ratelimit-requests-limit` header, if any.
+
+        Returns True when the 429 only shows a request arrived early (the provider's limit
+        is the one in force, and such 429s are not repeating): every call waits a moment,
+        the pace stays. Otherwise every call waits `retry_after` and the pace halves, then
+        recovers; a lower limit in the header becomes the limit in force."""
         now = self._clock()
         self.throttled_count += 1
+        recent = self._recent_throttles
+        recent.append(now)
+        while recent and recent[0] < now - _REPEATED_WITHIN_SLOTS * self.slot_seconds:
+            recent.popleft()
+        early = requests_limit == self.requests_per_minute and len(recent) < _REPEATED_COUNT
+        if requests_limit is not None and requests_limit > 0:
+            self._provider_rpm = requests_limit
+        if early:
+            self.early_count += 1
+            wait = _EARLY_PAUSE if retry_after is None else min(retry_after, _EARLY_PAUSE)
+            self._paused_until = max(self._paused_until, now + wait)
+            return True
         wait = retry_after if retry_after is not None and retry_after > 0 else self.slot_seconds
         self._paused_until = max(self._paused_until, now + wait)
         self._throttle_factor = max(_MIN_PACE_FACTOR, self.pace_factor(now) / 2)
         # Recovery starts when the pause lifts.
         self._last_throttle = self._paused_until
+        return False
 
     # -- tokens ---------------------------------------------------------------------------
 

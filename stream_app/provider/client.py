@@ -14,7 +14,7 @@ from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
 from schemas import BatchRecord, Insight, TaskSpec
-from stream_app.core.exceptions import first_line
+from stream_app.core.exceptions import UnreadableAnswer, first_line
 from stream_app.provider.request import DEFAULT_INSTRUCTIONS, PreparedTask, prepare_task
 from stream_app.provider.usage import Usage
 
@@ -116,6 +116,8 @@ class InsightClient:
             **task.request(record.text, room), timeout=timeout
         )
         message = await raw.parse()
+        if not isinstance(message, anthropic.types.Message):
+            raise UnreadableAnswer(_not_a_message(raw.http_response))
         text = "".join(block.text for block in message.content if block.type == "text")
         return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
 
@@ -142,6 +144,17 @@ class InsightClient:
             return counted.input_tokens
 
         return list(await asyncio.gather(*(one(text) for text in texts)))
+
+
+def _not_a_message(reply: Any) -> str:
+    """What came instead of a message: status, content type and the body's first 80
+    characters (a proxy's error page, a truncated answer)."""
+    kind = reply.headers.get("content-type", "no content type")
+    start = reply.text[:80].replace("\n", " ")
+    return (
+        f"the provider's answer is not a message (HTTP {reply.status_code}, {kind}: "
+        f"{start!r}); check ANTHROPIC_BASE_URL points at the Messages API"
+    )
 
 
 def parse_insight(text: str) -> dict[str, Any] | str:

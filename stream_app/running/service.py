@@ -39,6 +39,7 @@ from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
 from stream_app.provider.breaker import ProviderBreaker
 from stream_app.provider.budget import RateBudget
+from stream_app.provider.call_slots import CallSlots
 from stream_app.provider.client import InsightClient, build_anthropic_client
 from stream_app.provider.pricing import FALLBACK_MODEL, is_known_model, price_for
 from stream_app.running.dir_lock import DirLock
@@ -372,6 +373,10 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         ),
         breaker=breaker,
         gate=gate,
+        slots=CallSlots(
+            settings.batch_max_concurrent_llm_calls,
+            rate=lambda: budget.requests_per_minute * budget.share / 60,
+        ),
     )
     mirror = (
         SqliteMirror(settings.batch_sqlite_path)

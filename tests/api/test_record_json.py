@@ -23,6 +23,8 @@ PLAIN: list[dict[str, Any]] = [
     {"text": "x", "metadata": {}},
     {"metadata": {"a": None, "b": [1, 2.5, {"c": True}], "ü": "é"}, "id": "7", "text": "ünï"},
     {"text": 'line\nbreak \u2028 "quoted" \\ back'},
+    {"text": "x", "id": 5},  # a whole number id is kept as its decimal string
+    {"text": "x", "id": 0},
 ]
 
 NOT_PLAIN: list[Any] = [
@@ -31,7 +33,8 @@ NOT_PLAIN: list[Any] = [
     {"text": 3},
     {"text": None},
     {"id": "no text"},
-    {"text": "x", "id": 5},
+    {"text": "x", "id": 5.5},
+    {"text": "x", "id": True},
     {"text": "x", "metadata": None},
     {"text": "x", "metadata": [1]},
     {"text": "x", "extra": 1},
@@ -70,7 +73,8 @@ SETTINGS = Settings(_env_file=None, batch_max_text_chars=20, batch_max_records_p
 BODIES: list[Any] = [
     {"records": [{"text": "a"}, {"text": "b", "id": "2", "metadata": {"k": 1}}]},
     {"records": [{"text": "a"}], "priority": "high", "max_cost_usd": 2.5},
-    {"records": [{"text": "a"}, {"text": "b", "id": 7}]},  # not plain: BatchRecord refuses
+    {"records": [{"text": "a"}, {"text": "b", "id": 7}]},
+    {"records": [{"text": "a"}, {"text": "b", "id": 7.5}]},  # not plain: BatchRecord refuses
     {"records": [{"text": "a"}, {"text": " "}]},
     {"records": [{"text": "a"}], "priority": "urgent"},
     {"records": [{"text": "a"}, {"text": "x" * 21}]},

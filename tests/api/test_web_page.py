@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from schemas.export import CSV_COLUMNS
 from simulator.testing import SimulatorHandle
@@ -95,7 +95,7 @@ def test_upload_watch_download_filter_and_cancel(
     page.click("text=all jobs")
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     expect(row.locator(".status")).to_have_text("completed")
-    expect(row.locator(".done")).to_have_text("20/20")
+    expect(row.locator(".succeeded")).to_have_text("18/20")
     assert row.locator(".bar").get_attribute("style") == "width: 100%;"
 
     # A CSV upload, slow enough to cancel from its page while it runs.
@@ -109,6 +109,22 @@ def test_upload_watch_download_filter_and_cancel(
     running = upload(page, sheet, text_column="note")
     expect(page.locator("#job-status")).to_have_text("running", timeout=30_000)
     expect(page.locator("#results tbody tr").first).to_be_visible(timeout=30_000)
+    # Cancel asks first: dismissed, nothing happens; accepted, the job is cancelled.
+    asked: list[str] = []
+
+    def answer(dialog: Dialog, accept: bool) -> None:
+        asked.append(dialog.message)
+        if accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    page.click("#cancel")
+    assert asked and asked[0].startswith(f"Cancel job {running[:12]}?")
+    expect(page.locator("#job-status")).to_have_text("running")
+    expect(page.locator("#cancel")).to_be_enabled()
+    page.once("dialog", lambda dialog: answer(dialog, True))
     page.click("#cancel")
     expect(page.locator("#job-status")).to_have_text("cancelled")
     expect(page.locator("#job-percent")).to_have_text("100%", timeout=60_000)
@@ -123,6 +139,23 @@ def test_upload_watch_download_filter_and_cancel(
     assert body["completed_count"] + body["failed_count"] + body["skipped_count"] == 60
     skipped = page.locator("#count-skipped").inner_text()
     assert int(skipped) == body["skipped_count"]
+    # Said in words: a cancelled job at 100% is mostly skipped.
+    expect(page.locator("#job-outcome")).to_have_text(
+        f"cancelled: {body['completed_count']} succeeded, {body['failed_count']} failed, "
+        f"{body['skipped_count']} skipped of 60"
+    )
+
+    # A CSV without the named column: the error names the page's field.
+    page.click("text=all jobs")
+    page.set_input_files("#file", str(sheet))
+    page.fill("#text-column", "body")
+    page.click("#upload")
+    expect(page.locator("#error")).to_contain_text('"CSV text column"')
+    expect(page.locator("#error")).not_to_contain_text("?text_column=")
+
+    # The icon browsers ask for on their own.
+    icon = page.request.get(service.base_url + "/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     assert errors == []
 
     # The API's docs render offline (Swagger UI from the package, no CDN).

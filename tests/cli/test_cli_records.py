@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.records import BadInput, detect_format, read_records
-from schemas.export import CSV_COLUMNS, csv_row
+from cli.client import normal_url
+from cli.records import BadInput, detect_format, file_options, read_records
+from schemas.export import CSV_COLUMNS, csv_columns, csv_row, task_fields
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_formats_from_suffix_or_as_given(tmp_path: Path) -> None:
@@ -17,6 +20,97 @@ def test_formats_from_suffix_or_as_given(tmp_path: Path) -> None:
     assert detect_format(Path("a.csv"), None) == "csv"
     assert detect_format(Path("notes.txt"), None) == "text"
     assert detect_format(Path("a.csv"), "text") == "text"
+    assert detect_format(Path("a.json"), None) == "json"
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two"}\n')
+    assert list(read_records(path, "jsonl")) == [{"text": "one"}, {"text": "two"}]
+    path.write_bytes(b"\xef\xbb\xbfid,text\n1,one\n")
+    assert list(read_records(path, "csv")) == [{"text": "one", "id": "1"}]
+
+
+def test_a_json_file_in_the_api_body_format_brings_its_records_and_options(
+    tmp_path: Path,
+) -> None:
+    body = EXAMPLES / "notes.json"
+    records = list(read_records(body, "json"))
+    assert [r["id"] for r in records] == ["N-1", "N-2"]
+    assert records[0]["metadata"] == {"owner": "sales"}
+    assert file_options(body, "json") == {"priority": "high", "max_cost_usd": 1}
+    path = tmp_path / "list.json"
+    path.write_text('[{"text": "a", "id": 4}, {"text": "b"}]')
+    assert list(read_records(path, "json")) == [{"text": "a", "id": "4"}, {"text": "b"}]
+    assert file_options(path, "json") == {}
+    path.write_text('{"text": "a"}\n{"text": "b"}\n')  # JSONL saved as .json
+    assert list(read_records(path, "json")) == [{"text": "a"}, {"text": "b"}]
+    path.write_text('{"records": [{"text": "a"}, {"id": "x"}]}')
+    with pytest.raises(BadInput, match=r"list.json: records.1.text: Field required"):
+        list(read_records(path, "json"))
+    path.write_text('{"records": [{"text": "a"}], "colour": 1}')
+    with pytest.raises(BadInput, match="unknown field 'colour'"):
+        file_options(path, "json")
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text("text,stars,text\na,1,b\n")
+    with pytest.raises(BadInput, match="line 1: the header names column 'text' more than once"):
+        list(read_records(path, "csv"))
+
+
+def test_urls_as_people_type_them() -> None:
+    assert normal_url("localhost:18000") == "http://localhost:18000"
+    assert normal_url("http://127.0.0.1:8000/api/v1/") == "http://127.0.0.1:8000"
+    assert normal_url("https://insight.example/docs") == "https://insight.example"
+    assert normal_url("http://h:1") == "http://h:1"
+
+
+def test_a_custom_tasks_fields_become_columns_nested_values_as_json() -> None:
+    result = {
+        "index": 0,
+        "success": True,
+        "response": {
+            "product_area": "billing",
+            "urgency": "high",
+            "refund_requested": True,
+            "tags": ["a", "b"],
+            "error": "named like a fixed column",
+            "metadata": {"input_tokens": 5, "output_tokens": 3, "model": "m"},
+        },
+        "input_metadata": {"stars": "5", "src": "web"},
+    }
+    columns = csv_columns(task_fields([result["response"]]))
+    assert columns[4:9] == ("product_area", "urgency", "refund_requested", "tags", "response.error")
+    assert columns[-1] == "input_metadata"
+    row = dict(zip(columns, csv_row(result, columns), strict=True))
+    assert (row["product_area"], row["urgency"], row["refund_requested"]) == (
+        "billing",
+        "high",
+        "true",
+    )
+    assert row["tags"] == '["a", "b"]'
+    assert (row["response.error"], row["error"]) == ("named like a fixed column", "")
+    assert row["input_metadata"] == '{"stars": "5", "src": "web"}'
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised() -> None:
+    result = {
+        "index": 0,
+        "success": True,
+        "record_id": '=HYPERLINK("http://x")',
+        "response": {"summary": "+1 call", "topics": ["@home"], "score": -0.5, "note": "-x"},
+        "error": None,
+    }
+    columns = csv_columns(task_fields([result["response"]]))
+    row = dict(zip(columns, csv_row(result, columns), strict=True))
+    assert row["record_id"] == '\'=HYPERLINK("http://x")'
+    assert (row["summary"], row["topics"], row["note"]) == ("'+1 call", "'@home", "'-x")
+    assert row["score"] == "-0.5"  # a number, not a formula
+    cells = csv_row({**result, "response": {"topics": ["@a", "b"]}})
+    default = dict(zip(CSV_COLUMNS, cells, strict=True))
+    assert default["topics"] == "'@a | b"
 
 
 def test_jsonl_records_and_the_line_at_fault(tmp_path: Path) -> None:

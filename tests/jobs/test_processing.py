@@ -171,11 +171,17 @@ async def test_cache_tokens_are_billed_to_the_record(make_processor, simulator) 
     assert (meta.cache_creation_input_tokens, meta.cache_read_input_tokens) == (1300, 2000)
 
 
-async def test_an_unexpected_exception_becomes_a_failed_outcome(make_processor, simulator):
-    # A 200 whose body is no message: the SDK hands back text, and reading it raises.
+async def test_an_unreadable_answer_becomes_a_failed_outcome_that_says_so(
+    make_processor, simulator
+):
+    # A 200 whose body is no message: the SDK hands back text; the error says what came.
     result = await make_processor(retries=3).process(event(f"{TEXT} [[sim:unreadable]]"))
     assert not result.success
-    assert result.error == "internal error: AttributeError: 'str' object has no attribute 'content'"
+    assert result.error is not None
+    assert result.error.startswith(
+        "unreadable answer again: the provider's answer is not a message (HTTP 200, text/plain"
+    ), result.error
+    assert "ANTHROPIC_BASE_URL" in result.error and "AttributeError" not in result.error
     assert (
         result.attempts == 2 == len(simulator.stats()["requests"])
     )  # retried once: nothing billed
@@ -194,7 +200,7 @@ async def test_an_internal_error_after_billing_is_not_retried(make_processor, si
     text = f"{TEXT} [[sim:bad-json-once]] [[sim:unreadable]]"
     result = await make_processor(retries=3).process(event(text))
     assert not result.success and result.error is not None
-    assert result.error.startswith("internal error: AttributeError")
+    assert result.error.startswith("unreadable answer: the provider's answer is not a message")
     assert len(simulator.stats()["requests"]) == 2 and result.attempts == 2
     assert_billed(result, simulator)
     assert result.tokens_used > 0

@@ -132,6 +132,17 @@ def test_a_429_naming_the_input_token_limit() -> None:
     assert answer.wait is not None and answer.wait.seconds == 1.0
 
 
+def test_a_429_states_the_providers_request_limit() -> None:
+    headers = {"retry-after": "1", "anthropic-ratelimit-requests-limit": "3000"}
+    answer = classify(status_error(429, "requests per minute", headers=headers))
+    assert isinstance(answer, RateLimited)
+    assert answer.requests_limit == 3000
+    bare = classify(status_error(429, "requests per minute", headers={"retry-after": "1"}))
+    assert bare.requests_limit is None
+    odd = {"anthropic-ratelimit-requests-limit": "lots"}
+    assert classify(status_error(429, "requests per minute", headers=odd)).requests_limit is None
+
+
 def test_secrets_in_provider_messages_are_redacted() -> None:
     answer = classify(
         status_error(401, "invalid x-api-key sk-ant-api03-abcdefSECRET", "authentication_error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -59,8 +60,9 @@ async def test_binding_budget_is_used_almost_fully(clock: FakeClock, rpm: int) -
 async def test_pace_is_even(clock: FakeClock) -> None:
     b = budget(clock, 60)
     times: list[float] = []
-    await take(b, clock, 10, times)
-    gaps = {round(y - x, 9) for x, y in zip(times, times[1:], strict=False)}
+    await take(b, clock, 11, times)
+    # The first grant may take a slot that began up to _SLOT_TOLERANCE ago: gaps from it on.
+    gaps = {round(y - x, 9) for x, y in zip(times[1:], times[2:], strict=False)}
     assert gaps == {round(b.slot_seconds, 9)}
 
 
@@ -215,3 +217,74 @@ async def test_a_429_naming_a_token_limit_holds_tokens_until_its_reset(clock: Fa
     before = clock.now
     await b.acquire(input_tokens=10)
     assert clock.now - before < 1
+
+
+async def test_a_429_from_an_early_arrival_costs_a_moment_not_the_pace(clock: FakeClock) -> None:
+    """The provider's limit header equals ours: a request only reached a window's edge early."""
+    b = budget(clock, 3000)
+    await b.acquire()
+    start = clock.now
+    assert b.throttled(retry_after=1.0, requests_limit=3000) is True
+    await b.acquire()
+    assert 0.2 <= clock.now - start <= 0.25 + b.slot_seconds  # not the full second
+    assert b.pace_factor() == 1.0
+    assert (b.throttled_count, b.early_count, b.requests_per_minute) == (1, 1, 3000)
+    times: list[float] = []
+    await take(b, clock, 100, times)
+    gaps = {round(y - x, 9) for x, y in zip(times, times[1:], strict=False)}
+    assert gaps == {round(b.slot_seconds, 9)}  # the full pace right away
+
+
+async def test_a_429_naming_a_lower_limit_brings_the_pace_down(clock: FakeClock) -> None:
+    b = budget(clock, 3000)
+    await b.acquire()
+    start = clock.now
+    assert b.throttled(retry_after=2.0, requests_limit=1000) is False
+    assert b.requests_per_minute == 1000
+    await b.acquire()
+    assert clock.now - start >= 2.0
+    assert b.pace_factor() == pytest.approx(0.5, abs=0.01)
+
+
+async def test_a_429_without_a_limit_header_halves_the_pace(clock: FakeClock) -> None:
+    b = budget(clock, 3000)
+    await b.acquire()
+    assert b.throttled(retry_after=1.0) is False
+    await b.acquire()
+    assert b.pace_factor() == pytest.approx(0.5, abs=0.01)
+
+
+async def test_repeated_early_429s_are_a_real_limit(clock: FakeClock) -> None:
+    """Limit headers equal to ours, but 429 after 429: someone else spends the budget too."""
+    b = budget(clock, 3000)
+    verdicts = []
+    for _ in range(3):
+        await b.acquire()
+        verdicts.append(b.throttled(retry_after=1.0, requests_limit=3000))
+    assert verdicts == [True, True, False]
+    await b.acquire()
+    assert b.pace_factor() == pytest.approx(0.5, abs=0.01)
+    # Long apart, early 429s stay early.
+    clock.now += 120
+    await b.acquire()
+    assert b.throttled(retry_after=1.0, requests_limit=3000) is True
+
+
+@pytest.mark.parametrize("rpm", [50, 1000, 3000, 6000])
+async def test_arrivals_late_by_up_to_the_spread_stay_inside_the_provider_windows(
+    clock: FakeClock, rpm: int
+) -> None:
+    """Each grant reaches the provider 0-50 ms later (at random): still no more than rpm in
+    any 60 s and rpm / 12 in any 5 s of arrivals (half-open windows, as a provider counts)."""
+    rng = random.Random(7)
+    b = budget(clock, rpm)
+    grants: list[float] = []
+    await take(b, clock, rpm * 2, grants)
+    arrivals = sorted(t + rng.uniform(0.0, 0.05) for t in grants)
+    assert max_in_half_open_window(arrivals, 60.0) <= rpm
+    assert max_in_half_open_window(arrivals, 5.0) <= math.ceil(rpm * 5 / 60)
+
+
+def max_in_half_open_window(times: list[float], window: float) -> int:
+    """Most arrivals in any window (t - window, t]."""
+    return max(i + 1 - bisect.bisect_right(times, t - window) for i, t in enumerate(times))

@@ -203,7 +203,7 @@ def test_bad_http_input_gets_a_clear_4xx(start: StartService) -> None:
         reply = client.post(
             "/api/v1/batch", content=too_long, headers={"content-type": "application/json"}
         )
-        assert "longer than 200 characters" in reply.json()["error"]["message"]
+        assert "201 characters, at most 200 are allowed" in reply.json()["error"]["message"]
         for path, code, error in [
             ("/api/v1/batch/nope/status", 404, "job_not_found"),
             ("/api/v1/nothing", 404, "not_found"),
