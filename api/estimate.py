@@ -3,10 +3,12 @@ GET /api/v1/tasks: the task presets."""
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from typing import IO
 
+import anthropic
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,20 +17,27 @@ from api.access import caller_of
 from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_batch, read_json_body
 from api.job_options import JobOptions, job_options
 from api.streams import spool_records
+from stream_app.core.exceptions import first_line
+from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import JobStatus
-from stream_app.jobs.estimate import Pace, estimate_job
+from stream_app.jobs.estimate import CountedPrompts, Pace, estimate_job
 from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
+from stream_app.provider.request import PreparedTask
 from stream_app.running.service import Service
+
+log = get_logger(__name__)
 
 
 async def estimate_batch(request: Request) -> Response:
     """The same body as POST /api/v1/batch (JSON, NDJSON or CSV) -> 200 `{"records",
     "input_tokens", "output_tokens", "cache_creation_input_tokens",
-    "cache_read_input_tokens", "cost_usd", "cost_usd_without_caching", "max_cost_usd",
-    "duration_seconds", "output_basis", "task", "model"}` (tokens; USD; seconds). Nothing
-    is produced and no model is called: see `stream_app.jobs.estimate` for how. Errors as for
-    POST /api/v1/batch (400, 413, 422 `validation_error` / `unsupported_schema` /
-    `unknown_task`)."""
+    "cache_read_input_tokens", "cost_usd", "cost_usd_low", "cost_usd_high",
+    "cost_usd_without_caching", "max_cost_usd", "duration_seconds", "input_basis",
+    "output_basis", "task", "model"}` (tokens; USD; seconds). Nothing is produced and no
+    model is called: the provider's token counting (free) counts the prompts of the records,
+    or of a sample of ESTIMATE_SAMPLE of them; see `stream_app.jobs.estimate` for the rest.
+    Errors as for POST /api/v1/batch (400, 413, 422 `validation_error` /
+    `unsupported_schema` / `unknown_task`)."""
     caller_of(request)
     service: Service = request.state.service
     kind = body_type(request)
@@ -37,29 +46,84 @@ async def estimate_batch(request: Request) -> Response:
         spool_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=spool_dir, prefix="estimate-") as spool:
             count, options = await spool_records(request, spool, service, kind)
-            chars = _spooled_text_chars(spool)
+            chars, sample = _spooled_texts(spool, count)
     else:
-        count, chars, options = _json_body(
+        count, chars, sample, options = _json_body(
             await read_json_body(request, service.settings), service, kind
         )
-    return JSONResponse(_estimate(service, options, count, chars))
+    task = service.rules.prepare(options.task, options.task_name)
+    counted = await _count(service, task, sample)
+    return JSONResponse(_estimate(service, options, task, count, chars, counted))
 
 
-def _json_body(body: bytes, service: Service, kind: BodyType) -> tuple[int, int, JobOptions]:
+# Records whose prompts are counted for an estimate: all of a job up to this many, else a
+# sample of this many (the provider's token counting is free but rate-limited).
+ESTIMATE_SAMPLE = 50
+
+
+def _json_body(
+    body: bytes, service: Service, kind: BodyType
+) -> tuple[int, int, list[str], JobOptions]:
     batch = parse_batch(body, service.settings, kind)
     options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
-    return len(batch.records), sum(len(r.text) for r in batch.records), options
+    texts = [r.text for r in batch.records]
+    sample = texts if len(texts) <= ESTIMATE_SAMPLE else _sample(texts, ESTIMATE_SAMPLE)
+    return len(texts), sum(len(t) for t in texts), sample, options
 
 
-def _spooled_text_chars(spool: IO[bytes]) -> int:
+def _sample(texts: list[str], size: int) -> list[str]:
+    # Seeded by the job's size: the same body gets the same estimate.
+    return random.Random(len(texts)).sample(texts, size)
+
+
+def _spooled_texts(spool: IO[bytes], count: int) -> tuple[int, list[str]]:
+    """All the spooled records' characters, and their texts or a sample of them."""
     spool.seek(0)
-    return sum(len(orjson.loads(line)["text"]) for line in spool)
+    rng = random.Random(count)
+    chosen = (
+        set(range(count))
+        if count <= ESTIMATE_SAMPLE
+        else set(rng.sample(range(count), ESTIMATE_SAMPLE))
+    )
+    chars, sample = 0, []
+    for index, line in enumerate(spool):
+        text = orjson.loads(line)["text"]
+        chars += len(text)
+        if index in chosen:
+            sample.append(text)
+    return chars, sample
 
 
-def _estimate(service: Service, options: JobOptions, count: int, chars: int) -> dict[str, object]:
+async def _count(service: Service, task: PreparedTask, sample: list[str]) -> CountedPrompts | None:
+    """The provider's token counts for `sample` and for the task's prefix; None when the
+    provider (or a gateway before it) does not count tokens: the estimate then goes by
+    characters."""
+    if not sample:
+        return None
+    client = service.rules.client
+    try:
+        counts = await client.count_prompt_tokens([".", *sample], task)
+    except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+        log.info("token counting unavailable: estimate from characters", reason=first_line(exc))
+        return None
+    return CountedPrompts(
+        prefix_tokens=max(0, counts[0] - 1),
+        tokens=sum(counts[1:]),
+        chars=sum(len(t) for t in sample),
+        sampled=len(sample),
+    )
+
+
+def _estimate(
+    service: Service,
+    options: JobOptions,
+    task: PreparedTask,
+    count: int,
+    chars: int,
+    counted: CountedPrompts | None,
+) -> dict[str, object]:
     settings = service.settings
     rules = service.rules
-    task = rules.prepare(options.task, options.task_name)
     owned = len(service.owned_partitions()) or settings.kafka_partitions
     # Records of a job spread over all partitions: this worker's share of the cluster.
     workers = settings.kafka_partitions / owned
@@ -77,6 +141,7 @@ def _estimate(service: Service, options: JobOptions, count: int, chars: int) -> 
         history=rules.history,
         pace=pace,
         now=time.time(),
+        counted=counted,
     )
     return {
         **estimate.as_json(),

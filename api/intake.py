@@ -37,18 +37,19 @@ _VISIBLE_WITHIN_SECONDS = 5.0
 
 async def submit_batch(request: Request) -> Response:
     """POST /api/v1/batch: a JSON batch body, or a stream (`submit_stream`). 202 `{"job_id",
-    "status", "total_records"}`; 400 `invalid_json`, `invalid_idempotency_key`; 401; 409
-    `idempotency_key_reused`; 413 `body_too_large`, `too_many_records`, `record_too_large`;
-    415 `unsupported_media_type`; 422. With an `Idempotency-Key` header, the same key and
-    the same request within BATCH_IDEMPOTENCY_HOURS answer the first job (202, same
-    `job_id`, header `Idempotent-Replayed: true`) instead of creating another; see
-    `_submit_once`."""
+    "status", "total_records"}`; 400 `invalid_json`, `invalid_idempotency_key`; 401; 402
+    `tenant_budget_exhausted`; 409 `idempotency_key_reused`; 413 `body_too_large`,
+    `too_many_records`, `record_too_large`; 415 `unsupported_media_type`; 422. With an
+    `Idempotency-Key` header, the same key and the same request within
+    BATCH_IDEMPOTENCY_HOURS answer the first job (202, same `job_id`, header
+    `Idempotent-Replayed: true`) instead of creating another; see `_submit_once`."""
     kind = body_type(request)
     if kind.media_type in STREAMED_TYPES:
         return await submit_stream(request, kind)
     owner = caller_of(request)
     key = idempotency_key(request)
     service: Service = request.state.service
+    refuse_exhausted_tenant(service, owner)
     began = time.monotonic()
     body = await read_json_body(request, service.settings)
     batch, records = parse_submission(body, service.settings, kind)
@@ -149,6 +150,7 @@ async def submit_stream(request: Request, kind: BodyType) -> Response:
     owner = caller_of(request)
     key = idempotency_key(request)
     service: Service = request.state.service
+    refuse_exhausted_tenant(service, owner)
     settings = service.settings
     spool_dir = settings.batch_job_storage_path
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +175,19 @@ async def submit_stream(request: Request, kind: BodyType) -> Response:
 
 def _spooled(spool: IO[bytes]) -> Iterator[bytes]:
     return (line.rstrip(b"\n") for line in spool)
+
+
+def refuse_exhausted_tenant(service: Service, owner: str | None) -> None:
+    """402 `tenant_budget_exhausted` when the caller's monthly budget (TENANT_BUDGETS) is
+    spent: a new job would only be skipped record by record."""
+    if service.rules.tenant_exhausted(owner):
+        budget = service.rules.tenant_budgets[owner or ""]
+        raise ApiError(
+            402,
+            "tenant_budget_exhausted",
+            f"the monthly budget of {owner!r} (${budget}, TENANT_BUDGETS) is spent for this "
+            "calendar month (UTC); new jobs are refused until the next one",
+        )
 
 
 async def _publish(service: Service, spool: IO[bytes], created: JobCreated) -> str:

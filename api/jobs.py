@@ -49,7 +49,8 @@ def _rank(summary: dict[str, Any]) -> tuple[bool, str, int]:
 async def list_jobs(request: Request) -> Response:
     """GET /api/v1/batch/jobs
 
-    `{"jobs": [job summaries as in /status, without results], "count", "stale"}`: every
+    `{"jobs": [job summaries as in /status, without results], "count", "stale",
+    "tenant_budget"?: {"tenant", "budget_usd", "spent_usd", "month", "exhausted"}}`: every
     job visible to the caller (with API_KEYS, only its own), the same list whichever
     worker is asked. `stale` is true when a worker owning job partitions did not answer:
     its jobs then come from this worker's standby replicas (each marked `stale` with
@@ -65,11 +66,13 @@ async def list_jobs(request: Request) -> Response:
     ]
     if request.headers.get(FORWARDED):
         return JSONResponse({"jobs": held, "count": len(held), "stale": False})
+    budget = service.rules.tenant_budget(caller)
+    extra = {"tenant_budget": budget} if budget is not None else {}
     peers = [url for url in service.worker_urls() if not service.is_local(url)]
     answers = await asyncio.gather(*(_jobs_of(request, url) for url in peers))
     jobs = merge_job_lists([held, *(answer for answer in answers if answer is not None)])
     stale = any(answer is None for answer in answers)
-    return JSONResponse({"jobs": jobs, "count": len(jobs), "stale": stale})
+    return JSONResponse({"jobs": jobs, "count": len(jobs), "stale": stale, **extra})
 
 
 async def _jobs_of(request: Request, url: str) -> list[dict[str, Any]] | None:

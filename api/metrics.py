@@ -52,7 +52,33 @@ class ServiceState(Collector):
             "Cancelled jobs this worker knows of (their queued records are skipped).",
             value=len(service.pipeline.cancelled),
         )
+        yield from self._tenants()
         yield self._lag()
+
+    def _tenants(self) -> Iterator[GaugeMetricFamily]:
+        rules = self._service.rules
+        budget = GaugeMetricFamily(
+            "insight_tenant_budget_usd",
+            "A tenant's budget for the calendar month (TENANT_BUDGETS), USD.",
+            labels=["tenant"],
+        )
+        spent = GaugeMetricFamily(
+            "insight_tenant_spent_usd",
+            "What a tenant's jobs billed this calendar month (UTC), USD, from batch.spend.",
+            labels=["tenant"],
+        )
+        exhausted = GaugeMetricFamily(
+            "insight_tenant_budget_exhausted",
+            "1 when a tenant's monthly budget is spent (its new jobs are refused with 402).",
+            labels=["tenant"],
+        )
+        for tenant, usd in sorted(rules.tenant_budgets.items()):
+            budget.add_metric([tenant], float(usd))
+            spent.add_metric([tenant], float(rules.tenant_spent(tenant)))
+            exhausted.add_metric([tenant], 1.0 if rules.tenant_exhausted(tenant) else 0.0)
+        yield budget
+        yield spent
+        yield exhausted
 
     def _lag(self) -> GaugeMetricFamily:
         lag = GaugeMetricFamily(

@@ -50,6 +50,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
 _ERRORS = {
     "400": "Bad request: `invalid_json`, `invalid_parameter`.",
     "401": "`unauthorized`: API_KEYS is set and no valid `Authorization: Bearer <key>` came.",
+    "402": "`tenant_budget_exhausted`: the caller's monthly budget (TENANT_BUDGETS) is spent.",
     "404": "`job_not_found` (unknown, or another client's job).",
     "409": "`job_finished`: the job completed or failed before the cancel; "
     "`idempotency_key_reused`: the Idempotency-Key named another request within "
@@ -176,7 +177,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _batch_body(),
                 "responses": {
                     "202": _json(BatchAccepted, "Accepted: the job runs."),
-                    **_errors("400", "401", "409", "413", "415", "422", "503"),
+                    **_errors("400", "401", "402", "409", "413", "415", "422", "503"),
                 },
             }
         },

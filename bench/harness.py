@@ -87,6 +87,7 @@ def namespace_env(prefix: str, broker: str, simulator: SimulatorHandle) -> dict[
         "TOPIC_RECORDS_BULK": f"{app_id}.records.bulk",
         "TOPIC_RESULTS": f"{app_id}.results",
         "TOPIC_DLQ": f"{app_id}.dlq",
+        "TOPIC_SPEND": f"{app_id}.spend",
         "ANTHROPIC_API_KEY": "sk-bench-not-a-secret",
         "ANTHROPIC_BASE_URL": simulator.base_url,
     }

@@ -220,7 +220,9 @@ def _estimate_line(est: dict[str, Any]) -> str:
     return (
         f"estimate: {est['records']} records, {est['input_tokens']:,} input + "
         f"{est['output_tokens']:,} output tokens, ${est['cost_usd']:.4f} "
-        f"(${est['cost_usd_without_caching']:.4f} without caching){cap}, "
+        f"(${est.get('cost_usd_low', est['cost_usd']):.4f}-"
+        f"${est.get('cost_usd_high', est['cost_usd']):.4f}; "
+        f"${est['cost_usd_without_caching']:.4f} without caching){cap}, "
         f"~{est['duration_seconds']:.0f} s; task {est['task']} on {est['model']}"
     )
 
@@ -509,10 +511,20 @@ def jobs(ctx: typer.Context) -> None:
                 (job["created_at"] or "")[:19],
             )
         )
+    budget = body.get("tenant_budget")
+    budget_line = (
+        f"budget of {budget['tenant']} for {budget['month']}: ${budget['spent_usd']:.4f} of "
+        f"${budget['budget_usd']:.2f} spent"
+        + (" (exhausted: new jobs refused)" if budget["exhausted"] else "")
+        if budget
+        else None
+    )
     if not out.is_terminal:
         # Piped: tab-separated lines, for grep, cut and spreadsheets.
         for row in (header, *rows):
             typer.echo("\t".join(row))
+        if budget_line:
+            typer.echo(budget_line, err=True)
         return
     table = Table(*header)
     table.columns[0].no_wrap = True
@@ -520,6 +532,8 @@ def jobs(ctx: typer.Context) -> None:
         table.add_row(*row)
     out.print(table)
     out.print(f"{body['count']} jobs")
+    if budget_line:
+        out.print(budget_line)
 
 
 @app.command()

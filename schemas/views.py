@@ -109,9 +109,22 @@ class JobStatusResponse(JobSummary):
     results: list[ResultView] = Field(description="In index order; `?offset=&limit=` page them.")
 
 
+class TenantBudget(BaseModel):
+    """The caller's budget for the calendar month (TENANT_BUDGETS), USD."""
+
+    tenant: str
+    budget_usd: float = Field(ge=0)
+    spent_usd: float = Field(ge=0, description="Billed this month, as batch.spend was read.")
+    month: str = Field(description="YYYY-MM, UTC.")
+    exhausted: bool = Field(description="true: the tenant's new jobs are refused with 402.")
+
+
 class JobList(BaseModel):
     jobs: list[JobSummary]
     count: int = Field(ge=0)
+    tenant_budget: TenantBudget | None = Field(
+        None, description="With TENANT_BUDGETS: the caller's budget this month."
+    )
     stale: bool = Field(
         False,
         description="true when a worker owning job partitions did not answer: its jobs come "
@@ -152,6 +165,8 @@ class Estimate(BaseModel):
     cache_creation_input_tokens: int = Field(ge=0, description="Of input_tokens: cache writes.")
     cache_read_input_tokens: int = Field(ge=0, description="Of input_tokens: cache reads.")
     cost_usd: float = Field(ge=0, description="USD, with prompt caching as it will run.")
+    cost_usd_low: float = Field(0, ge=0, description="USD: the low end of the likely range.")
+    cost_usd_high: float = Field(0, ge=0, description="USD: the high end of the likely range.")
     cost_usd_without_caching: float = Field(ge=0)
     max_cost_usd: float | None = Field(description="The job's spending cap, if any.")
     duration_seconds: float = Field(
@@ -159,6 +174,11 @@ class Estimate(BaseModel):
     )
     output_basis: str = Field(
         description="`history of N` (records of the same task) or `schema` (a guess)."
+    )
+    input_basis: str = Field(
+        "characters",
+        description="`counted` (the provider's token counting, every record), `counted "
+        "sample of N`, or `characters` (no token counting).",
     )
     task: str
     model: str

@@ -39,6 +39,7 @@ class Namespace:
             "records_bulk": f"{self.app_id}.records.bulk",
             "results": f"{self.app_id}.results",
             "dlq": f"{self.app_id}.dlq",
+            "spend": f"{self.app_id}.spend",
         }
 
     def env(self) -> dict[str, str]:
@@ -50,6 +51,7 @@ class Namespace:
             "TOPIC_RECORDS_BULK": t["records_bulk"],
             "TOPIC_RESULTS": t["results"],
             "TOPIC_DLQ": t["dlq"],
+            "TOPIC_SPEND": t["spend"],
         }
 
 

@@ -4,7 +4,10 @@ schema, model), the estimate before running, and the spending cap."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from stream_app.provider.pricing import price_for
 from tests.conftest import StartService
 from tests.support import status, wait_until
 
-PRICE = price_for("claude-sonnet-4-6")
+PRICE = price_for("claude-sonnet-5-5")
 
 TRIAGE = {
     "instructions": "Triage the support ticket: product area, urgency, refund requested.",
@@ -60,7 +63,11 @@ def wait_over(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict
     """The job's status once every record has its outcome."""
 
     def over() -> dict[str, Any] | None:
-        body = status(client, job_id)
+        reply = client.get(f"/api/v1/batch/{job_id}/status")
+        if reply.status_code == 404:  # not visible yet on a loaded machine (checked below)
+            return None
+        assert reply.status_code == 200, reply.text
+        body: dict[str, Any] = reply.json()
         done = body["completed_count"] + body["failed_count"] + body["skipped_count"]
         return body if body["total_records"] is not None and done == body["total_records"] else None
 
@@ -99,7 +106,7 @@ def test_two_jobs_with_their_own_tasks_at_once(start: StartService) -> None:
                 jsonschema.validate(fields(result), task["output_schema"])
                 with pytest.raises(jsonschema.ValidationError):
                     jsonschema.validate(fields(result), other["output_schema"])
-                assert result["response"]["metadata"]["model"] == "claude-sonnet-4-6"
+                assert result["response"]["metadata"]["model"] == "claude-sonnet-5-5"
         # The default task is unchanged for a job that names none.
         body = wait_over(client, plain)
         assert set(fields(body["results"][0])) == {"summary", "insights", "sentiment", "topics"}
@@ -221,7 +228,7 @@ def test_the_estimate_is_close_to_what_the_run_billed(
                 f"{prompt_tokens(done)}/{done['output_tokens']}; cache writes est/billed "
                 f"{est['cache_creation_input_tokens']}/{done['cache_creation_input_tokens']}"
             )
-            assert 0.75 <= ratio <= 1.25, figures
+            assert 0.85 <= ratio <= 1.15, figures
 
 
 def test_a_capped_job_stops_at_its_cap(start: StartService, simulator: SimulatorHandle) -> None:
@@ -316,41 +323,148 @@ def test_the_cli_estimates_asks_and_submits_with_a_task(
     assert refused.returncode == 1 and "unsupported_schema" in refused.stderr
 
 
-def test_the_cap_holds_across_two_workers(start: StartService, simulator: SimulatorHandle) -> None:
-    """Records of one job run on both workers; each learns the other's spend from
-    `batch.results`, so together they stop near the cap, not at twice it."""
-    simulator.configure(latency_ms=150)
-    concurrency = 3
-    first = start(batch_max_concurrent_llm_calls=concurrency)
-    second = start(
-        batch_max_concurrent_llm_calls=concurrency, workdir=first.log_path.parent.parent / "svc2"
-    )
+def _two_workers(start: StartService, **env: object) -> tuple[Any, Any]:
+    first = start(**env)
+    second = start(workdir=first.log_path.parent.parent / "svc2", **env)
 
     def shared() -> bool:
-        owned = [httpx.get(f"{w.base_url}/api/v1/ready").json() for w in (first, second)]
+        try:
+            owned = [
+                httpx.get(f"{w.base_url}/api/v1/ready", timeout=10).json() for w in (first, second)
+            ]
+        except httpx.HTTPError:  # a worker too busy to answer (a loaded machine): not yet
+            return False
         parts = [set(o["partitions"]) for o in owned]
         return all(o["ready"] for o in owned) and parts[0] | parts[1] == {0, 1, 2, 3} and all(parts)
 
-    wait_until(shared, timeout=90, interval=0.2, what="the two workers to share the partitions")
+    wait_until(shared, timeout=180, interval=0.5, what="the two workers to share the partitions")
+    return first, second
+
+
+def test_the_cap_holds_across_two_workers(start: StartService, simulator: SimulatorHandle) -> None:
+    """Records of one job run on both workers, 10 calls at a time each; every call is
+    reserved in the job's ledger on batch.spend, which both workers read in one order and
+    judge alike: the bill passes the cap by at most one call."""
+    simulator.configure(latency_ms=150)
+    first, second = _two_workers(start, batch_max_concurrent_llm_calls=10)
     with first.client() as client:
-        texts = [f"Shared {i}: {t}" for i, t in enumerate(TICKETS * 5)]
-        cap = 0.016
+        texts = [f"Shared {i}: {t}" for i, t in enumerate(TICKETS * 15)]
+        cap = 0.04
         job_id = submit(client, texts, task=TRIAGE, max_cost_usd=cap)
-        body = wait_over(client, job_id)
+        body = wait_over(client, job_id, timeout=300)
     second.ensure_alive()
     requests = [r for r in simulator.stats()["requests"] if r["status"] == 200]
     spent = Decimal(str(body["estimated_cost_usd"]))
     largest = max(billed_cost([r]) for r in requests)
     print(
-        f"two workers, cap ${cap}: spent ${spent:.6f} in {len(requests)} calls "
+        f"two workers x 10 calls, cap ${cap}: spent ${spent:.6f} in {len(requests)} calls "
         f"({float(spent) / cap:.1%} of the cap, largest call ${largest:.6f})"
     )
-    assert body["status"] == "budget_exhausted" and spent == billed_cost(requests)
-    assert body["skipped_count"] == len(texts) - len(requests) > 0
-    # The stated bound: the other worker's calls in flight, plus estimate error, plus the
-    # calls the other worker finishes while its outcomes travel to this one through
-    # batch.results: milliseconds on an idle machine, a few hundred at a load of 6, where
-    # one fresh-clone run spent 140 % (6 calls over) with calls of 150 ms; one more round of
-    # the other worker's slots covers that. Without shared spend each worker would spend up
-    # to the cap: about twice it (196 % measured).
-    assert spent <= Decimal(str(cap)) + (2 * concurrency + 2) * largest
+    billed = billed_cost(requests)
+    print(f"billed by the provider ${billed:.6f} ({float(billed) / cap:.1%} of the cap)")
+    assert body["status"] == "budget_exhausted" and body["skipped_count"] > 0
+    # What the provider billed, every call (a record run twice around a rebalance too).
+    assert billed <= Decimal(str(cap)) + largest
+    assert spent <= billed
+
+
+def test_a_tenant_budget_holds_across_two_workers_and_refuses_new_jobs(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """TENANT_BUDGETS=alpha:0.03: alpha's two jobs, run by two workers, stop as
+    budget_exhausted within one call of the budget; alpha's next job is refused with 402;
+    beta (no budget) is not affected. The spend shows in /metrics, the job list and the CLI."""
+    simulator.configure(latency_ms=100)
+    keys = "alpha:key-alpha,beta:key-beta"
+    first, second = _two_workers(
+        start, batch_max_concurrent_llm_calls=10, api_keys=keys, tenant_budgets="alpha:0.03"
+    )
+    alpha = {"Authorization": "Bearer key-alpha"}
+    beta = {"Authorization": "Bearer key-beta"}
+    texts = [f"Tenant {i}: {t}" for i, t in enumerate(TICKETS * 10)]
+    with first.client() as client:
+        client.headers.update(alpha)
+        jobs = [submit(client, texts[:60], task=TRIAGE), submit(client, texts[60:], task=TRIAGE)]
+        bodies = [wait_over(client, job, timeout=300) for job in jobs]
+    requests = [r for r in simulator.stats()["requests"] if r["status"] == 200]
+    spent = sum((Decimal(str(b["estimated_cost_usd"])) for b in bodies), Decimal(0))
+    largest = max(billed_cost([r]) for r in requests)
+    print(
+        f"tenant budget $0.03: spent ${spent:.6f} ({float(spent) / 0.03:.1%}), "
+        f"largest call ${largest:.6f}"
+    )
+    billed = billed_cost(requests)
+    assert spent <= billed <= Decimal("0.03") + largest
+    assert "budget_exhausted" in {b["status"] for b in bodies}
+    skipped = [r for b in bodies for r in b["results"] if r.get("skipped")]
+    assert skipped and all(r["skip_reason"] == "budget_exhausted" for r in skipped)
+    assert "TENANT_BUDGETS" in skipped[0]["error"]
+
+    def refused_everywhere() -> bool:
+        answers = []
+        for worker in (first, second):
+            with worker.client() as client:
+                reply = client.post(
+                    "/api/v1/batch", json={"records": [{"text": "x"}]}, headers=alpha
+                )
+                answers.append(reply)
+        return all(
+            r.status_code == 402 and r.json()["error"]["code"] == "tenant_budget_exhausted"
+            for r in answers
+        )
+
+    wait_until(refused_everywhere, timeout=30, interval=0.5, what="402 on both workers")
+    with second.client() as client:
+        reply = client.post("/api/v1/batch", json={"records": [{"text": "y"}]}, headers=beta)
+        assert reply.status_code == 202, reply.text
+        listed = client.get("/api/v1/batch/jobs", headers=alpha).json()
+        metrics = client.get("/metrics").text
+    assert listed["tenant_budget"]["tenant"] == "alpha"
+    assert listed["tenant_budget"]["exhausted"] is True
+    # The ledger's spend is what the calls billed (settled by the workers that made them).
+    assert abs(Decimal(str(listed["tenant_budget"]["spent_usd"])) - billed) <= largest
+    assert 'insight_tenant_budget_exhausted{tenant="alpha"} 1.0' in metrics
+    assert 'insight_tenant_spent_usd{tenant="alpha"}' in metrics
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "insight"), "jobs"],
+        env={**os.environ, "INSIGHT_URL": second.base_url, "INSIGHT_API_KEY": "key-alpha"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "budget of alpha for" in cli.stderr and "exhausted" in cli.stderr
+
+
+def test_estimates_count_prompts_and_a_fresh_worker_knows_the_history(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """Cold, the prompt tokens are the provider's own count (token counting, no call billed)
+    and the output comes from the schema; after the job, a worker started afresh (other
+    state directory, same cluster) estimates the next job from the billed history it read
+    from batch.results. Both within 15 % of the bill, and the bill inside the range."""
+    first = start(workdir=tmp_path / "first")
+    texts = [f"Ticket {i}: {t}" for i, t in enumerate(TICKETS * 3)]
+    others = [f"Other {i}: {t} Thanks." for i, t in enumerate(reversed(TICKETS * 3))]
+    body = {"records": [{"text": t} for t in texts], "task": TRIAGE}
+    with first.client() as client:
+        cold = client.post("/api/v1/batch/estimate", json=body).json()
+        assert simulator.stats()["requests"] == []  # counting is not a billed call
+        done = wait_over(client, submit(client, texts, task=TRIAGE))
+    assert cold["input_basis"] == "counted" and cold["output_basis"] == "schema"
+    assert cold["input_tokens"] == prompt_tokens(done)
+    first.stop()
+    second = start(workdir=tmp_path / "second")
+    with second.client() as client:
+        body = {"records": [{"text": t} for t in others], "task": TRIAGE}
+        warm = client.post("/api/v1/batch/estimate", json=body).json()
+        again = wait_over(client, submit(client, others, task=TRIAGE))
+    assert warm["output_basis"] == f"history of {len(texts)}"
+    for estimate, bill in ((cold, done), (warm, again)):
+        billed = float(bill["estimated_cost_usd"])
+        print(
+            f"estimate ${estimate['cost_usd']:.6f} ({estimate['cost_usd_low']:.6f}-"
+            f"{estimate['cost_usd_high']:.6f}), billed ${billed:.6f}"
+        )
+        assert abs(estimate["cost_usd"] - billed) <= 0.15 * billed
+        assert estimate["cost_usd_low"] <= billed <= estimate["cost_usd_high"]

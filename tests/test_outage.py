@@ -109,7 +109,7 @@ def test_an_outage_fails_no_record_sends_single_probes_and_resumes(
     assert sim["by_status"] == {"200": records, "529": len(refused)}
     assert len(refused) == provider["refused_calls_total"] == after["refused_calls_total"]
     assert after["state"] == "available"
-    assert_job_money(body, sim, price_for("claude-sonnet-4-6"))
+    assert_job_money(body, sim, price_for("claude-sonnet-5-5"))
     # Calls during the outage: those in flight when it began, those that failed before the
     # breaker opened, then single probes with capped exponential backoff.
     assert all(began <= r["t_done"] <= ended + 0.2 for r in refused)
@@ -148,7 +148,7 @@ CONFIGURATION_FAULTS = {
     "404": (
         {"models": ["claude-other-model"]},
         {"models": None},
-        "HTTP 404 not_found_error: model: claude-sonnet-4-6",
+        "HTTP 404 not_found_error: model: claude-sonnet-5-5",
     ),
     "400": (
         {"force_status": 400},
@@ -205,7 +205,7 @@ def test_a_configuration_fault_stops_the_line_not_the_job(
     sim = simulator.stats()
     assert sim["by_status"] == {fault: after["refused_calls_total"], "200": records}
     assert after["state"] == "available"
-    assert_job_money(body, sim, price_for("claude-sonnet-4-6"))
+    assert_job_money(body, sim, price_for("claude-sonnet-5-5"))
     service.stop()
     logs = service.logs()
     assert logs.count("provider refuses the configuration") == 1  # said once

@@ -13,7 +13,7 @@ from stream_app.provider.pricing import Price, price_for
 from tests.conftest import StartService
 from tests.support import submit, wait_completed
 
-MODEL = "claude-sonnet-4-6"
+MODEL = "claude-sonnet-5-5"
 SECRET = "sk-test-secret-do-not-log"
 
 
@@ -164,9 +164,10 @@ def test_cache_tokens_are_counted_and_priced_with_an_input_price_override(
     assert sim["total_cache_read_input_tokens_billed"] == 2000
     price = price_for(MODEL, input_per_1k=Decimal("0.01"))
     assert_job_money(body, sim, price)
-    # The cache tokens are priced at 1.25x, 2x and 0.1x of the overridden input price.
+    # The cache tokens are priced at the model's ratios to its input price, applied to the
+    # overridden one: Sonnet 5.5 writes at 1.25x (1-hour: 2x) and reads at 0.05x.
     plain = price.cost(sim["total_input_tokens_billed"], sim["total_output_tokens_billed"])
-    cache = Decimal("1000") * Decimal("0.0125") + 300 * Decimal("0.02") + 2000 * Decimal("0.001")
+    cache = Decimal("1000") * Decimal("0.0125") + 300 * Decimal("0.02") + 2000 * Decimal("0.0005")
     assert Decimal(body["estimated_cost_usd"]) == plain + cache / 1000
     results = {r["index"]: r for r in body["results"]}
     seen = requests_by_tag(sim)
@@ -250,3 +251,24 @@ def test_an_unexpected_exception_becomes_a_failed_outcome_and_the_worker_goes_on
     # Each exception logged once, with its traceback.
     assert logs.count("internal error while processing a record") == 3
     assert logs.count("Traceback (most recent call last)") == 3
+
+
+def test_an_answer_slower_than_claude_timeout_seconds_succeeds_with_one_paid_call(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """The provider takes 5 s over a 3 s CLAUDE_TIMEOUT_SECONDS (as a long output takes
+    longer than the default 60 s): the call's timeout follows the time its max_tokens can
+    take, so the record gets the answer it paid for, in one call, not a timeout and a retry."""
+    service = start(claude_timeout_seconds=3)
+    texts = ["S0 A long generation. [[sim:slow=5000]]", "S1 A quick one."]
+    with service.client() as client:
+        body = wait_completed(client, submit(client, texts))
+    sim = simulator.stats()
+    assert sim["by_status"] == {"200": 2}
+    [slow] = requests_by_tag(sim)["S0"]
+    assert slow["t_done"] - slow["t"] >= 5.0
+    results = {r["index"]: r for r in body["results"]}
+    assert (body["completed_count"], body["failed_count"]) == (2, 0)
+    assert results[0]["success"] and results[0]["attempts"] == 1
+    assert_job_money(body, sim, price_for(MODEL))
+    service.stop()

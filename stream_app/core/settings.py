@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # At start, drop local table stores that claim more than their changelog holds (they
     # are rebuilt from it). Off: such a worker fails recovery and exits non-zero instead.
     batch_heal_local_state: bool = True
-    claude_model: str = "claude-sonnet-4-6"
+    claude_model: str = "claude-sonnet-5-5"
     claude_max_tokens: int = Field(1024, ge=64)
     # A reply cut off at max_tokens is retried once with this much room.
     claude_max_tokens_ceiling: int = Field(4096, ge=64)
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # How long a record waits for its job's `created` event before it runs with the
     # default task (records of jobs that were never announced).
     batch_job_announce_wait_seconds: float = Field(10.0, ge=0)
-    # Cost: None means "use the built-in price table for claude_model".
+    # Cost: None means "the model's price in genai-prices" (stream_app.provider.pricing).
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None
 
@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     topic_records_bulk: str = "batch.records.bulk"
     topic_results: str = "batch.results"
     topic_dlq: str = "batch.dlq"
+    # Spend reservations and settlements of capped jobs and tenant budgets, shared by the
+    # cluster (stream_app.kafka.spend_log).
+    topic_spend: str = "batch.spend"
     # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
     kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
@@ -128,6 +131,8 @@ class Settings(BaseSettings):
     # A file of `name:secret` lines (or comma-separated, as API_KEYS; `#` comments), read
     # again on SIGHUP and when it changes; used with API_KEYS (both count).
     api_keys_file: Path | None = None
+    # `name:usd,...`: a tenant's (API_KEYS client name) budget per calendar month (UTC), USD.
+    tenant_budgets: str | None = None
     batch_max_records_per_request: int = Field(100_000, ge=1)
     batch_max_text_chars: int = Field(100_000, ge=1)
     # A record's JSON (text, id, metadata) as it is published, in bytes: refused at intake
@@ -159,11 +164,22 @@ class Settings(BaseSettings):
             parse_api_keys(value.get_secret_value())
         return value
 
+    @field_validator("tenant_budgets")
+    @classmethod
+    def _tenant_budgets_well_formed(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_tenant_budgets(value)
+        return value
+
     @field_validator("batch_persistence_backend", mode="before")
     @classmethod
     def _file_is_rocksdb(cls, value: object) -> object:
         # "file" is the original service's name for the on-disk backend.
         return "rocksdb" if value == "file" else value
+
+    def tenant_budget_table(self) -> dict[str, Decimal]:
+        """tenant -> USD a calendar month, from `TENANT_BUDGETS=name:usd,...`."""
+        return parse_tenant_budgets(self.tenant_budgets) if self.tenant_budgets else {}
 
     def api_key_table(self) -> dict[str, str]:
         """secret -> client name, from `API_KEYS=name:secret,...`; empty means open."""
@@ -184,4 +200,22 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         if not sep or not name or not secret:
             raise ValueError("API_KEYS must look like name:secret,name2:secret2")
         table[secret] = name
+    return table
+
+
+def parse_tenant_budgets(raw: str) -> dict[str, Decimal]:
+    """tenant -> USD. Raises ValueError when an item is not `name:usd` with usd >= 0."""
+    table: dict[str, Decimal] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, amount = item.partition(":")
+        try:
+            usd = Decimal(amount.strip())
+        except ArithmeticError:
+            usd = Decimal(-1)
+        if not sep or not name.strip() or not usd.is_finite() or usd < 0:
+            raise ValueError("TENANT_BUDGETS must look like alpha:500,beta:50 (USD a month)")
+        table[name.strip()] = usd
     return table

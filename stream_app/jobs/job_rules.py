@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pydantic import ValidationError
+import orjson
 
 from schemas import JobCreated, RecordEvent, ResultEvent, TaskSpec
 from schemas.http import Priority
@@ -40,7 +41,13 @@ from stream_app.core.exceptions import InsightStreamError, JobNeverAnnounced
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
 from stream_app.jobs.estimate import UsageHistory, expected_output_tokens
-from stream_app.jobs.spend_cap import SpendCap, Verdict
+from stream_app.jobs.spend_ledger import (
+    LocalSpend,
+    SpendGrants,
+    Verdict,
+    job_ledger,
+    tenant_ledger,
+)
 from stream_app.jobs.tasks import check_task_model
 from stream_app.provider.client import InsightClient
 from stream_app.provider.pricing import Price
@@ -51,7 +58,9 @@ from stream_app.provider.usage import Usage
 log = get_logger(__name__)
 
 BUDGET_SKIPPED_ERROR = "skipped: the job's spending cap (max_cost_usd) was reached"
+TENANT_SKIPPED_ERROR = "skipped: the tenant's monthly budget (TENANT_BUDGETS) was reached"
 _PREPARED_KEPT = 256
+_UNPLACED_JOBS_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class JobRules:
         *,
         announce_wait_seconds: float = 10.0,
         created_follows_wait_seconds: float = 40.0,
+        spend: SpendGrants | None = None,
+        tenant_budgets: Mapping[str, Decimal] | None = None,
     ) -> None:
         self._client = client
         self._price_of = price_of
@@ -92,12 +103,18 @@ class JobRules:
         self._announced: dict[str, asyncio.Event] = {}
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._chars: dict[str, tuple[str, int]] = {}
-        self.spend = SpendCap()
-        # Set (and replaced) whenever a capped job's spend or reservations change.
-        self._spend_changed: dict[str, asyncio.Event] = {}
+        # Reservations of capped jobs and budgeted tenants, decided alike by every worker
+        # (stream_app.jobs.spend_ledger); the ledgers each record of this worker reserved in.
+        self.spend: SpendGrants = spend or LocalSpend()
+        self.tenant_budgets: Mapping[str, Decimal] = tenant_budgets or {}
+        self._reserved: dict[str, tuple[str, list[str]]] = {}
         self.history = UsageHistory()
-        # Set once the reader has read `batch.results` up to where it ended at start:
-        # until then a capped job's spend is not known, so none of its records starts.
+        # Output tokens of successful results whose job's terms are not read yet (results
+        # and job events are read apart): folded into the history when the job is learnt.
+        self._unplaced_outputs: dict[str, list[int]] = {}
+        # The next offset of each batch.results partition the history has not counted.
+        self._results_read: dict[int, int] = {}
+        # Set once the reader has read `batch.results` up to where it ended at start.
         self.results_caught_up = asyncio.Event()
 
     # -- fed by the reader of batch.jobs and batch.results --------------------------------
@@ -118,8 +135,8 @@ class JobRules:
             else DEFAULT_TERMS
         )
         self._terms[created.job_id] = terms
-        if cap is not None:
-            self.spend.watch(created.job_id, cap)
+        for tokens in self._unplaced_outputs.pop(created.job_id, ()):
+            self._learn_output(created.job_id, tokens)
         waiting = self._announced.pop(created.job_id, None)
         if waiting is not None:
             waiting.set()
@@ -131,6 +148,7 @@ class JobRules:
         if job_id in self._terms:
             return
         self._terms[job_id] = JobTerms(rejected=reason)
+        self._unplaced_outputs.pop(job_id, None)
         waiting = self._announced.pop(job_id, None)
         if waiting is not None:
             waiting.set()
@@ -140,17 +158,48 @@ class JobRules:
         terms = self._terms.get(job_id)
         return (terms.owner, terms.priority) if terms is not None else (None, None)
 
-    def observe_result(self, job_id: str, value: bytes | None) -> None:
-        """An outcome on `batch.results`: counted against its job's cap, if it has one."""
-        if not value or not self.spend.is_capped(job_id):
+    def observe_result(
+        self, job_id: str, value: bytes | None, position: tuple[int, int] | None = None
+    ) -> None:
+        """An outcome on `batch.results` (any worker's, read from the beginning at start) at
+        `position` (partition, offset): its output tokens, if it succeeded, go to the usage
+        history of its task (the estimate's), once even when the reader reads the topic
+        again after a broker error. Spend is counted in `batch.spend`, not here."""
+        if position is not None:
+            partition, offset = position
+            if offset < self._results_read.get(partition, 0):
+                return
+            self._results_read[partition] = offset + 1
+        if value:
+            self._observe_output(job_id, value)
+
+    def _observe_output(self, job_id: str, value: bytes) -> None:
+        # Every worker reads every result: a plain JSON read of two fields, not a model's.
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict) or data.get("success") is not True:
+            return
+        tokens = data.get("output_tokens")
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            self._learn_output(job_id, tokens)
+
+    def _learn_output(self, job_id: str, tokens: int) -> None:
+        terms = self._terms.get(job_id)
+        if terms is None:
+            self._unplaced_outputs.setdefault(job_id, []).append(tokens)
+            if len(self._unplaced_outputs) > _UNPLACED_JOBS_KEPT:
+                # Results of jobs whose announcement is gone (retention) never get placed.
+                del self._unplaced_outputs[next(iter(self._unplaced_outputs))]
+            return
+        if terms.rejected is not None or terms.never_announced:
             return
         try:
-            result = ResultEvent.model_validate_json(value)
-        except ValidationError:
-            return  # the aggregate agent dead-letters it
-        cost = self._price_of(result.model).cost_of(Usage.of(result))
-        self.spend.settle(job_id, result.index, cost)
-        self._changed(job_id)
+            task = self._task(job_id, terms)
+        except InsightStreamError:
+            return
+        self.history.observe_output(task.fingerprint, tokens)
 
     # -- asked by the process agent ------------------------------------------------------
 
@@ -170,32 +219,34 @@ class JobRules:
             task = self._task(record.job_id, terms)
         except InsightStreamError as exc:
             return _outcome(record, f"the job's task cannot be used: {exc}")
-        if terms.max_cost_usd is not None:
-            await self.results_caught_up.wait()
-            estimate = self.call_estimate(task, record)
-            while (
-                verdict := self.spend.reserve(record.job_id, record.index, estimate)
-            ) is Verdict.WAIT:
-                await self._wait_for_change(record.job_id)
-            if verdict is Verdict.REFUSE:
+        limits = self._limits(record.job_id, terms)
+        if limits:
+            refused = await self._reserve(record, task, limits)
+            if refused is not None:
                 log.info(
-                    "spending cap reached: record skipped",
+                    "spend limit reached: record skipped",
                     job_id=record.job_id,
                     index=record.index,
-                    spent_usd=str(self.spend.spent(record.job_id)),
-                    cap_usd=str(terms.max_cost_usd),
+                    ledger=refused,
+                    spent_usd=str(self.spend.ledgers.spent(refused)),
                 )
-                return _outcome(record, BUDGET_SKIPPED_ERROR, skipped=True, model=task.model)
+                error = BUDGET_SKIPPED_ERROR if refused.startswith("job:") else TENANT_SKIPPED_ERROR
+                return _outcome(record, error, skipped=True, model=task.model)
         key = result_key(record.job_id, record.index)
         self._chars[key] = (task.fingerprint, task.request_chars(record.record.text))
         return task
 
     def settle(self, result: ResultEvent) -> None:
-        """This worker produced the record's outcome: count its cost and learn from it."""
+        """This worker produced the record's outcome: count its cost in the ledgers it
+        reserved in, and learn from it."""
         key = result_key(result.job_id, result.index)
         usage = Usage.of(result)
-        self.spend.settle(result.job_id, result.index, self._price_of(result.model).cost_of(usage))
-        self._changed(result.job_id)
+        reserved = self._reserved.pop(key, None)
+        if reserved is not None:
+            reservation, ledgers = reserved
+            cost = self._price_of(result.model).cost_of(usage)
+            for ledger in ledgers:
+                self.spend.settle(ledger, reservation, cost)
         sent = self._chars.pop(key, None)
         if sent is not None and result.success and result.response is not None:
             self.history.observe(
@@ -204,10 +255,73 @@ class JobRules:
 
     def release(self, record: RecordEvent) -> None:
         """The record is done here, with or without an outcome: no reservation stays."""
-        self._chars.pop(result_key(record.job_id, record.index), None)
-        if self.spend.is_capped(record.job_id):
-            self.spend.release(record.job_id, record.index)
-            self._changed(record.job_id)
+        key = result_key(record.job_id, record.index)
+        self._chars.pop(key, None)
+        reserved = self._reserved.pop(key, None)
+        if reserved is not None:
+            reservation, ledgers = reserved
+            for ledger in ledgers:
+                self.spend.release(ledger, reservation)
+
+    def _limits(self, job_id: str, terms: JobTerms) -> list[tuple[str, Decimal]]:
+        """(ledger, USD limit) a call of the job must fit: its cap, its tenant's budget."""
+        limits = []
+        if terms.max_cost_usd is not None:
+            limits.append((job_ledger(job_id), terms.max_cost_usd))
+        budget = self.tenant_budgets.get(terms.owner) if terms.owner is not None else None
+        if budget is not None:
+            limits.append((tenant_ledger(terms.owner or ""), budget))
+        return limits
+
+    def tenant_exhausted(self, tenant: str | None) -> bool:
+        """Whether `tenant` has a budget (TENANT_BUDGETS) that this month's spend reached."""
+        budget = self.tenant_budgets.get(tenant) if tenant is not None else None
+        if budget is None:
+            return False
+        return self.spend.ledgers.exhausted(tenant_ledger(tenant or ""), budget)
+
+    def tenant_spent(self, tenant: str) -> Decimal:
+        """What `tenant`'s jobs billed this calendar month (UTC), USD, as `batch.spend`
+        has been read (only tenants with a budget are counted)."""
+        return self.spend.ledgers.spent(tenant_ledger(tenant))
+
+    def tenant_budget(self, tenant: str | None) -> dict[str, object] | None:
+        """`{"tenant", "budget_usd", "spent_usd", "month", "exhausted"}` for a tenant with a
+        budget, else None."""
+        budget = self.tenant_budgets.get(tenant) if tenant is not None else None
+        if budget is None or tenant is None:
+            return None
+        ledger = tenant_ledger(tenant)
+        return {
+            "tenant": tenant,
+            "budget_usd": float(budget),
+            "spent_usd": float(round(self.spend.ledgers.spent(ledger), 6)),
+            "month": ledger.rsplit(":", 1)[1],
+            "exhausted": self.tenant_exhausted(tenant),
+        }
+
+    async def _reserve(
+        self, record: RecordEvent, task: PreparedTask, limits: list[tuple[str, Decimal]]
+    ) -> str | None:
+        """Reserve the record's call in every ledger of `limits`; the ledger that refused
+        it (the reservations made are released), or None when all admitted it. Each
+        reservation has an id of its own: a record run twice (by two workers around a
+        rebalance) is two calls the provider bills, and the ledgers count both."""
+        key = result_key(record.job_id, record.index)
+        reservation = f"{key}:{uuid.uuid4().hex[:12]}"
+        expected = self.call_estimate(task, record)
+        most = self.call_most(task, record)
+        granted: list[str] = []
+        self._reserved[key] = (reservation, granted)
+        for ledger, limit in limits:
+            verdict = await self.spend.reserve(ledger, reservation, expected, most, limit)
+            if verdict is Verdict.REFUSE:
+                for done in granted:
+                    self.spend.release(done, reservation)
+                self._reserved.pop(key, None)
+                return ledger
+            granted.append(ledger)
+        return None
 
     def call_estimate(self, task: PreparedTask, record: RecordEvent) -> Decimal:
         """Expected USD of one call of `record` (what a reservation holds)."""
@@ -217,20 +331,22 @@ class JobRules:
         price = self._price_of(task.model)
         return price.cost(input_tokens, output_tokens)
 
+    def call_most(self, task: PreparedTask, record: RecordEvent) -> Decimal:
+        """The most one call of `record` can cost (USD): its prompt, at 3 characters a
+        token (denser than any text this service sends), and max_tokens of output."""
+        input_tokens = task.request_chars(record.record.text) // 3 + 1
+        return self._price_of(task.model).cost(input_tokens, task.max_tokens)
+
+    @property
+    def client(self) -> InsightClient:
+        """The provider client the records' calls go through (token counting too)."""
+        return self._client
+
     def prepare(self, spec: TaskSpec | None, name: str | None = None) -> PreparedTask:
         return self._client.prepare(spec, name)
 
     def price_of(self, model: str | None) -> Price:
         return self._price_of(model)
-
-    def _changed(self, job_id: str) -> None:
-        event = self._spend_changed.pop(job_id, None)
-        if event is not None:
-            event.set()
-
-    async def _wait_for_change(self, job_id: str) -> None:
-        event = self._spend_changed.setdefault(job_id, asyncio.Event())
-        await event.wait()
 
     async def _terms_of(self, job_id: str, *, created_follows: bool = False) -> JobTerms:
         terms = self._terms.get(job_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from schemas import TaskSpec
 from stream_app.core.exceptions import InsightStreamError
-from stream_app.provider.pricing import PRICE_TABLE, is_known_model
+from stream_app.provider.pricing import is_known_model
 from stream_app.provider.request import DEFAULT_TASK_NAME
 from stream_app.provider.task_schema import check_output_schema
 
@@ -22,16 +22,16 @@ class UnknownModel(InsightStreamError):
 
 
 def check_task_model(model: str | None, default_model: str) -> None:
-    """Raise UnknownModel unless `model` is None, the configured CLAUDE_MODEL, or a model in
-    the price table. A job's own model must be priced (its cap and costs depend on it), and
-    a model the provider does not serve would make every call of the job answer 404, which
-    stops the worker's line for every job (stream_app/provider/breaker.py) instead of failing
-    this one."""
+    """Raise UnknownModel unless `model` is None, the configured CLAUDE_MODEL, or a model
+    genai-prices has a price for (stream_app.provider.pricing). A job's own model must be
+    priced (its cap and costs depend on it), and a model the provider does not serve would
+    make every call of the job answer 404, which stops the worker's line for every job
+    (stream_app/provider/breaker.py) instead of failing this one."""
     if model is None or model == default_model or is_known_model(model):
         return
     raise UnknownModel(
-        f"task.model: {model!r} is not a known model (names starting with "
-        f"{', '.join(sorted(PRICE_TABLE))}, or CLAUDE_MODEL {default_model!r})"
+        f"task.model: {model!r} is not a model with a known price (a current Claude model "
+        f"id such as 'claude-sonnet-5-5', or CLAUDE_MODEL {default_model!r})"
     )
 
 

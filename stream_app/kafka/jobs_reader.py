@@ -116,7 +116,9 @@ class JobsReader:
                             self._read_to[tp.partition] = message.offset + 1
                         elif message.key:
                             self._rules.observe_result(
-                                message.key.decode(errors="replace"), message.value
+                                message.key.decode(errors="replace"),
+                                message.value,
+                                (tp.partition, message.offset),
                             )
                 if pending:
                     pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}

@@ -199,6 +199,13 @@ _PARAMETER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*[.:\[]")
 # 400s about the account, not the request or the record (Anthropic's billing message).
 _ACCOUNT_PHRASES = ("credit balance", "organization has been disabled", "billing")
 _PROMPT_TOO_LONG = "prompt is too long"
+# A call given up on may still have been served: the provider bills work it finished
+# after the client left, and no usage comes back to count it.
+TIMEOUT_MESSAGE = (
+    "timeout: no answer within the call's timeout (CLAUDE_TIMEOUT_SECONDS plus the time its "
+    "max_tokens can take); the provider may still have done and billed the work, which is "
+    "not in this record's tokens"
+)
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{3})[A-Za-z0-9_-]+")
 
 
@@ -207,9 +214,7 @@ def classify_error(
 ) -> Answer:
     """What a refused or lost call means. `now` is the Unix time of the answer."""
     if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderFault(
-            "timeout: the provider did not answer within CLAUDE_TIMEOUT_SECONDS", WaitReading(None)
-        )
+        return ProviderFault(TIMEOUT_MESSAGE, WaitReading(None))
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderFault(f"connection error: {redact(str(exc))}", WaitReading(None))
     status = exc.status_code

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,22 @@ INSIGHT_OUTPUT_FORMAT: JSONOutputFormatParam = {
 }
 
 
+# The SDK's own rule for a call that does not stream (anthropic-sdk-python,
+# `_calculate_nonstreaming_timeout`): the slowest a model writes is 128,000 output tokens
+# an hour, so a call with room for N tokens may take N * 3600 / 128,000 s before it answers.
+SLOWEST_OUTPUT_TOKENS_PER_SECOND = 128_000 / 3600
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def call_timeout_seconds(max_tokens: int, base_seconds: float) -> float:
+    """How long one call with room for `max_tokens` output tokens may take (s):
+    CLAUDE_TIMEOUT_SECONDS for the prompt and the wait, plus the time the whole output can
+    take at the slowest pace the provider's SDK allows for (max_tokens / 35.6 tokens/s).
+    A call cut off earlier would fail its record after the provider did (and billed) the
+    work; a longer wait costs nothing, the call takes a concurrent slot, not money."""
+    return base_seconds + max_tokens / SLOWEST_OUTPUT_TOKENS_PER_SECOND
+
+
 @dataclass(frozen=True)
 class Reply:
     """One answered call, as the provider gave it: what it means is decided elsewhere
@@ -49,8 +66,12 @@ class InsightClient:
         model: str,
         max_tokens: int,
         max_tokens_ceiling: int | None = None,
+        timeout_seconds: float = 60.0,
     ) -> None:
         self._client = client
+        # CLAUDE_TIMEOUT_SECONDS: the part of each call's timeout that does not grow with
+        # its max_tokens (call_timeout_seconds).
+        self.timeout_seconds = timeout_seconds
         self.model = model
         self._max_tokens = max_tokens
         # A reply cut off at max_tokens is retried once with this much room.
@@ -82,19 +103,47 @@ class InsightClient:
     async def analyze(
         self, record: BatchRecord, max_tokens: int | None = None, task: PreparedTask | None = None
     ) -> Reply:
-        """Raises the SDK's APIStatusError / APIConnectionError when the call is refused
+        """Raises the SDK's APIStatusError / APIConnectionError (APITimeoutError after
+        `call_timeout_seconds(max_tokens, CLAUDE_TIMEOUT_SECONDS)`) when the call is refused
         or does not arrive; anything else the answer holds is in the Reply."""
         task = task or self.default_task
         room = max_tokens or task.max_tokens
+        timeout = httpx2.Timeout(
+            call_timeout_seconds(room, self.timeout_seconds), connect=CONNECT_TIMEOUT_SECONDS
+        )
         # The raw response carries the provider's rate-limit headers for the budget.
         raw = await self._client.messages.with_raw_response.create(
-            **task.request(record.text, room)
+            **task.request(record.text, room), timeout=timeout
         )
         message = await raw.parse()
         if not isinstance(message, anthropic.types.Message):
             raise UnreadableAnswer(_not_a_message(raw.http_response))
         text = "".join(block.text for block in message.content if block.type == "text")
         return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
+
+    async def count_prompt_tokens(
+        self, texts: Sequence[str], task: PreparedTask | None = None, *, concurrency: int = 8
+    ) -> list[int]:
+        """Prompt tokens (uncached input, cache writes and reads together) a call of each
+        text would send, from the provider's token-counting endpoint
+        (`messages.count_tokens`: free, not billed, rate-limited apart from messages).
+        Raises the SDK's APIStatusError / APIConnectionError."""
+        task = task or self.default_task
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(text: str) -> int:
+            request = task.request(text)
+            async with slots:
+                counted = await self._client.messages.count_tokens(
+                    model=request["model"],
+                    system=request["system"],
+                    messages=request["messages"],
+                    output_config=request["output_config"],
+                    timeout=self.timeout_seconds,
+                )
+            return counted.input_tokens
+
+        return list(await asyncio.gather(*(one(text) for text in texts)))
 
 
 def _not_a_message(reply: Any) -> str:

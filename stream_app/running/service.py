@@ -31,18 +31,20 @@ from stream_app.jobs.idempotency import IdempotencyKeys
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor, RetryPolicy
+from stream_app.jobs.spend_ledger import SpendLedgers
 from stream_app.kafka.job_feed import JobFeed
 from stream_app.kafka.jobs_reader import JobsReader
 from stream_app.kafka.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.kafka.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.kafka.retention import run_retention
+from stream_app.kafka.spend_log import SPEND_TOPIC_CONFIG, SpendLog
 from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
 from stream_app.provider.breaker import ProviderBreaker
 from stream_app.provider.budget import RateBudget
 from stream_app.provider.call_slots import CallSlots
 from stream_app.provider.client import InsightClient, build_anthropic_client
-from stream_app.provider.pricing import is_known_model, price_for
+from stream_app.provider.pricing import FALLBACK_MODEL, is_known_model, price_for
 from stream_app.running.dir_lock import DirLock
 
 log = get_logger(__name__)
@@ -315,7 +317,11 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     if settings.anthropic_api_key is None:
         raise ValueError("ANTHROPIC_API_KEY must be resolved before the service starts")
     if not is_known_model(settings.claude_model):
-        log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
+        log.warning(
+            "model without a price in genai-prices; priced like the fallback model",
+            model=settings.claude_model,
+            fallback=FALLBACK_MODEL,
+        )
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
     deleted = DeletedJobs()
@@ -348,6 +354,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         model=settings.claude_model,
         max_tokens=settings.claude_max_tokens,
         max_tokens_ceiling=settings.claude_max_tokens_ceiling,
+        timeout_seconds=settings.claude_timeout_seconds,
     )
     rules = JobRules(
         insight_client,
@@ -355,12 +362,22 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             model or settings.claude_model,
             settings.batch_cost_per_1k_input_tokens,
             settings.batch_cost_per_1k_output_tokens,
+            fallback_model=FALLBACK_MODEL,
         ),
         announce_wait_seconds=settings.batch_job_announce_wait_seconds,
         # A submit gives up after KAFKA_PUBLISH_TIMEOUT_SECONDS: by then its job is
         # announced or never will be (its records wait this long, then are dead-lettered).
         created_follows_wait_seconds=settings.kafka_publish_timeout_seconds
         + settings.batch_job_announce_wait_seconds,
+        spend=(
+            spend_log := SpendLog(
+                settings.kafka_bootstrap_servers,
+                settings.topic_spend,
+                settings.kafka_partitions,
+                SpendLedgers(),
+            )
+        ),
+        tenant_budgets=settings.tenant_budget_table(),
     )
     processor = RecordProcessor(
         client=insight_client,
@@ -391,6 +408,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             settings.claude_model,
             settings.batch_cost_per_1k_input_tokens,
             settings.batch_cost_per_1k_output_tokens,
+            fallback_model=FALLBACK_MODEL,
         ),
         mirror=mirror,
         canonical_url=canonical_url,
@@ -403,8 +421,12 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
-        {**pipeline.topic_partitions, leader_topic(settings.kafka_app_id): 1},
-        configs=pipeline.topic_configs,
+        {
+            **pipeline.topic_partitions,
+            leader_topic(settings.kafka_app_id): 1,
+            settings.topic_spend: settings.kafka_partitions,
+        },
+        configs={**pipeline.topic_configs, settings.topic_spend: SPEND_TOPIC_CONFIG},
         group_id=settings.kafka_app_id,
     )
     pipeline.discard_stale_state(created)
@@ -432,6 +454,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         keys=keys,
     )
     await jobs_reader.start()
+    await spend_log.start()
     try:
         async with faust_app_running(pipeline.app, stop_timeout=FAUST_STOP_SECONDS):
             log.info(
@@ -476,6 +499,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 log.error("outcomes not acknowledged at stop", reason=str(exc))
             log.info("drained", calls_abandoned=left)
     finally:
+        await spend_log.stop()
         await jobs_reader.stop()
         await admin.close()
         await anthropic_client.close()

@@ -1,13 +1,11 @@
-"""Estimating a job before it runs, and the spending cap's ledger: pure, no Kafka."""
+"""Estimating a job before it runs, and the job directory's terms: pure, no Kafka."""
 
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 from schemas import TaskSpec
 from stream_app.jobs.estimate import Pace, UsageHistory, estimate_job, output_chars
-from stream_app.jobs.spend_cap import SpendCap, Verdict
 from stream_app.provider.pricing import price_for
 from stream_app.provider.request import prepare_task
 from stream_app.provider.usage import Usage
@@ -37,7 +35,9 @@ def test_cold_estimate_counts_characters_and_the_schema() -> None:
     )
     assert est.input_tokens == -(-(t.prefix_chars * 10 + 4000) // 4)
     assert est.output_basis == "schema"
-    assert est.output_tokens == -(-10 * output_chars(SCHEMA, SCHEMA) * 2 // 7)
+    # 400 characters a text on average; JSON at 3.5 characters a token.
+    assert est.output_tokens == -(-10 * output_chars(SCHEMA, SCHEMA, text_chars=400) * 2 // 7)
+    assert est.input_basis == "characters" and est.cost_usd_low < est.cost_usd < est.cost_usd_high
     assert est.cache_read_input_tokens == 0 and est.cost_usd == est.cost_usd_without_caching
     expected = PRICE.cost(est.input_tokens, est.output_tokens)
     assert est.cost_usd == expected
@@ -54,6 +54,10 @@ def test_history_replaces_the_guess() -> None:
     history.observe(
         t.fingerprint, chars=1000, usage=Usage(input_tokens=500, output_tokens=60), latency_ms=500
     )
+    # Output tokens come from batch.results (every worker's), not from this worker's calls.
+    assert history.output_tokens(t.fingerprint) is None
+    history.observe_output(t.fingerprint, 40)
+    history.observe_output(t.fingerprint, 60)
     est = estimate_job(t, records=4, text_chars=0, price=PRICE, history=history, pace=PACE)
     assert est.output_tokens == 200 and est.output_basis == "history of 2"
     # 2 characters a token, as billed.
@@ -93,43 +97,6 @@ def test_backlog_comes_before_the_job() -> None:
     assert est.duration_seconds == 10.0
 
 
-def test_spend_cap_reserves_settles_and_stops_for_good() -> None:
-    cap = SpendCap()
-    assert cap.reserve("free", 0, Decimal(100)) is Verdict.ADMIT  # not capped
-    cap.watch("j", Decimal("1.00"))
-    assert cap.reserve("j", 0, Decimal("0.40")) is Verdict.ADMIT
-    assert cap.reserve("j", 1, Decimal("0.40")) is Verdict.ADMIT
-    # 1.20 > 1.00 only with the reservations: wait for the calls in flight.
-    assert cap.reserve("j", 2, Decimal("0.40")) is Verdict.WAIT
-    cap.settle("j", 0, Decimal("0.10"))
-    cap.settle("j", 0, Decimal("0.10"))  # the same outcome read again is counted once
-    assert cap.spent("j") == Decimal("0.10")
-    assert cap.reserve("j", 2, Decimal("0.40")) is Verdict.ADMIT  # 0.10 + 0.40 + 0.40
-    cap.settle("j", 1, Decimal("0.45"))
-    cap.settle("j", 2, Decimal("0.40"))
-    # The spend alone (0.95) leaves no room: refused, and for good on this worker.
-    assert cap.reserve("j", 3, Decimal("0.10")) is Verdict.REFUSE
-    assert cap.reserve("j", 4, Decimal("0.01")) is Verdict.REFUSE
-    # A record whose outcome is known is never refused (a redelivery re-sends it).
-    assert cap.reserve("j", 0, Decimal("5")) is Verdict.ADMIT
-
-
-def test_outcomes_read_from_batch_results_count_against_the_cap() -> None:
-    from schemas import JobCreated, ResultEvent
-    from stream_app.jobs.job_rules import JobRules
-
-    rules = JobRules(None, lambda model: PRICE)  # type: ignore[arg-type]
-    rules.learn(JobCreated(job_id="j", total_records=3, max_cost_usd=1.0))
-    billed = ResultEvent(
-        job_id="j", index=0, success=False, error="x", input_tokens=1000, output_tokens=100
-    )
-    rules.observe_result("j", billed.model_dump_json().encode())
-    rules.observe_result("j", b"{not json")  # unreadable: ignored, never raised
-    rules.observe_result("free", billed.model_dump_json().encode())  # not capped: ignored
-    assert rules.spend.spent("j") == PRICE.cost(1000, 100)
-    assert rules.spend.spent("free") == 0
-
-
 async def test_records_of_a_refused_job_fail_instead_of_running_without_its_terms() -> None:
     from schemas import BatchRecord, JobCreated, RecordEvent, ResultEvent
     from stream_app.jobs.job_rules import JobRules
@@ -145,7 +112,7 @@ async def test_records_of_a_refused_job_fail_instead_of_running_without_its_term
     # A valid announcement seen first wins over a later refusal.
     rules.learn(JobCreated(job_id="good", total_records=1, max_cost_usd=1.0))
     rules.reject("good", "late")
-    assert rules.spend.is_capped("good")
+    assert rules.lookup("good") == (None, None) and rules._terms["good"].max_cost_usd == 1
 
 
 def test_the_duration_uses_the_median_of_recent_latencies() -> None:
@@ -163,3 +130,96 @@ def test_the_duration_uses_the_median_of_recent_latencies() -> None:
     for _ in range(UsageHistory.RECENT):
         history.observe("task", 400, usage, 800)
     assert history.latency_seconds() == 0.8  # only recent records count
+
+
+def test_counted_prompts_are_exact_or_scaled_from_a_sample() -> None:
+    from stream_app.jobs.estimate import CountedPrompts
+
+    t = task()
+    # Every record counted: the counts are the prompt tokens.
+    every = CountedPrompts(prefix_tokens=100, tokens=3 * 100 + 60, chars=240, sampled=3)
+    est = estimate_job(
+        t, records=3, text_chars=240, price=PRICE, history=UsageHistory(), pace=PACE, counted=every
+    )
+    assert est.input_tokens == 360 and est.input_basis == "counted"
+    # A sample of 2 of 1,000 records: 50 text tokens for 200 characters, 4 a token.
+    sample = CountedPrompts(prefix_tokens=100, tokens=2 * 100 + 50, chars=200, sampled=2)
+    est = estimate_job(
+        t,
+        records=1000,
+        text_chars=300_000,
+        price=PRICE,
+        history=UsageHistory(),
+        pace=PACE,
+        counted=sample,
+    )
+    assert est.input_tokens == 1000 * 100 + 75_000
+    assert est.input_basis == "counted sample of 2"
+    # The texts' measured characters per token turn the schema's characters into tokens.
+    assert est.output_tokens == -(-1000 * output_chars(SCHEMA, SCHEMA, text_chars=300) // 4)
+
+
+def test_the_range_narrows_with_a_history() -> None:
+    t = task()
+    cold = estimate_job(
+        t, records=100, text_chars=40_000, price=PRICE, history=UsageHistory(), pace=PACE
+    )
+    history = UsageHistory()
+    for tokens in [50, 70] * 50:
+        history.observe_output(t.fingerprint, tokens)
+    warm = estimate_job(t, records=100, text_chars=40_000, price=PRICE, history=history, pace=PACE)
+    assert cold.cost_usd_low < cold.cost_usd < cold.cost_usd_high
+    assert warm.cost_usd_low < warm.cost_usd < warm.cost_usd_high
+    width = lambda e: (e.cost_usd_high - e.cost_usd_low) / e.cost_usd  # noqa: E731
+    assert width(warm) < width(cold) / 3
+
+
+def test_the_schema_guess_reads_field_names() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "topics": {"type": "array", "items": {"type": "string"}},
+            "summary": {"type": "string"},
+            "name": {"type": "string"},
+        },
+    }
+    # 3 keywords of 12, a summary of 130 and a string of 100 (no longer than the text).
+    assert output_chars(schema, schema) == 2 + (6 + 4 + 2 + 3 * 15) + (7 + 4 + 132) + (4 + 4 + 102)
+    assert output_chars(schema, schema, text_chars=50) == output_chars(schema, schema) - 80 - 50
+
+
+def test_every_workers_results_feed_the_history_once_their_job_is_known() -> None:
+    from schemas import JobCreated, ResultEvent
+    from stream_app.jobs.job_rules import JobRules
+    from stream_app.provider.client import InsightClient
+
+    client = InsightClient(None, model="claude-sonnet-5-5", max_tokens=1024)  # type: ignore[arg-type]
+    rules = JobRules(client, lambda model: PRICE)
+    spec = TaskSpec(instructions="Triage.", output_schema=SCHEMA)
+    fingerprint = client.prepare(spec).fingerprint
+
+    def result(job: str, index: int, output: int, success: bool = True) -> bytes:
+        event = ResultEvent(
+            job_id=job,
+            index=index,
+            success=success,
+            error=None if success else "x",
+            input_tokens=10,
+            output_tokens=output,
+        )
+        return event.model_dump_json().encode()
+
+    # A result read before its job's announcement waits for it.
+    rules.observe_result("j", result("j", 0, 30))
+    assert rules.history.records(fingerprint) == 0
+    rules.learn(JobCreated(job_id="j", total_records=3, task=spec))
+    rules.observe_result("j", result("j", 1, 50), (0, 7))
+    rules.observe_result("j", result("j", 2, 999, success=False))  # failed: not a sample
+    assert rules.history.output_tokens(fingerprint) == 40
+    # The reader reads the topic again after a broker error: counted once.
+    rules.observe_result("j", result("j", 1, 50), (0, 7))
+    assert rules.history.records(fingerprint) == 2
+    # The default task's results feed the default task's history.
+    rules.learn(JobCreated(job_id="d", total_records=1))
+    rules.observe_result("d", result("d", 0, 120))
+    assert rules.history.output_tokens(client.default_task.fingerprint) == 120

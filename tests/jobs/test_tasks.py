@@ -97,7 +97,9 @@ def test_a_task_model_must_be_priced_or_the_configured_one() -> None:
     check_task_model(None, "claude-sonnet-4-6")
     check_task_model("claude-haiku-4-5", "claude-sonnet-4-6")
     check_task_model("my-own-deployment", "my-own-deployment")  # CLAUDE_MODEL itself
-    for unknown in ("claude-nope-1", "gpt-4"):
+    check_task_model("claude-haiku-5-5", "claude-sonnet-5-5")  # a current model
+    check_task_model("claude-opus-5-5-20261001", "claude-sonnet-5-5")  # dated
+    for unknown in ("claude-nope-1", "gpt-4", "claude-sonnet-9-9"):
         with pytest.raises(UnknownModel) as refused:
             check_task_model(unknown, "claude-sonnet-4-6")
         assert repr(unknown) in str(refused.value)

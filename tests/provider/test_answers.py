@@ -104,6 +104,8 @@ def test_timeouts_and_connection_errors_are_the_providers_trouble() -> None:
     timeout = classify(anthropic.APITimeoutError(request))
     lost = classify(anthropic.APIConnectionError(request=request))
     assert isinstance(timeout, ProviderFault) and timeout.message.startswith("timeout")
+    # A call given up on may have been served and billed: the record's error says so.
+    assert "may still have done and billed the work" in timeout.message
     assert isinstance(lost, ProviderFault) and lost.message.startswith("connection error")
 
 
@@ -204,3 +206,12 @@ def test_named_outcomes_say_what_happened() -> None:
     assert isinstance(odd, RecordFault) and "unexpected stop_reason 'some_future_reason'" in (
         odd.message
     )
+
+
+def test_a_calls_timeout_grows_with_its_max_tokens() -> None:
+    from stream_app.provider.client import call_timeout_seconds
+
+    # The SDK's pace: 128,000 output tokens an hour.
+    assert call_timeout_seconds(0, 60) == 60
+    assert call_timeout_seconds(1024, 60) == pytest.approx(60 + 28.8)
+    assert call_timeout_seconds(4096, 3) == pytest.approx(3 + 115.2)
