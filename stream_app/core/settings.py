@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # with nothing to explain it, gives up (stream_app/kafka/stall.py). Apart from the flag above
     # so that a short flag (to see stalls soon) cannot kill a worker that is only slow.
     batch_stall_exit_seconds: float = Field(300.0, gt=0)
+    # An unfinished job without a new outcome this long has its counts checked against its
+    # results and the outcomes on batch.results, and is repaired (stream_app.kafka.job_audit).
+    batch_audit_quiet_seconds: float = Field(30.0, gt=0)
     # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
     batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
     # A worker whose partitions stay unassigned or unrecovered this long while the broker

@@ -33,6 +33,8 @@ from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler
 from stream_app.kafka.aggregator import Aggregator
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
+from stream_app.kafka.fencing import fence_table_writes
+from stream_app.kafka.job_audit import audit_quiet_jobs
 from stream_app.kafka.job_feed import JobFeed
 from stream_app.kafka.local_state import discard_tables
 from stream_app.kafka.lookahead import LookAhead
@@ -361,4 +363,16 @@ def build_pipeline(
     # Registered on the app; nothing else calls them.
     del process, aggregate, on_revoked, on_assigned
     install_repairs(app, s)
+    # No table write for a partition this worker lost (stream_app.kafka.fencing), and a
+    # quiet job whose counts disagree with Kafka is repaired (stream_app.kafka.job_audit).
+    fence_table_writes(app, pipeline.tables)
+    audit_quiet_jobs(
+        app,
+        ledger,
+        result_table,
+        results_topic=s.topic_results,
+        bootstrap_servers=bootstrap_servers,
+        partition_of=pipeline.job_partition,
+        quiet_seconds=s.batch_audit_quiet_seconds,
+    )
     return pipeline
