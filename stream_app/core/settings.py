@@ -13,6 +13,10 @@ PersistenceBackend = Literal["memory", "rocksdb", "sqlite"]
 EmbeddedBroker = Literal["auto", "kafka", "tansu"]
 
 
+# The rebalance timeout the embedded Tansu broker runs with (see kafka_rebalance_timeout_seconds).
+TANSU_REBALANCE_TIMEOUT_SECONDS = 3.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -84,8 +88,14 @@ class Settings(BaseSettings):
     topic_records: str = "batch.records"
     topic_results: str = "batch.results"
     topic_dlq: str = "batch.dlq"
-    # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
-    kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
+    # How long the group waits for its live members to rejoin in a rebalance (their revoke
+    # callback flushes the producer first). Apache Kafka completes a rebalance as soon as
+    # every live member has rejoined (a dead one leaves after the session timeout), so this
+    # is only an upper bound there; a member slower than it is dropped from the group while
+    # it still writes (with 3 s, a loaded 2-core machine saw rebalance storms: 32 in a few
+    # minutes, docs/guarantees-faults.md). Tansu answers JoinGroup only after this timeout:
+    # the embedded Tansu uses 3 s (TANSU_REBALANCE_TIMEOUT_SECONDS); set it low for Tansu.
+    kafka_rebalance_timeout_seconds: float = Field(30.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
     # Tansu reports a high watermark of (base offset of the last batch + 1), wrong for
     # batches of several records; Faust's table recovery then stops early or refuses to

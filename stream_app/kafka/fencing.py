@@ -12,10 +12,12 @@ whoever else wrote to the partition meanwhile. Two writers do happen:
   was revoked while its call was with Claude writes its processed-records entry when the
   answer comes (the stream no longer waits for it: `stream_wait_empty=False`), and Faust's
   RocksDB store reopens the revoked partition for it (`_db_for_partition`);
-- a worker flushes its producer in its revoke callback; when that takes longer than the
-  rebalance timeout (a broker just restarted, thousands of queued writes), the group goes
-  on without it, the new owner recovers the partition and writes to it, and the old
-  worker's writes are acknowledged after the new owner's.
+- a worker the group has left behind without its knowing (its heartbeats late on a busy
+  machine, or its revoke callback, a producer flush, longer than the rebalance timeout
+  after a broker restart) goes on writing until it learns it; meanwhile the new owner has
+  recovered the partition and writes to it too (seen in the chaos soak: both workers
+  logged `budget share partitions="8/8"` within 4 s, then one `member_id was not
+  recognized`).
 
 Either way the late writer's store records a persisted offset past entries of the other
 writer that it never applied. When the partition comes back to it (as owner or standby
@@ -28,11 +30,15 @@ The fence, per table:
 - a write (set or delete) for a partition this worker does not own in its current
   assignment is left out: no changelog entry, no local write (the record it belongs to is
   not committed by this worker: its new owner processes it again, at-least-once);
-- the persisted offset is recorded only for a write sent and acknowledged within one
-  ownership term: no rebalance started in between and none is under way, and the worker
-  still owns the partition. Otherwise the store keeps its older persisted offset and, the
-  next time it recovers, reads again entries it may already hold (the same values: applying
-  them is idempotent), so a store never skips an entry of the changelog.
+- the persisted offset of the worker's own writes is recorded only at a commit the broker
+  accepted (the worker was then a member of the group's current generation: a worker the
+  group has left behind gets its commits refused), for writes sent and acknowledged in the
+  same ownership term (no rebalance started since), of partitions it still owns. Otherwise
+  the store keeps its older persisted offset and, the next time it recovers, reads again
+  entries it may already hold (the same values: applying them is idempotent), so a store
+  never skips an entry of the changelog. The cost: a recovery may replay up to one commit
+  interval (2.8 s) of the worker's own writes more, and after a rebalance the writes of the
+  term before it.
 
 Offsets are already safe: Faust commits only partitions in the current assignment
 (`Consumer._commit_offsets`, `_commit`), drops the acknowledgements of revoked partitions,
@@ -57,11 +63,16 @@ log = get_logger(__name__)
 
 @dataclass
 class WriteFence:
-    """Counts what the fence left out (for logs and tests)."""
+    """The fence's state: what it left out, and the persisted offsets waiting for a commit."""
 
     app: faust.App
     writes_refused: int = 0
     offsets_not_recorded: int = 0
+    offsets_recorded: int = 0
+    # (table, changelog partition) -> (term, highest offset of this worker's own writes
+    # acknowledged in that term), recorded at the next successful commit of the term.
+    pending: dict[tuple[str, TP], tuple[int, int]] = field(default_factory=dict)
+    stores: dict[str, Any] = field(default_factory=dict)
     # (table, partition, rebalance count) already logged: one warning per partition a term.
     _logged: set[tuple[str, int, int]] = field(default_factory=set)
 
@@ -89,13 +100,57 @@ class WriteFence:
                 partition=partition,
             )
 
+    def acknowledged(self, table: str, tp: TP, term: int, offset: int) -> None:
+        """One of this worker's own changelog writes, sent in `term`, was acknowledged."""
+        if term != self.term():
+            self.offsets_not_recorded += 1
+            return
+        held = self.pending.get((table, tp))
+        if held is not None and held[0] == term:
+            offset = max(offset, held[1])
+        self.pending[(table, tp)] = (term, offset)
+
+    def record(self, waiting: dict[tuple[str, TP], tuple[int, int]], term: int) -> None:
+        """After a commit the broker accepted in `term` (this worker was then a member of
+        the group's current generation): record the offsets that waited for it."""
+        for (table, tp), (written_in, offset) in waiting.items():
+            if self.pending.get((table, tp)) == (written_in, offset):
+                del self.pending[(table, tp)]
+            if written_in != term or not self.owns(tp.topic, tp.partition):
+                self.offsets_not_recorded += 1
+                continue
+            self.stores[table].set_persisted_offset(tp, offset)
+            self.offsets_recorded += 1
+        for key in [k for k, (t, _) in self.pending.items() if t != self.term()]:
+            del self.pending[key]
+            self.offsets_not_recorded += 1
+
 
 def fence_table_writes(app: faust.App, tables: Iterable[TableT]) -> WriteFence:
-    """Install the fence on `tables` (before the app starts); returns its counters."""
+    """Install the fence on `tables` and on the app's commits (before the app starts);
+    returns its state."""
     fence = WriteFence(app)
     for table in tables:
         _fence(fence, table)
+    _record_offsets_at_commits(fence)
     return fence
+
+
+def _record_offsets_at_commits(fence: WriteFence) -> None:
+    consumer: Any = fence.app.consumer
+    commit = consumer._commit
+
+    async def commit_then_record(offsets: Any) -> bool:
+        # Faust flushed the producer before this call (Consumer._commit_offsets): the
+        # writes whose acknowledgement is pending now came before the commit.
+        term = fence.term()
+        waiting = dict(fence.pending)
+        committed: bool = await commit(offsets)
+        if committed and not fence.app.rebalancing and fence.term() == term:
+            fence.record(waiting, term)
+        return committed
+
+    consumer._commit = commit_then_record
 
 
 def _fence(fence: WriteFence, table: Any) -> None:
@@ -103,6 +158,7 @@ def _fence(fence: WriteFence, table: Any) -> None:
     name = table.name
     on_key_set, on_key_del = table.on_key_set, table.on_key_del
     send_changelog, on_sent = table.send_changelog, table._on_changelog_sent
+    fence.stores[name] = table.data
 
     def owned(key: Any) -> bool:
         partition = table.partition_for_key(key)
@@ -124,23 +180,20 @@ def _fence(fence: WriteFence, table: Any) -> None:
     def send_in_term(*args: Any, **kwargs: Any) -> Any:
         term = fence.term()
         original = table._on_changelog_sent
-        # Faust passes its own callback from inside send_changelog: swap it for the
-        # term-checking one during the call.
-        table._on_changelog_sent = functools.partial(sent_in_term, term)
+        # Faust passes its own callback from inside send_changelog: swap it for the one
+        # that remembers the term during the call.
+        table._on_changelog_sent = functools.partial(sent, term)
         try:
             return send_changelog(*args, **kwargs)
         finally:
             table._on_changelog_sent = original
 
-    def sent_in_term(term: int, fut: Any) -> None:
+    def sent(term: int, fut: Any) -> None:
         if fut.cancelled() or fut.exception() is not None:
             on_sent(fut)  # Faust's own handling of a failed send
             return
-        tp = fut.result().topic_partition
-        if term != fence.term() or fence.app.rebalancing or not fence.owns(changelog, tp.partition):
-            fence.offsets_not_recorded += 1
-            return
-        on_sent(fut)
+        metadata = fut.result()
+        fence.acknowledged(name, metadata.topic_partition, term, metadata.offset)
 
     table.on_key_set = fenced_set
     table.on_key_del = fenced_del
@@ -148,11 +201,11 @@ def _fence(fence: WriteFence, table: Any) -> None:
     store = table.data
     local_set: Callable[[bytes, bytes | None], None] | None = getattr(store, "_set", None)
     if local_set is not None and hasattr(store, "_db_for_partition"):
-        store._set = _fenced_local_write(fence, changelog, name, local_set)
+        store._set = _fenced_local_write(fence, changelog, local_set)
 
 
 def _fenced_local_write(
-    fence: WriteFence, changelog: str, name: str, local_set: Callable[[bytes, bytes | None], None]
+    fence: WriteFence, changelog: str, local_set: Callable[[bytes, bytes | None], None]
 ) -> Callable[[bytes, bytes | None], None]:
     from faust.streams import current_event
 

@@ -241,19 +241,21 @@ class Pipeline:
 
         await self._within_publish_timeout(send(), f"cancel of job {job_id}")
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker acknowledged everything produced (at shutdown). Raises
-        BrokerUnavailable after KAFKA_PUBLISH_TIMEOUT_SECONDS."""
-        await self._within_publish_timeout(self.app.producer.flush(), "the final flush")
+        BrokerUnavailable after `timeout` seconds (default KAFKA_PUBLISH_TIMEOUT_SECONDS)."""
+        await self._within_publish_timeout(self.app.producer.flush(), "the final flush", timeout)
 
-    async def _within_publish_timeout(self, sending: Awaitable[None], what: str) -> None:
-        timeout = self.settings.kafka_publish_timeout_seconds
+    async def _within_publish_timeout(
+        self, sending: Awaitable[None], what: str, timeout: float | None = None
+    ) -> None:
+        if timeout is None:
+            timeout = self.settings.kafka_publish_timeout_seconds
         try:
             await asyncio.wait_for(sending, timeout)
         except TimeoutError:
             raise BrokerUnavailable(
-                f"the broker did not acknowledge {what} within {timeout:g} s "
-                "(KAFKA_PUBLISH_TIMEOUT_SECONDS)"
+                f"the broker did not acknowledge {what} within {timeout:g} s"
             ) from None
 
 
