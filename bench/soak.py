@@ -656,6 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         for outcome in _runs(seeds, root):
             rows.append(row(outcome))
+            # Each seed's row as it ends (stdout gets the whole table at the end).
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
             for problem in outcome.all_problems:
                 print(f"seed {outcome.seed}: {problem}", file=sys.stderr, flush=True)
             failed += not outcome.ok
