@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import json
 import random
@@ -67,6 +68,9 @@ DEATH_MARGIN_SECONDS = 0.01
 # How long after its call ends a record's outcome may still be unacknowledged and its offset
 # uncommitted (Faust commits, after a flush, every 2.8 s): a SIGKILL then costs its call again.
 UNFLUSHED_SECONDS = 3.0
+# A rebalance's revoke comes at most this long before the assignment that ends it (the
+# rebalance timeout bounds it; measured well under it here).
+HANDOVER_SECONDS = 10.0
 # A worker given SIGTERM must be gone within this, whatever the broker does
 # (docs/guarantees-faults.md).
 STOP_BOUND_SECONDS = 15.0
@@ -484,14 +488,28 @@ def outcomes_on_kafka(bootstrap: str, topic: str, job_ids: set[str]) -> dict[str
     return asyncio.run(read())
 
 
+def handovers(workdir: Path) -> list[float]:
+    """When a worker of the run got a new assignment (its `budget share` log line, epoch
+    seconds): the partitions it lost, it lost within HANDOVER_SECONDS before."""
+    times = []
+    for log_path in workdir.glob("worker-*/service-*.log"):
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "budget share" in line:
+                stamp = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                times.append(stamp.replace(tzinfo=dt.UTC).timestamp())
+    return sorted(times)
+
+
 def paid_calls(
-    simulator: SimulatorHandle, kills: list[float]
+    simulator: SimulatorHandle, kills: list[float], moves: Sequence[float] = ()
 ) -> tuple[int, int, int, list[int], list[str]]:
     """(calls, paid texts, repeated paid calls, calls in flight at each SIGKILL, problems).
 
-    A record may be paid again after a SIGKILL when its call was in flight at the kill, or
-    had just ended: its outcome and processed-records entry reach the broker (and its
-    offset is committed) up to one commit interval later (UNFLUSHED_SECONDS)."""
+    A record may be paid again when its call was in flight at a SIGKILL, or had just ended
+    before it (its outcome and processed-records entry reach the broker, and its offset is
+    committed, up to one commit interval later: UNFLUSHED_SECONDS), or was in flight while
+    its partition moved to another worker (`moves`: assignment times; the revoke came up to
+    HANDOVER_SECONDS before): its answer then comes to a worker that no longer owns it."""
     requests = simulator.stats()["requests"]
     paid = Counter(r["text"] for r in requests if r["status"] == 200)
     repeated = sum(n - 1 for n in paid.values())
@@ -503,7 +521,12 @@ def paid_calls(
         [r for r in requests if k - UNFLUSHED_SECONDS <= r["t_done"] <= k + DEATH_MARGIN_SECONDS]
         for k in kills
     ]
-    hit = {r["text"] for calls in in_flight + unflushed for r in calls}
+    moved = [
+        r
+        for r in requests
+        if any(m - HANDOVER_SECONDS <= r["t_done"] and r["t"] <= m for m in moves)
+    ]
+    hit = {r["text"] for calls in [*in_flight, *unflushed, moved] for r in calls}
     problems = []
     unexplained = [text for text, n in paid.items() if n > 1 and text not in hit]
     if unexplained:
@@ -518,11 +541,11 @@ def paid_calls(
             f"kill, e.g. {unexplained[0][:40]!r}: calls (start, end) {calls}, kills at {at} "
             "(seconds after the first call)"
         )
-    bound = sum(len(c) for c in in_flight) + sum(len(c) for c in unflushed)
+    bound = sum(len(c) for c in in_flight) + sum(len(c) for c in unflushed) + len(moved)
     if repeated > bound:
         problems.append(
             f"{repeated} repeated paid calls, more than the {bound} in flight at the kills "
-            "or just ended before them"
+            "(or just ended before them) or at partition handovers"
         )
     return len(requests), len(paid), repeated, [len(c) for c in in_flight], problems
 
@@ -588,7 +611,9 @@ def run_soak(
                         f"hung: {job.counted} counted, {job.on_kafka} of {job.total} indexes "
                         "have an outcome on batch.results"
                     )
-        calls, _, repeated, in_flight, problems = paid_calls(simulator, cluster.kills)
+        calls, _, repeated, in_flight, problems = paid_calls(
+            simulator, cluster.kills, handovers(workdir)
+        )
         outcome.calls, outcome.repeated, outcome.in_flight_at_kills = calls, repeated, in_flight
         outcome.problems += problems
         outcome.stop_seconds = cluster.stop_seconds
