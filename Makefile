@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench kafka clean chromium
+.PHONY: run test lint bench soak kafka clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data
+
+# The chaos soak (bench/soak.py): SOAK_SEEDS seeds (10), about 3 minutes each, one table.
+SOAK_SEEDS ?= 10
+soak: $(STAMP)
+	$(PY) -m bench.soak --seeds $(SOAK_SEEDS)

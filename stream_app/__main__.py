@@ -33,7 +33,7 @@ from pydantic import SecretStr, ValidationError  # noqa: E402
 from api import create_api  # noqa: E402
 from stream_app.core.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
 from stream_app.core.logs import configure_logging, get_logger  # noqa: E402
-from stream_app.core.settings import Settings  # noqa: E402
+from stream_app.core.settings import TANSU_REBALANCE_TIMEOUT_SECONDS, Settings  # noqa: E402
 from stream_app.running import kafka_local  # noqa: E402
 from stream_app.running.dir_lock import DirLock  # noqa: E402
 from stream_app.running.embedded import (  # noqa: E402
@@ -92,7 +92,12 @@ def start_embedded_broker(settings: Settings) -> tuple[ChildProcess, dict[str, o
         "Kafka, or set KAFKA_BOOTSTRAP_SERVERS",
         address=address,
     )
-    return child, {"kafka_bootstrap_servers": address, "kafka_one_record_per_batch": True}
+    return child, {
+        "kafka_bootstrap_servers": address,
+        "kafka_one_record_per_batch": True,
+        # Tansu answers JoinGroup only after the rebalance timeout: keep it short there.
+        "kafka_rebalance_timeout_seconds": TANSU_REBALANCE_TIMEOUT_SECONDS,
+    }
 
 
 def check_free(settings: Settings) -> None:

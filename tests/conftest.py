@@ -83,7 +83,11 @@ def start(
             # High enough not to pace; tests about pacing set their own.
             "CLAUDE_REQUESTS_PER_MINUTE": "6000",
             "BATCH_RETRY_BACKOFF_SECONDS": "0.05",
-            **({"KAFKA_ONE_RECORD_PER_BATCH": "true"} if TEST_BROKER == "tansu" else {}),
+            **(
+                {"KAFKA_ONE_RECORD_PER_BATCH": "true", "KAFKA_REBALANCE_TIMEOUT_SECONDS": "3"}
+                if TEST_BROKER == "tansu"
+                else {}
+            ),
             **namespace.env(),
             **{k.upper(): str(v) for k, v in env.items()},
         }

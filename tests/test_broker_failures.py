@@ -4,6 +4,7 @@ by itself, or exits non-zero to be restarted. It never idles half-alive."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,27 @@ def test_a_submit_while_the_broker_is_down_answers_503_and_the_worker_still_stop
     # SIGTERM still stops it (the final flush is bounded too), and says what it could not do.
     assert service.stop(signal.SIGTERM, timeout=180) == 0
     assert "outcomes not acknowledged at stop" in service.logs() or "drained" in service.logs()
+
+
+# docs/guarantees-faults.md: with the broker down, a SIGTERM ends within 15 s once the calls
+# in flight are done.
+STOP_BOUND_BROKER_DOWN_SECONDS = 15.0
+
+
+def test_sigterm_while_the_broker_is_down_stops_within_the_bound(
+    start: StartService, private_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    port = free_port()
+    broker = private_broker(port)
+    service = start(workdir=tmp_path / "node", kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    with service.client(timeout=60) as client:
+        assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
+    broker.stop()  # SIGTERM: the broker is gone, its data kept
+    signalled = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=STOP_BOUND_BROKER_DOWN_SECONDS) == 0
+    took = time.monotonic() - signalled
+    print(f"stop with the broker down: {took:.1f} s")
+    assert 'broker="unreachable' in service.logs()
 
 
 def test_state_built_from_another_kafka_cluster_is_dropped_not_mixed_in(

@@ -13,6 +13,10 @@ PersistenceBackend = Literal["memory", "rocksdb", "sqlite"]
 EmbeddedBroker = Literal["auto", "kafka", "tansu"]
 
 
+# The rebalance timeout the embedded Tansu broker runs with (see kafka_rebalance_timeout_seconds).
+TANSU_REBALANCE_TIMEOUT_SECONDS = 3.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -47,6 +51,9 @@ class Settings(BaseSettings):
     # with nothing to explain it, gives up (stream_app/kafka/stall.py). Apart from the flag above
     # so that a short flag (to see stalls soon) cannot kill a worker that is only slow.
     batch_stall_exit_seconds: float = Field(300.0, gt=0)
+    # An unfinished job without a new outcome this long has its counts checked against its
+    # results and the outcomes on batch.results, and is repaired (stream_app.kafka.job_audit).
+    batch_audit_quiet_seconds: float = Field(30.0, gt=0)
     # On SIGTERM, how long calls in flight may take to finish before the worker stops anyway.
     batch_shutdown_timeout_seconds: float = Field(30.0, ge=0)
     # A worker whose partitions stay unassigned or unrecovered this long while the broker
@@ -95,8 +102,14 @@ class Settings(BaseSettings):
     # Spend reservations and settlements of capped jobs and tenant budgets, shared by the
     # cluster (stream_app.kafka.spend_log).
     topic_spend: str = "batch.spend"
-    # Tansu answers JoinGroup only after the rebalance timeout; real Kafka wants larger values.
-    kafka_rebalance_timeout_seconds: float = Field(3.0, gt=0)
+    # How long the group waits for its live members to rejoin in a rebalance (their revoke
+    # callback flushes the producer first). Apache Kafka completes a rebalance as soon as
+    # every live member has rejoined (a dead one leaves after the session timeout), so this
+    # is only an upper bound there; a member slower than it is dropped from the group while
+    # it still writes (with 3 s, a loaded 2-core machine saw rebalance storms: 32 in a few
+    # minutes, docs/guarantees-faults.md). Tansu answers JoinGroup only after this timeout:
+    # the embedded Tansu uses 3 s (TANSU_REBALANCE_TIMEOUT_SECONDS); set it low for Tansu.
+    kafka_rebalance_timeout_seconds: float = Field(30.0, gt=0)
     kafka_session_timeout_seconds: float = Field(6.0, gt=0)
     # Tansu reports a high watermark of (base offset of the last batch + 1), wrong for
     # batches of several records; Faust's table recovery then stops early or refuses to

@@ -225,6 +225,9 @@ class JobLedger:
         # A result billed by another model than CLAUDE_MODEL (a task's own) is priced so.
         self._price_of = price_of
         self._recounted: set[str] = set()
+        # Jobs whose next duplicate outcome recounts them even if recounted already (an
+        # audit found their counts at odds with Kafka: stream_app.kafka.job_audit).
+        self._recount_requested: set[str] = set()
         # job_id -> (the value this ledger last wrote, its JobStatus): a job read back as
         # just written is not validated again (once per outcome, the hot path). Any other
         # value (a changelog replay) is read from the table as before.
@@ -242,6 +245,16 @@ class JobLedger:
     def forget_recounts(self) -> None:
         """After a rebalance, recovery may have replayed old values again."""
         self._recounted.clear()
+
+    def recount_on_next_duplicate(self, job_id: str) -> None:
+        """The next outcome of `job_id` that is already stored rebuilds the job's counters
+        from its stored results, even if a duplicate recounted it since the last rebalance."""
+        self._recount_requested.add(job_id)
+
+    def stored_indexes(self, job_id: str, end: int) -> set[int]:
+        """Indexes below `end` that have a stored result (one lookup per index: for the
+        memory store and tests; the worker reads the RocksDB store by key prefix)."""
+        return {i for i in range(end) if result_key(job_id, i) in self._results}
 
     def job(self, job_id: str) -> JobStatus | None:
         """The job's status as stored (treat it as read-only: the apply_* functions copy)."""
@@ -317,8 +330,10 @@ class JobLedger:
             known = self._results[key] if event.retry else None
             if known is not None and event.retry > known.get("retry", 0):  # type: ignore[operator]
                 return self._replace(key, ResultEvent.model_validate(known), event, now, offset)
-            if event.job_id in self._recounted:
+            requested = event.job_id in self._recount_requested
+            if event.job_id in self._recounted and not requested:
                 return Applied.DUPLICATE, None
+            self._recount_requested.discard(event.job_id)
             self._recounted.add(event.job_id)
             return Applied.DUPLICATE, self._recount(event.job_id, now)
         job = self.job(event.job_id)

@@ -21,6 +21,7 @@ from stream_app.kafka.faust_fixes import (
     send_without_an_event_loop_turn,
     take_several_events_per_event_loop_turn,
 )
+from stream_app.kafka.reassign import reassign_when_topics_were_missing
 from stream_app.kafka.redelivery import heal_lost_deliveries
 
 # Table writes queued for the producer before message delivery waits (faust_fixes).
@@ -143,3 +144,4 @@ def install_repairs(app: faust.App, settings: Settings) -> None:
     # Job events and outcomes are few and latency-bound; records come by the thousand.
     fetch_these_topics_first(app, (s.topic_jobs, s.topic_results))
     take_several_events_per_event_loop_turn(STREAM_TURN_SECONDS)
+    reassign_when_topics_were_missing(app)

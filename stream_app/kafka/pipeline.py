@@ -34,6 +34,8 @@ from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler
 from stream_app.kafka.aggregator import Aggregator
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
+from stream_app.kafka.fencing import fence_table_writes
+from stream_app.kafka.job_audit import audit_quiet_jobs
 from stream_app.kafka.job_feed import JobFeed
 from stream_app.kafka.lanes import record_topics, topic_for_job
 from stream_app.kafka.local_state import discard_tables
@@ -318,19 +320,21 @@ class Pipeline:
         if removed:
             log.info("deleted job's processed records removed", job_id=job_id, records=removed)
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker acknowledged everything produced (at shutdown). Raises
-        BrokerUnavailable after KAFKA_PUBLISH_TIMEOUT_SECONDS."""
-        await self._within_publish_timeout(self.app.producer.flush(), "the final flush")
+        BrokerUnavailable after `timeout` seconds (default KAFKA_PUBLISH_TIMEOUT_SECONDS)."""
+        await self._within_publish_timeout(self.app.producer.flush(), "the final flush", timeout)
 
-    async def _within_publish_timeout(self, sending: Awaitable[None], what: str) -> None:
-        timeout = self.settings.kafka_publish_timeout_seconds
+    async def _within_publish_timeout(
+        self, sending: Awaitable[None], what: str, timeout: float | None = None
+    ) -> None:
+        if timeout is None:
+            timeout = self.settings.kafka_publish_timeout_seconds
         try:
             await asyncio.wait_for(sending, timeout)
         except TimeoutError:
             raise BrokerUnavailable(
-                f"the broker did not acknowledge {what} within {timeout:g} s "
-                "(KAFKA_PUBLISH_TIMEOUT_SECONDS)"
+                f"the broker did not acknowledge {what} within {timeout:g} s"
             ) from None
 
 
@@ -463,4 +467,16 @@ def build_pipeline(
     # Registered on the app; nothing else calls them.
     del process, process_bulk, aggregate, on_revoked, on_assigned
     install_repairs(app, s)
+    # No table write for a partition this worker lost (stream_app.kafka.fencing), and a
+    # quiet job whose counts disagree with Kafka is repaired (stream_app.kafka.job_audit).
+    fence_table_writes(app, pipeline.tables)
+    audit_quiet_jobs(
+        app,
+        ledger,
+        result_table,
+        results_topic=s.topic_results,
+        bootstrap_servers=bootstrap_servers,
+        partition_of=pipeline.job_partition,
+        quiet_seconds=s.batch_audit_quiet_seconds,
+    )
     return pipeline

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 
 from stream_app.core.logs import get_logger
 from stream_app.core.settings import Settings
-from stream_app.running.service import FAUST_STOP_SECONDS
+from stream_app.running.stopping import FAUST_STOP_SECONDS
 
 log = get_logger(__name__)
 

@@ -15,7 +15,6 @@ from typing import Any, cast
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.contrib.asgi import faust_app_running
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
@@ -46,12 +45,11 @@ from stream_app.provider.call_slots import CallSlots
 from stream_app.provider.client import InsightClient, build_anthropic_client
 from stream_app.provider.pricing import FALLBACK_MODEL, is_known_model, price_for
 from stream_app.running.dir_lock import DirLock
+from stream_app.running.stopping import FAUST_STOP_SECONDS, StopPlan, faust_running, plan_stop
 
 log = get_logger(__name__)
 
 _BROKER_CHECK_TTL = 1.0
-# How long Faust's own stop may take (consumer, tables, producer), in seconds.
-FAUST_STOP_SECONDS = 30.0
 
 
 @dataclass
@@ -455,8 +453,14 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     )
     await jobs_reader.start()
     await spend_log.start()
+    # Decided when the stop begins: short bounds while the broker does not answer.
+    stop_plan: list[StopPlan] = []
+
+    def faust_stop_seconds() -> float:
+        return stop_plan[0].faust_stop_seconds if stop_plan else FAUST_STOP_SECONDS
+
     try:
-        async with faust_app_running(pipeline.app, stop_timeout=FAUST_STOP_SECONDS):
+        async with faust_running(pipeline.app, faust_stop_seconds):
             log.info(
                 "worker started",
                 app_id=settings.kafka_app_id,
@@ -492,12 +496,15 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)
+            broker = await service._check_broker()
+            plan = plan_stop(broker == "ok", settings.kafka_publish_timeout_seconds)
+            stop_plan.append(plan)
             try:
-                await pipeline.flush()
+                await pipeline.flush(plan.flush_seconds)
             except BrokerUnavailable as exc:
                 # Unacknowledged outcomes were not committed either: redelivered later.
                 log.error("outcomes not acknowledged at stop", reason=str(exc))
-            log.info("drained", calls_abandoned=left)
+            log.info("drained", calls_abandoned=left, broker=broker)
     finally:
         await spend_log.stop()
         await jobs_reader.stop()
