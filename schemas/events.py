@@ -76,6 +76,9 @@ class ResultEvent(BaseModel):
     cache_creation_1h_input_tokens: int = Field(0, ge=0)
     attempts: int = Field(0, ge=0)
     finished_at: float | None = None
+    # "batch": answered through the provider's Message Batches API, its tokens billed at
+    # the batch rates (half the live price); absent or "live": a live call.
+    lane: Literal["live", "batch"] | None = None
 
     @property
     def tokens_used(self) -> int:
