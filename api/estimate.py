@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
 from api.bodies import parse_batch, read_json_body
-from api.job_options import JobOptions, job_options
+from api.job_options import JobOptions, request_options
 from api.streams import STREAMED_TYPES, spool_records
 from stream_app.jobs.aggregation import JobStatus
 from stream_app.jobs.estimate import Pace, estimate_job
@@ -45,7 +45,7 @@ async def estimate_batch(request: Request) -> Response:
 
 def _json_body(body: bytes, service: Service) -> tuple[int, int, JobOptions]:
     batch = parse_batch(body, service.settings)
-    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    options = request_options(batch, service)
     return len(batch.records), sum(len(r.text) for r in batch.records), options
 
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from api.access import caller_of
 from api.bodies import parse_submission, read_json_body
 from api.forwarding import forward_headers
-from api.job_options import JobOptions, job_options
+from api.job_options import JobOptions, request_options
 from api.streams import STREAMED_TYPES, spool_records
 from schemas import BatchAccepted
 from stream_app.core.logs import get_logger
@@ -42,7 +42,7 @@ async def submit_batch(request: Request) -> Response:
     body = await read_json_body(request, service.settings)
     batch, records = parse_submission(body, service.settings)
     del body
-    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    options = request_options(batch, service)
     created = options.created(uuid.uuid4().hex, len(records), time.time(), owner)
     read = time.monotonic()
     job_id = await service.submit(records, owner=owner, created=created)

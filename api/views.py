@@ -45,6 +45,10 @@ def job_summary(
         "model": job.model,
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
         "priority": job.priority or "normal",
+        "lane": job.lane or "live",
+        "lane_reason": job.lane_reason,
+        "deadline": job.deadline,
+        "saving_usd": format(job.saving_usd, "f"),
         "stale": stale,
     }
     if stale:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.http import BatchRecord, Priority
+from schemas.http import BatchRecord, LaneRequest, Priority, check_deadline
 from schemas.insight import InsightResponse
 from schemas.task import TaskResponse, TaskSpec
 
@@ -30,6 +30,16 @@ class JobCreated(BaseModel):
     task_name: str | None = Field(None, max_length=100)
     # Spending cap in USD: records not yet sent once it is reached are skipped.
     max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # The job's lane (docs/lanes.md): the API writes the lane it chose for `auto` ("live"
+    # or "batch") with `lane_reason`; absent: BATCH_DEFAULT_LANE. `deadline`: ISO 8601.
+    lane: LaneRequest | None = None
+    lane_reason: str | None = Field(None, max_length=500)
+    deadline: str | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_is_iso(cls, value: str | None) -> str | None:
+        return check_deadline(value)
 
 
 class RecordEvent(BaseModel):

@@ -161,8 +161,13 @@ $("upload-form").addEventListener("submit", async (event) => {
   const file = $("file").files[0];
   if (!file) return;
   const isCsv = /\.csv$/i.test(file.name);
+  const query = new URLSearchParams();
+  if (isCsv) query.set("text_column", $("text-column").value || "text");
+  if ($("lane").value) query.set("lane", $("lane").value);
+  // datetime-local is the browser's local time: sent as ISO 8601 in UTC.
+  if ($("deadline").value) query.set("deadline", new Date($("deadline").value).toISOString());
   let path = "/api/v1/batch";
-  if (isCsv) path += `?text_column=${encodeURIComponent($("text-column").value || "text")}`;
+  if ([...query].length) path += `?${query}`;
   const button = $("upload");
   button.disabled = true;
   $("upload-status").textContent = `uploading ${file.name}…`;
@@ -229,6 +234,9 @@ function drawJob(state, job) {
   $("count-total").textContent = job.total_records ?? "?";
   $("count-tokens").textContent = number(job.total_tokens_used);
   $("count-cost").textContent = money(job.estimated_cost);
+  $("job-lane").textContent = job.lane || "live";
+  $("count-saving").textContent = money(Number(job.saving_usd || 0));
+  $("job-lane-reason").textContent = job.lane_reason || "";
   $("cancel").disabled = job.status !== "pending" && job.status !== "running";
 }
 

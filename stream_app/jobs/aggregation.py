@@ -51,6 +51,10 @@ class JobStatus(BaseModel):
     max_cost_usd: Decimal | None = None
     # Its share of the budget while other jobs wait (None: normal).
     priority: str | None = None
+    # Its lane (None: not announced, or announced without one) and why.
+    lane: str | None = None
+    lane_reason: str | None = None
+    deadline: str | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
 
@@ -98,6 +102,7 @@ def apply_created(job: JobStatus | None, event: JobCreated, now: float) -> JobSt
     if event.max_cost_usd is not None:
         job.max_cost_usd = Decimal(str(event.max_cost_usd))
     job.priority = event.priority
+    job.lane, job.lane_reason, job.deadline = event.lane, event.lane_reason, event.deadline
     job.updated_at = now
     return _settle(job)
 

@@ -70,6 +70,10 @@ SETTINGS = Settings(_env_file=None, batch_max_text_chars=20, batch_max_records_p
 BODIES: list[Any] = [
     {"records": [{"text": "a"}, {"text": "b", "id": "2", "metadata": {"k": 1}}]},
     {"records": [{"text": "a"}], "priority": "high", "max_cost_usd": 2.5},
+    {"records": [{"text": "a"}], "lane": "batch", "deadline": "2026-12-07T18:00:00Z"},
+    {"records": [{"text": "a"}], "lane": "cheap"},
+    {"records": [{"text": "a"}], "deadline": "tomorrow"},
+    {"records": [{"text": "a"}], "deadline": "2026-12-07"},
     {"records": [{"text": "a"}, {"text": "b", "id": 7}]},  # not plain: BatchRecord refuses
     {"records": [{"text": "a"}, {"text": " "}]},
     {"records": [{"text": "a"}], "priority": "urgent"},
