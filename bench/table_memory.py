@@ -40,7 +40,7 @@ def measure(kind: str, sizes: Sequence[int]) -> dict[str, Any]:
     """In this process: open the stores with `kind` options, write, return RSS points."""
     from faust.stores.rocksdb import RocksDBOptions
 
-    from stream_app.kafka.pipeline import ROCKSDB_OPTIONS
+    from stream_app.kafka.faust_app import ROCKSDB_OPTIONS
 
     extra: dict[str, Any] = dict(ROCKSDB_OPTIONS) if kind == "pipeline" else {}
     options = RocksDBOptions(use_rocksdict=True, **extra)

@@ -1,5 +1,5 @@
 """Cancelled jobs: which ones this worker knows of, and keeping their records off the
-provider. Pure logic (no Kafka): `stream_app.kafka.cancel_listener` feeds `CancelledJobs` from
+provider. Pure logic (no Kafka): `stream_app.kafka.jobs_reader` feeds `CancelledJobs` from
 `batch.jobs`, and the process agent asks it before and while a record waits for a call.
 
 A record of a cancelled job is skipped when it has not started a call yet: before it is

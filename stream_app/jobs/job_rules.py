@@ -1,6 +1,7 @@
-"""What a worker must know about a record's job before calling Claude for it: the job's
-task and its spending cap. Fed from `batch.jobs` and `batch.results` by every worker's own
-group-less reader (`stream_app.kafka.cancel_listener`), read by the process agent.
+"""What a worker must know about a record's job: its owner and priority (for the
+scheduler, when the record does not carry them), its task and its spending cap. The one
+directory of jobs a worker keeps, fed from `batch.jobs` and `batch.results` by every
+worker's own group-less reader (`stream_app.kafka.jobs_reader`), read by the process agent.
 
 Why the task travels in the job's `created` event and not with each record: a task's
 instructions and schema are the same for every record (often kilobytes, since a prefix
@@ -34,6 +35,7 @@ from decimal import Decimal
 from pydantic import ValidationError
 
 from schemas import JobCreated, RecordEvent, ResultEvent, TaskSpec
+from schemas.http import Priority
 from stream_app.core.exceptions import InsightStreamError, JobNeverAnnounced
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
@@ -62,6 +64,9 @@ class JobTerms:
     rejected: str | None = None
     # Its records were published with `created_follows` and no announcement came.
     never_announced: bool = False
+    # Who submitted it (API_KEYS) and its priority: the scheduler's tenant and weight.
+    owner: str | None = None
+    priority: Priority | None = None
 
 
 DEFAULT_TERMS = JobTerms()
@@ -103,8 +108,13 @@ class JobRules:
             return
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
-            JobTerms(created.task, created.task_name, cap)
-            if created.task is not None or cap is not None
+            JobTerms(
+                created.task, created.task_name, cap, owner=created.owner, priority=created.priority
+            )
+            if created.task is not None
+            or cap is not None
+            or created.owner is not None
+            or created.priority is not None
             else DEFAULT_TERMS
         )
         self._terms[created.job_id] = terms
@@ -124,6 +134,11 @@ class JobRules:
         waiting = self._announced.pop(job_id, None)
         if waiting is not None:
             waiting.set()
+
+    def lookup(self, job_id: str) -> tuple[str | None, Priority | None]:
+        """(owner, priority) the job's `created` event named; (None, None) when unknown."""
+        terms = self._terms.get(job_id)
+        return (terms.owner, terms.priority) if terms is not None else (None, None)
 
     def observe_result(self, job_id: str, value: bytes | None) -> None:
         """An outcome on `batch.results`: counted against its job's cap, if it has one."""

@@ -22,7 +22,7 @@ slots; A's half is split ten ways. A record's `cost` is what it takes from the b
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, get_args
@@ -217,33 +217,18 @@ def record_cost(
     return cost if math.isfinite(cost) else 1.0
 
 
-class JobDirectory:
-    """Owner and priority of recent jobs, learned from `batch.jobs` "created" events (every
-    worker reads that topic, see `stream_app.kafka.cancel_listener`), for records that do not
-    carry them. Bounded: the oldest entries are forgotten past `capacity` jobs."""
+class KnownJobs(Protocol):
+    """Where the scheduler looks up a job's owner and priority for records that do not
+    carry them (stream_app.jobs.job_rules.JobRules, fed from `batch.jobs`)."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._jobs: OrderedDict[str, tuple[str | None, Priority | None]] = OrderedDict()
-
-    def learn(self, job_id: str, owner: str | None, priority: Priority | None) -> None:
-        self._jobs[job_id] = (owner, priority)
-        self._jobs.move_to_end(job_id)
-        while len(self._jobs) > self._capacity:
-            self._jobs.popitem(last=False)
-
-    def lookup(self, job_id: str) -> tuple[str | None, Priority | None]:
-        return self._jobs.get(job_id, (None, None))
-
-    def __len__(self) -> int:
-        return len(self._jobs)
+    def lookup(self, job_id: str) -> tuple[str | None, Priority | None]: ...
 
 
 def ticket_for(
     job_id: str,
     owner: str | None,
     priority: str | None,
-    directory: JobDirectory | None = None,
+    directory: KnownJobs | None = None,
     cost: float = 1.0,
 ) -> Ticket:
     """The record's own fields win; then what `batch.jobs` said of its job; then defaults

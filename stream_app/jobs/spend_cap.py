@@ -4,7 +4,7 @@ more call fits. Pure logic (no Kafka); `stream_app.jobs.job_rules` feeds it.
 A worker learns a capped job's spend from two sources, both keyed by record index so a
 record is counted once whichever arrives first: the outcomes it produces itself, and every
 outcome of the job on `batch.results`, which each worker reads with its own group-less
-consumer (`stream_app.kafka.cancel_listener`). Before a record's first call the worker reserves
+consumer (`stream_app.kafka.jobs_reader`). Before a record's first call the worker reserves
 that call's expected cost; the call goes when spend + reservations + its own estimate stay
 within the cap, waits while it fits only without the reservations of calls in flight (they
 may cost less than reserved), and is refused once the spend alone leaves no room for it.

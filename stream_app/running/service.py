@@ -29,9 +29,8 @@ from stream_app.jobs.cancellation import CancellableBudget, CancelledJobs, SkipC
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor, RetryPolicy
-from stream_app.jobs.scheduler import JobDirectory
-from stream_app.kafka.cancel_listener import CancelListener
 from stream_app.kafka.job_feed import JobFeed
+from stream_app.kafka.jobs_reader import JobsReader
 from stream_app.kafka.local_state import adopt_cluster, drop_unreconcilable, kafka_cluster_id
 from stream_app.kafka.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.kafka.stall import Backlog, StallWatch
@@ -304,7 +303,6 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         log.warning("model not in the price table; priced like Sonnet", model=settings.claude_model)
     metrics = WorkerMetrics()
     cancelled = CancelledJobs()
-    directory = JobDirectory()
     anthropic_client = build_anthropic_client(
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
@@ -379,7 +377,6 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         cancelled=cancelled,
         feed=JobFeed(),
         metrics=metrics,
-        directory=directory,
         rules=rules,
     )
     created = await ensure_topics(
@@ -402,16 +399,15 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     # Every worker reads every cancel (records wait until it has caught up).
-    cancel_listener = CancelListener(
+    jobs_reader = JobsReader(
         settings.kafka_bootstrap_servers,
         settings.topic_jobs,
         settings.kafka_partitions,
         cancelled,
-        directory=directory,
-        rules=rules,
+        rules,
         results_topic=settings.topic_results,
     )
-    await cancel_listener.start()
+    await jobs_reader.start()
     try:
         async with faust_app_running(pipeline.app, stop_timeout=FAUST_STOP_SECONDS):
             log.info(
@@ -447,7 +443,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 log.error("outcomes not acknowledged at stop", reason=str(exc))
             log.info("drained", calls_abandoned=left)
     finally:
-        await cancel_listener.stop()
+        await jobs_reader.stop()
         await admin.close()
         await anthropic_client.close()
         if mirror is not None:

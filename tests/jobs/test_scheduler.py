@@ -6,10 +6,11 @@ from collections import Counter
 
 import pytest
 
+from schemas import JobCreated
+from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.scheduler import (
     FairScheduler,
     FifoScheduler,
-    JobDirectory,
     Ticket,
     record_cost,
     ticket_for,
@@ -149,12 +150,12 @@ def test_record_cost_is_one_request_unless_a_token_limit_binds() -> None:
 
 
 def test_a_ticket_takes_the_record_fields_then_the_job_directory_then_defaults() -> None:
-    directory = JobDirectory(capacity=2)
-    directory.learn("j1", "team-a", "high")
+    directory = JobRules(None, lambda model: None)  # type: ignore[arg-type]
+    directory.learn(JobCreated(job_id="j1", total_records=1, owner="team-a", priority="high"))
     assert ticket_for("j1", None, None, directory) == Ticket("team-a", "j1", "high")
     assert ticket_for("j1", "team-b", "low", directory) == Ticket("team-b", "j1", "low")
     assert ticket_for("j9", None, None, directory) == Ticket("", "j9", "normal")
     assert ticket_for("j9", None, "urgent", directory).priority == "normal"
-    directory.learn("j2", None, None)
-    directory.learn("j3", None, None)
-    assert len(directory) == 2 and directory.lookup("j1") == (None, None)  # forgotten
+    # A job announced with neither owner nor priority: the defaults.
+    directory.learn(JobCreated(job_id="j2", total_records=1))
+    assert ticket_for("j2", None, None, directory) == Ticket("", "j2", "normal")

@@ -10,8 +10,9 @@ rebalance (it keeps reading while the group rebalances) and commits nothing; at 
 reads the topic from the beginning, and records wait until it has caught up, so a worker
 that starts (or restarts, or takes over partitions) knows every earlier cancel before it
 judges a record. A fetch returns as soon as a cancel is written, so workers learn of it
-within milliseconds. The same reader notes each job's owner and priority (`JobDirectory`)
-for the scheduler, for records published without them.
+within milliseconds. The same reader feeds the worker's one directory of jobs
+(`stream_app.jobs.job_rules.JobRules`): each job's owner and priority (for the scheduler,
+when a record does not carry them), task and spending cap.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from schemas import JobCancelled, JobCreated, parse_job_event
 from stream_app.core.logs import get_logger
 from stream_app.jobs.cancellation import CancelledJobs
 from stream_app.jobs.job_rules import JobRules
-from stream_app.jobs.scheduler import JobDirectory
 
 log = get_logger(__name__)
 
 _RETRY_SECONDS = 1.0
 
 
-class CancelListener:
-    """Feeds `CancelledJobs` from `batch.jobs` until stopped."""
+class JobsReader:
+    """Feeds `CancelledJobs` and `JobRules` from `batch.jobs` (and `JobRules` from
+    `batch.results`, for the spend of capped jobs) until stopped."""
 
     def __init__(
         self,
@@ -43,24 +44,21 @@ class CancelListener:
         topic: str,
         partitions: int,
         cancelled: CancelledJobs,
+        rules: JobRules,
         *,
-        directory: JobDirectory | None = None,
-        rules: JobRules | None = None,
         results_topic: str | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._rules = rules
-        self._results_topic = results_topic if rules is not None else None
+        self._results_topic = results_topic
         # The service declared the topic with this many partitions before starting.
         self._partitions = partitions
         self._cancelled = cancelled
-        # Also learns each job's owner and priority, for records that do not carry them.
-        self._directory = directory
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cancel-listener")
+        self._task = asyncio.create_task(self._run(), name="jobs-reader")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -76,7 +74,7 @@ class CancelListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker's errors; the reader starts over
-                log.warning("cancel listener restarts", reason=f"{type(exc).__name__}: {exc}")
+                log.warning("batch.jobs reader restarts", reason=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(_RETRY_SECONDS)
 
     async def _read(self) -> None:
@@ -105,7 +103,7 @@ class CancelListener:
                     for message in messages:
                         if tp.topic == self._topic:
                             self._apply(message.value)
-                        elif self._rules is not None and message.key:
+                        elif message.key:
                             self._rules.observe_result(
                                 message.key.decode(errors="replace"), message.value
                             )
@@ -117,7 +115,7 @@ class CancelListener:
                         log.info(
                             "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
                         )
-                if not pending and self._rules is not None:
+                if not pending:
                     self._rules.results_caught_up.set()
         finally:
             await consumer.stop()
@@ -125,8 +123,6 @@ class CancelListener:
     def _apply(self, value: bytes | None) -> None:
         if not value:
             return
-        if self._rules is None and self._directory is None and b"cancelled" not in value:
-            return  # only cancels matter then; skip parsing the announcements
         try:
             event = parse_job_event(value)
         except ValidationError as exc:
@@ -135,10 +131,7 @@ class CancelListener:
             self._refused(value, exc)
             return
         if isinstance(event, JobCreated):
-            if self._rules is not None:
-                self._rules.learn(event)
-            if self._directory is not None:
-                self._directory.learn(event.job_id, event.owner, event.priority)
+            self._rules.learn(event)
             return
         if isinstance(event, JobCancelled) and self._cancelled.add(event.job_id):
             log.info(
@@ -146,8 +139,6 @@ class CancelListener:
             )
 
     def _refused(self, value: bytes, exc: ValidationError) -> None:
-        if self._rules is None:
-            return
         try:
             data = orjson.loads(value)
         except orjson.JSONDecodeError:
