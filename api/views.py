@@ -53,6 +53,9 @@ def job_summary(
     }
     if stale:
         summary["as_of"] = _iso(job.updated_at if job.updated_at is not None else job.created_at)
+    lane = service.pipeline.lane if service is not None else None
+    if lane is not None and job.lane == "batch":
+        summary["provider_batches"] = lane.provider_batches(job.job_id)
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
         summary["provider"] = service.breaker.report()

@@ -56,6 +56,9 @@ class RecordEvent(BaseModel):
     # so a submit that fails halfway never runs). Such a record waits for its job's
     # announcement and is dead-lettered, never run, if none comes (stream_app.jobs.job_rules).
     created_follows: bool | None = None
+    # "live": the batch lane sent this record back to the live lane (its provider batches
+    # kept expiring or failing): the process agent calls Claude for it whatever its job's lane.
+    lane: Literal["live"] | None = None
 
 
 class ResultEvent(BaseModel):

@@ -99,6 +99,11 @@ class JobSummary(BaseModel):
         None, description="Why the job runs in its lane (asked for, or what `auto` weighed)."
     )
     deadline: str | None = Field(None, description="The job's deadline (ISO 8601), if any.")
+    provider_batches: list[dict[str, Any]] | None = Field(
+        None,
+        description="Batch lane: the job's provider message batches, each `{id, "
+        "processing_status, request_counts}` (as the provider last reported them).",
+    )
     saving_usd: str = Field(
         "0",
         description="What the job's batch-lane results would have cost at live prices, less "

@@ -42,6 +42,7 @@ from stream_app.jobs.aggregation import result_key
 from stream_app.jobs.estimate import UsageHistory, expected_output_tokens
 from stream_app.jobs.spend_cap import SpendCap, Verdict
 from stream_app.jobs.tasks import check_task_model
+from stream_app.provider.batches import at_batch_rates
 from stream_app.provider.client import InsightClient
 from stream_app.provider.pricing import Price
 from stream_app.provider.request import CHARS_PER_TOKEN, PreparedTask
@@ -67,6 +68,8 @@ class JobTerms:
     # Who submitted it (API_KEYS) and its priority: the scheduler's tenant and weight.
     owner: str | None = None
     priority: Priority | None = None
+    # "batch": its records go to the batch lane (stream_app.kafka.batch_lane).
+    lane: str | None = None
 
 
 DEFAULT_TERMS = JobTerms()
@@ -109,12 +112,18 @@ class JobRules:
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
             JobTerms(
-                created.task, created.task_name, cap, owner=created.owner, priority=created.priority
+                created.task,
+                created.task_name,
+                cap,
+                owner=created.owner,
+                priority=created.priority,
+                lane=created.lane,
             )
             if created.task is not None
             or cap is not None
             or created.owner is not None
             or created.priority is not None
+            or created.lane is not None
             else DEFAULT_TERMS
         )
         self._terms[created.job_id] = terms
@@ -148,8 +157,7 @@ class JobRules:
             result = ResultEvent.model_validate_json(value)
         except ValidationError:
             return  # the aggregate agent dead-letters it
-        cost = self._price_of(result.model).cost_of(Usage.of(result))
-        self.spend.settle(job_id, result.index, cost)
+        self.spend.settle(job_id, result.index, self.cost_of(result))
         self._changed(job_id)
 
     # -- asked by the process agent ------------------------------------------------------
@@ -194,7 +202,7 @@ class JobRules:
         """This worker produced the record's outcome: count its cost and learn from it."""
         key = result_key(result.job_id, result.index)
         usage = Usage.of(result)
-        self.spend.settle(result.job_id, result.index, self._price_of(result.model).cost_of(usage))
+        self.spend.settle(result.job_id, result.index, self.cost_of(result))
         self._changed(result.job_id)
         sent = self._chars.pop(key, None)
         if sent is not None and result.success and result.response is not None:
@@ -216,6 +224,27 @@ class JobRules:
         output_tokens = int(expected_output_tokens(task, self.history)[0]) + 1
         price = self._price_of(task.model)
         return price.cost(input_tokens, output_tokens)
+
+    def cost_of(self, result: ResultEvent) -> Decimal:
+        """USD `result` cost: its model's price, at the batch rates for a batch-lane one."""
+        price = self._price_of(result.model)
+        if result.lane == "batch":
+            price = at_batch_rates(price)
+        return price.cost_of(Usage.of(result))
+
+    def lane_of(self, job_id: str) -> str | None:
+        """The lane the job's `created` event named (None: not known, or none named)."""
+        terms = self._terms.get(job_id)
+        return terms.lane if terms is not None else None
+
+    async def terms_known(self, job_id: str) -> None:
+        """Return once the job's terms are known (or taken as the defaults)."""
+        await self._terms_of(job_id)
+
+    def task_of(self, job_id: str) -> PreparedTask:
+        """The job's prepared task (its terms must be known: `terms_known`). Raises
+        InsightStreamError when it cannot be sent."""
+        return self._task(job_id, self._terms.get(job_id, DEFAULT_TERMS))
 
     def prepare(self, spec: TaskSpec | None, name: str | None = None) -> PreparedTask:
         return self._client.prepare(spec, name)

@@ -31,6 +31,7 @@ from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler
 from stream_app.kafka.aggregator import Aggregator
+from stream_app.kafka.batch_lane import BatchLane, install_batch_lane, lane_topic_name
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
 from stream_app.kafka.job_feed import JobFeed
@@ -40,6 +41,7 @@ from stream_app.kafka.messages import DeadLetters, dump
 from stream_app.kafka.record_handler import RecordHandler
 from stream_app.kafka.replicas import active_partitions, stored_results, stored_values
 from stream_app.kafka.topics import CHANGELOG_CONFIG
+from stream_app.provider.batches import BatchClient
 from stream_app.provider.pricing import Price
 
 log = get_logger(__name__)
@@ -79,6 +81,8 @@ class Pipeline:
     announced: OrderedDict[str, JobStatus] = field(default_factory=OrderedDict)
     # The process agent's logic (set once its agent is built).
     records: RecordHandler | None = None
+    # The batch lane (stream_app.kafka.batch_lane), when a batch client was given.
+    lane: BatchLane | None = None
 
     @property
     def outcomes_sent(self) -> int:
@@ -90,6 +94,7 @@ class Pipeline:
         """Every topic the service uses, with the partition count it must have."""
         s = self.settings
         names = [s.topic_jobs, s.topic_records, s.topic_results, s.topic_dlq]
+        names += [lane_topic_name(s)] if self.lane is not None else []
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
@@ -268,6 +273,7 @@ def build_pipeline(
     cancelled: CancelledJobs | None = None,
     feed: JobFeed | None = None,
     metrics: WorkerMetrics | None = None,
+    batch_client: BatchClient | None = None,
 ) -> Pipeline:
     """The Faust app with its topics, tables, agents and rebalance hooks, wired to the
     given plain objects (nothing starts until the app runs)."""
@@ -322,6 +328,15 @@ def build_pipeline(
         dead_letters=dead_letters,
         current_generation=lambda: app.consumer_generation_id,
     )
+    if batch_client is not None:
+        install_batch_lane(
+            pipeline,
+            batch_client,
+            rules=rules,
+            records=records,
+            dead_letters=dead_letters,
+            partitions=partitions,
+        )
     aggregator = Aggregator(
         jobs_topic=s.topic_jobs, ledger=ledger, feed=feed, mirror=mirror, dead_letters=dead_letters
     )
@@ -339,6 +354,8 @@ def build_pipeline(
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ledger.forget_recounts()
+        if pipeline.lane is not None:
+            pipeline.lane.revoked()
         # Their new owner reads them again from the committed offset.
         dropped = lookahead.drop(lambda event: event.message.tp in revoked)
         if dropped:

@@ -37,6 +37,7 @@ from stream_app.jobs.cancellation import (
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import Ticket, record_cost, ticket_for
+from stream_app.kafka.batch_lane import BatchLane
 from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import (
     DeadLetters,
@@ -91,6 +92,8 @@ class RecordHandler:
         # recovery); the copy then waits for that outcome instead of paying a second call.
         self._running: dict[str, asyncio.Future[None]] = {}
         self.outcomes_sent = 0
+        # Records of batch-lane jobs are handed to it instead of calling Claude here.
+        self.lane: BatchLane | None = None
 
     async def serve(self, stream: faust.StreamT[bytes], lookahead: LookAhead[EventT]) -> None:
         """Run the agent's stream through the look-ahead until the agent stops."""
@@ -199,6 +202,9 @@ class RecordHandler:
             return
         if isinstance(task, ResultEvent):
             await self.send_outcome(key, task)
+            return
+        if self.lane is not None and self.lane.takes(record):
+            await self.lane.hand_over(record)
             return
         await self._gate.admit()
         async with self._gate.in_flight():

@@ -35,6 +35,7 @@ from stream_app.kafka.local_state import adopt_cluster, drop_unreconcilable, kaf
 from stream_app.kafka.pipeline import JOB_TABLE, Pipeline, build_pipeline
 from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
+from stream_app.provider.batches import BatchClient, PollPolicy
 from stream_app.provider.breaker import ProviderBreaker
 from stream_app.provider.budget import RateBudget
 from stream_app.provider.client import InsightClient, build_anthropic_client
@@ -378,6 +379,10 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         feed=JobFeed(),
         metrics=metrics,
         rules=rules,
+        batch_client=BatchClient(
+            anthropic_client,
+            PollPolicy(first=settings.batch_lane_poll_seconds),
+        ),
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,
