@@ -106,6 +106,8 @@ class _Batch:
     batch_id: str | None = None
     created_at: float = 0.0
     task: asyncio.Task[None] | None = None
+    # Its outcomes are produced and its records being acknowledged.
+    closing: bool = False
 
 
 @dataclass
@@ -185,7 +187,9 @@ class BatchLane:
         """Partitions went to another worker: forget everything (the records come again
         to their new owner, unacknowledged, and it resumes from the table)."""
         for job in self._jobs.values():
-            if job.flusher is not None:
+            # A create in flight is not cut short (its batch would be paid and unknown):
+            # it finishes and records its id; the new owner follows it from the table.
+            if job.flusher is not None and not job.lock.locked():
                 job.flusher.cancel()
             for batch in job.batches.values():
                 if batch.task is not None:
@@ -222,6 +226,11 @@ class BatchLane:
         for batch in job.batches.values():
             if index in batch.indexes:
                 waiting = batch.members.get(index)
+                if batch.closing:
+                    if waiting is not None and item.attempts > waiting.item.attempts:
+                        break  # its next try: batched below
+                    await self._ack([event])
+                    return
                 if waiting is None:
                     batch.members[index] = _Waiting(item, [event], time.time())
                 elif item.attempts > waiting.item.attempts:
@@ -240,10 +249,12 @@ class BatchLane:
                 waiting.item = item
             return
         job.buffer[index] = _Waiting(item, [event], time.time())
-        if len(job.buffer) >= self._s.batch_lane_max_requests:
-            await self._cut(job)
-        elif job.flusher is None or job.flusher.done():
-            job.flusher = asyncio.create_task(self._cut_later(job))
+        full = len(job.buffer) >= self._s.batch_lane_max_requests
+        if job.flusher is None or job.flusher.done():
+            job.flusher = asyncio.create_task(self._cut_later(job, 0.0 if full else None))
+        elif full and not job.lock.locked():
+            job.flusher.cancel()
+            job.flusher = asyncio.create_task(self._cut_later(job, 0.0))
 
     def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
         """Whether this delivery's outcome (or its next try) was already produced: a done
@@ -296,7 +307,14 @@ class BatchLane:
         since = float(entry.get("requested_at", 0.0)) - ADOPT_SLACK_SECONDS
         count = len(entry.get("indexes", []))
         taken = self._taken_ids()
-        found = [b for b in await self._client.created_since(since, count) if b.id not in taken]
+        # A create still on its way (its worker lost the partition, or its answer is
+        # late) shows up within the request timeout: look until then before giving up.
+        patience_until = float(entry.get("requested_at", 0.0)) + self._s.claude_timeout_seconds
+        while True:
+            found = [b for b in await self._client.created_since(since, count) if b.id not in taken]
+            if found or time.time() > patience_until:
+                break
+            await asyncio.sleep(1.0)
         if not found:
             return None
         for duplicate in found[1:]:
@@ -310,9 +328,18 @@ class BatchLane:
             b.batch_id for job in self._jobs.values() for b in job.batches.values() if b.batch_id
         }
 
-    async def _cut_later(self, job: _Job) -> None:
-        await asyncio.sleep(self._s.batch_lane_window_seconds)
-        await self._cut(job)
+    async def _cut_later(self, job: _Job, after: float | None = None) -> None:
+        """Cut the job's provider batches after `after` seconds (BATCH_LANE_WINDOW_SECONDS)."""
+        await asyncio.sleep(self._s.batch_lane_window_seconds if after is None else after)
+        try:
+            await self._cut(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
+        # Records left (a capped job waiting for its spend to settle, a failed create): later.
+        if job.buffer and job.flusher is asyncio.current_task():
+            job.flusher = asyncio.create_task(self._cut_later(job))
 
     async def _cut(self, job: _Job) -> None:
         """Make provider batches of what the job has gathered."""
@@ -514,6 +541,7 @@ class BatchLane:
             if index not in seen:
                 await self._again(job, waiting, "batch", "no result for this request")
         await self._flush_producer()
+        batch.closing = True
         self._write(job, batch.key, {"state": "done"}, merge=True)
         await self._durable()
         await self._ack([e for w in batch.members.values() for e in w.events])
@@ -559,6 +587,7 @@ class BatchLane:
         for waiting in batch.members.values():
             await self._again(job, waiting, "batch", reason)
         await self._flush_producer()
+        batch.closing = True
         self._write(job, batch.key, {"state": "done"}, merge=True)
         await self._durable()
         await self._ack([e for w in batch.members.values() for e in w.events])
