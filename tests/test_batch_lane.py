@@ -40,7 +40,11 @@ def logs_on_failure(*services: Any) -> Iterator[None]:
         yield
     except BaseException:
         for service in services:
-            lines = [line for line in service.logs().splitlines() if "batch" in line.lower()]
+            lines = [
+                line
+                for line in service.logs().splitlines()
+                if "uvicorn.access" not in line and ("lane" in line or "rror" in line)
+            ]
             print("\n".join(lines[-80:]))
         raise
 

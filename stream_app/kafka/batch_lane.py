@@ -183,18 +183,21 @@ class BatchLane:
                 log.exception("batch lane: internal error taking a record")
                 await self._ack([event])
 
-    def revoked(self) -> None:
-        """Partitions went to another worker: forget everything (the records come again
-        to their new owner, unacknowledged, and it resumes from the table)."""
-        for job in self._jobs.values():
-            # A create in flight is not cut short (its batch would be paid and unknown):
-            # it finishes and records its id; the new owner follows it from the table.
+    def assigned(self, partitions: set[int]) -> None:
+        """A rebalance ended; `partitions`: the lane topic's partitions this worker owns now.
+        Jobs on the others are forgotten (their records come again, unacknowledged, to
+        their new owner, which resumes from the table); the rest carry on: their records
+        come again from the committed offset and join what is held already."""
+        for job_id, job in list(self._jobs.items()):
+            if job.anchor.message.partition in partitions:
+                continue
             if job.flusher is not None and not job.lock.locked():
+                # A create in flight is not cut short (its batch would be paid and unknown).
                 job.flusher.cancel()
             for batch in job.batches.values():
                 if batch.task is not None:
                     batch.task.cancel()
-        self._jobs.clear()
+            del self._jobs[job_id]
 
     def provider_batches(self, job_id: str) -> list[dict[str, Any]]:
         """The job's provider batches as the table holds them: `id`, `processing_status`,

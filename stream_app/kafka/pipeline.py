@@ -354,8 +354,6 @@ def build_pipeline(
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         ledger.forget_recounts()
-        if pipeline.lane is not None:
-            pipeline.lane.revoked()
         # Their new owner reads them again from the committed offset.
         dropped = lookahead.drop(lambda event: event.message.tp in revoked)
         if dropped:
@@ -369,6 +367,10 @@ def build_pipeline(
             tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_records
         )
         processor.budget.assign(owned)
+        if pipeline.lane is not None:
+            pipeline.lane.assigned(
+                {tp.partition for tp in app.consumer.assignment() if tp.topic == lane_topic_name(s)}
+            )
         log.info(
             "budget share",
             partitions=f"{len(owned)}/{s.kafka_partitions}",
