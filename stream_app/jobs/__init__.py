@@ -1,7 +1,9 @@
-"""The domain of jobs and records, pure logic tested without Kafka: processing one record
-into exactly one outcome (`processing`), folding outcomes into a job's status and ledger
-(`aggregation`), which job's record goes next (`scheduler`), a job's task and rules
-(`tasks`, `job_rules`, `spend_cap`), estimates (`estimate`), cancellation
-(`cancellation`) and the SQLite mirror (`mirror`). It imports `stream_app.provider`,
-`stream_app.core` and `schemas`, never Kafka, Faust or the API.
+"""The domain of jobs and records, plain objects and pure functions tested without Kafka:
+processing one record into exactly one outcome (`processing`), folding job events and
+outcomes into a job's status and results (`aggregation`), which waiting record goes next
+(`scheduler`), which task a job has (`tasks`), the worker's one directory of jobs with each
+job's owner, priority, task and spending cap (`job_rules`, `spend_cap`), estimates before a
+job runs (`estimate`), cancelled jobs (`cancellation`) and the SQLite mirror (`mirror`). It
+imports `stream_app.provider`, `stream_app.core` and `schemas`; never Faust, aiokafka or the
+API (`stream_app.kafka` feeds it from the topics).
 """

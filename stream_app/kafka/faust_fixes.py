@@ -1,5 +1,31 @@
-"""Workarounds for faust-streaming 0.15.3 defects that break a guarantee of ours. Each
-names the upstream report; remove it when the fix is released."""
+"""Every repair of Faust (faust-streaming 0.15.3) and aiokafka (0.14.0) behaviour, in one place:
+each function here replaces methods of the app, its consumer, its producer buffer or a Faust
+module, and is installed on the worker's app by `stream_app.kafka.faust_app.install_repairs`.
+Nothing else in the service replaces a method of Faust or aiokafka.
+
+Each repair names its upstream report (or says that none was found), and has a canary test in
+tests/kafka/test_faust_fixes.py, `test_canary_<what upstream does>`, that runs the unpatched
+library and asserts the defect (or, for tuning, the upstream value) is still there: the day
+an upgrade fixes it, the canary fails with "upstream fixed this: remove <repair>".
+
+Commits (at-least-once: a partition is never committed past a record without an outcome):
+- `guard_stale_acks`: an ack of a message fetched before the rebalance commits nothing.
+- `guard_unacked_commits`: the commit stops at the lowest message still unacknowledged
+  (faust-streaming #606, open PR #707).
+- `hold_commits_at_skipped_offsets`: offsets the fetch loop skipped hold the commit.
+- `track_fetched_batches`: what the redelivery watch (`stream_app.kafka.redelivery`,
+  `heal_lost_deliveries`) reads to tell a record on its way from a lost one; the watch seeks
+  back to records Faust passed without delivering them.
+Latency and throughput (measured in bench/README.md):
+- `deliver_without_a_task_per_message`, `send_without_an_event_loop_turn`,
+  `take_several_events_per_event_loop_turn`: an event loop turn per message, send or event.
+- `ebb_when_the_producer_buffer_drains`: delivery held for 100 sends per full buffer.
+- `fetch_only_what_the_streams_can_take`, `fetch_these_topics_first`,
+  `bound_the_fetch_wait`: which partitions a fetch asks for, in which order, how long.
+
+Upstream reports were searched on 2026-12-07 (faust-streaming/faust, robinhood/faust and
+aio-libs/aiokafka issues and pull requests).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +33,7 @@ import asyncio
 import inspect
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import faust
@@ -23,12 +49,19 @@ log = get_logger(__name__)
 def guard_stale_acks(app: faust.App) -> None:
     """Never commit a message fetched before the current rebalance generation.
 
-    Faust skips a message whose `generation_id` is older than the consumer's (it was
-    fetched before a rebalance) and acknowledges it while skipping it, even on a
-    `noack()` stream (faust/streams.py, `Stream.__aiter__`; faust-streaming PR #223 and
-    issue #318). When the partition stayed with this worker, that ack lets the next commit
-    move past a record that was never processed: the record has no outcome and its job
-    never completes. Seen here once in three 2-minute outage runs.
+    Faust's stream skips a message whose `generation_id` is older than the consumer's (it
+    was fetched before a rebalance); its pure-Python iterator acknowledges it while skipping
+    it, even on a `noack()` stream (faust/streams.py `_py_aiter`; the skip came with
+    faust-streaming PR #223, for issue #221). And Faust's `Consumer.ack` takes any message
+    whatever its generation, so one fetched before the rebalance and acknowledged after it
+    (held meanwhile by the look-ahead or a call slot) counts as done too. When the partition
+    stayed with this worker, such an ack lets the next commit move past a record that was
+    never processed: the record has no outcome and its job never completes. Seen here once
+    in three 2-minute outage runs.
+
+    Upstream: no report of this loss found; the closest, faust-streaming #527 (a `noack()`
+    stream's offsets skipped after a rebalance, open), names no cause. Canary:
+    `test_canary_faust_counts_an_ack_from_before_the_rebalance`.
 
     With this guard such an ack only marks the message done in memory: its offset stays
     uncommitted, so Kafka delivers the record again after the rebalance (at-least-once),
@@ -74,6 +107,9 @@ def guard_unacked_commits(app: faust.App) -> None:
     unacknowledged (Faust's own `_unacked_messages`; the look-ahead holds its messages, so
     they stay in that weak set) or skipped as stale by `guard_stale_acks` and not yet
     acknowledged again, as PR #707 does upstream.
+
+    Upstream: faust-streaming #606 (open), fix proposed in PR #707 (open). Canary:
+    `test_canary_faust_commits_past_the_one_message_still_in_flight`.
     """
     consumer: Any = app.consumer
     new_offset = consumer._new_offset
@@ -119,6 +155,10 @@ def hold_commits_at_skipped_offsets(app: faust.App) -> None:
     does not exist (a transaction's commit marker from an upstream producer) is then passed
     by Faust's commit as before; a longer one (a compacted input topic, which this service's
     topics are not) would be sought back every COOLDOWN_SECONDS of the watch.
+
+    Upstream: no report found. Faust's gap handling dates from robinhood/faust #401 (gaps of
+    compacted topics stopped the commits), which took every gap for offsets that do not
+    exist. Canary: `test_canary_faust_commits_past_offsets_its_fetch_loop_skipped`.
     """
     consumer: Any = app.consumer
     holes = _holes(consumer)
@@ -200,6 +240,35 @@ def _lowest_pending(consumer: Any, tp: TP) -> int | None:
     return min(offsets) if offsets else None
 
 
+def track_fetched_batches(consumer: Any) -> Callable[[], bool]:
+    """Wrap the consumer's `getmany` (Faust's fetch loop takes it once, when it starts, so
+    this runs before the app starts); returns whether a fetched batch is being handed out
+    now: from its first record until the fetch loop asks for the next batch.
+
+    Not a repair by itself: the redelivery watch (`stream_app.kafka.redelivery`) reads it, so
+    that records of a batch the fetch loop is still handing out count as on their way.
+    The watch exists for records Faust passes without delivering them: its fetch loop drops
+    a fetched batch when the generation changes and skips offsets below its read offset
+    (faust/transport/consumer.py `_drain_messages`), and its stream skips a message of an
+    older generation without a trace (faust/_cython/streams.pyx `_prepare_event`).
+    Upstream: robinhood/faust #115 ("DROPPED MESSAGE ROFF" after a rebalance, closed without
+    a fix); no report of records left undelivered while the worker keeps the partition
+    found. Canary: `test_canary_faust_drops_a_message_of_an_older_generation_without_a_trace`.
+    """
+    getmany = consumer.getmany
+    open_batch = [False]
+
+    async def tracked(timeout: float) -> AsyncIterator[Any]:
+        open_batch[0] = False  # the previous batch is done: the loop asks for the next
+        async for item in getmany(timeout=timeout):
+            open_batch[0] = True
+            yield item
+        open_batch[0] = False
+
+    consumer.getmany = tracked
+    return lambda: open_batch[0]
+
+
 def deliver_without_a_task_per_message(app: faust.App) -> None:
     """Hand a fetched message to its streams' queues without two tasks and an event loop
     round trip per message, when nothing on the way can wait.
@@ -218,6 +287,9 @@ def deliver_without_a_task_per_message(app: faust.App) -> None:
     before) is delivered by awaiting the conductor directly, which then completes without
     suspending; any other message takes Faust's own path, interruptible as before. What is
     delivered, in which order, and how it is acknowledged are unchanged.
+
+    Upstream: no report found. Canary:
+    `test_canary_faust_takes_an_event_loop_turn_to_deliver_each_message`.
     """
     consumer: Any = app.consumer
     deliver = consumer.callback
@@ -282,6 +354,10 @@ def ebb_when_the_producer_buffer_drains(app: faust.App, max_messages: int) -> No
     (measured, bench/README.md). With this fix, delivery goes on as soon as the buffer is
     back under `max_messages` (1,000 here: about 1.5 MB of outcomes). The buffer still
     bounds what table writes may queue, and a commit still flushes it first.
+
+    Upstream: faust-streaming #173 ("producer buffer full", a flush of 13.8 s; open), whose
+    workaround raises `max_messages` as this repair does. Canary:
+    `test_canary_faust_holds_delivery_for_a_hundred_sends_once_the_buffer_is_full`.
     """
     buffer: Any = app.producer.buffer
     buffer.max_messages = max_messages
@@ -306,6 +382,9 @@ def send_without_an_event_loop_turn(app: faust.App) -> None:
     each with 32 calls in flight on a busy machine, about 25 entries/s for the three the
     pipeline writes per record (measured, bench/README.md). With this fix a started
     producer is returned at once; before it has started, Faust's own path starts it.
+
+    Upstream: no report found. Canary:
+    `test_canary_faust_takes_an_event_loop_turn_before_each_send`.
     """
     maybe_start_producer = app.maybe_start_producer
 
@@ -333,6 +412,9 @@ def bound_the_fetch_wait(app: faust.App, seconds: float) -> None:
     after Claude answered (bench.overhead's visibility p99, measured with the per-result
     produce time against the aggregate agent's). With a short wait the worst such delay is
     `seconds`; an idle worker sends that many more empty fetches (one every `seconds`).
+
+    Tuning, not a defect: Faust has no setting for it. Upstream: no report found. Canary:
+    `test_canary_faust_lets_the_broker_hold_a_fetch_for_1500_ms`.
     """
     thread: Any = app.consumer._thread  # type: ignore[attr-defined]
     create = thread._create_worker_consumer
@@ -366,6 +448,10 @@ def fetch_only_what_the_streams_can_take(app: faust.App, max_records: int) -> No
     the others stay buffered in aiokafka (it fetches no more of them meanwhile) until
     their stream has taken what it holds. What is delivered, in which order, and how it is
     acknowledged are unchanged.
+
+    Upstream: faust-streaming #53 (one slow agent's full buffer starves the others),
+    closed by PR #55, which added the 80 % pause this repair goes beyond. Canary:
+    `test_canary_faust_fetches_for_a_stream_queue_without_room_for_a_fetch`.
     """
     consumer: Any = app.consumer
     conductor: Any = app.topics
@@ -406,6 +492,11 @@ def fetch_these_topics_first(app: faust.App, topics: Iterable[str]) -> None:
     waiting), then what is buffered for the rest; when nothing was buffered for
     `topics`, the round is Faust's own. Each partition's order is unchanged (Kafka orders
     nothing across partitions); a round may hand over twice `max_poll_records`.
+
+    Tuning, not a defect: aiokafka documents no order across partitions. Upstream: no
+    report found (aio-libs/aiokafka #525, a per-partition limit for `getmany`, is the
+    nearest request; open). Canary:
+    `test_canary_aiokafka_hands_out_its_buffer_partition_after_partition`.
     """
     consumer: Any = app.consumer
     fetch = consumer._getmany
@@ -442,6 +533,9 @@ def take_several_events_per_event_loop_turn(budget_seconds: float) -> bool:
     before). What is delivered, in which order, and how it is acknowledged are unchanged.
     Returns False (nothing changed) when Faust runs without its Cython extension, whose
     pure-Python iterator binds `asyncio.sleep` locally.
+
+    Upstream: no report found. Canary:
+    `test_canary_faust_streams_take_an_event_loop_turn_per_event`.
     """
     try:
         import faust._cython.streams as cython_streams

@@ -4,7 +4,9 @@ After a rebalance Faust can move a partition's read position past records that n
 ever receives: records fetched before the rebalance and dropped by its fetch loop (it
 discards a fetched batch when the generation changes, and skips offsets below its own
 read offset, faust/transport/consumer.py `_drain_messages`), or skipped by a stream for
-their old generation (faust/streams.py, `Stream.__aiter__`; faust-streaming #318).
+their old generation (faust/_cython/streams.pyx `_prepare_event`; the skip came with
+faust-streaming PR #223). Upstream reports: see `stream_app.kafka.faust_fixes`
+(`track_fetched_batches`), which also holds the one method this watch replaces.
 Kafka delivers such records again only after the next rebalance or restart: when the
 worker keeps the partition, nothing comes, the records get no outcome and their job stays
 `running` with a healthy worker (seen here: tests/test_failover_reads.py, after the
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +43,7 @@ import faust
 from faust.types import TP
 
 from stream_app.core.logs import get_logger
+from stream_app.kafka.faust_fixes import track_fetched_batches
 
 log = get_logger(__name__)
 
@@ -108,7 +111,7 @@ def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWat
     delivered`)."""
     watched = frozenset(topics)
     watch: LostOffsetWatch[TP] = LostOffsetWatch()
-    delivering = _track_fetched_batches(app.consumer)
+    delivering = track_fetched_batches(app.consumer)
     log_start = _LogStart(app.consumer)
 
     @app.timer(CHECK_INTERVAL_SECONDS, name="heal-lost-deliveries")
@@ -171,24 +174,6 @@ async def _check(
                 position=position,
             )
             await consumer.seek(tp, offset)
-
-
-def _track_fetched_batches(consumer: Any) -> Callable[[], bool]:
-    """Wrap the consumer's `getmany` (Faust's fetch loop takes it once, when it starts, so
-    this runs before the app starts); returns whether a fetched batch is being handed out
-    now: from its first record until the fetch loop asks for the next batch."""
-    getmany = consumer.getmany
-    open_batch = [False]
-
-    async def tracked(timeout: float) -> AsyncIterator[Any]:
-        open_batch[0] = False  # the previous batch is done: the loop asks for the next
-        async for item in getmany(timeout=timeout):
-            open_batch[0] = True
-            yield item
-        open_batch[0] = False
-
-    consumer.getmany = tracked
-    return lambda: open_batch[0]
 
 
 class _LogStart:

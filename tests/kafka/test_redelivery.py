@@ -3,17 +3,10 @@ sought back to its committed offset, and when it is left alone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from faust.types import TP
 
-from stream_app.kafka.redelivery import (
-    LostOffsetWatch,
-    PartitionView,
-    _in_hand,
-    _track_fetched_batches,
-)
+from stream_app.kafka.redelivery import LostOffsetWatch, PartitionView, _in_hand
 from tests.kafka.test_faust_fixes import consumer_with_acks, message
 
 
@@ -64,26 +57,6 @@ def test_partitions_are_watched_apart_and_checks_must_be_positive() -> None:
     assert watch.observe("p1", PartitionView(1, 2, False), 0.0) == 1
     with pytest.raises(ValueError):
         LostOffsetWatch(checks=0)
-
-
-async def test_a_fetched_batch_counts_as_on_its_way_until_the_next_fetch() -> None:
-    """The fetch loop's batch, as Faust's `_drain_messages` iterates `getmany`."""
-
-    class Fetcher:
-        async def getmany(self, timeout: float) -> AsyncIterator[tuple[str, int]]:
-            for offset in (1, 2):
-                yield "p0", offset
-
-    fetcher = Fetcher()
-    delivering = _track_fetched_batches(fetcher)
-    assert delivering() is False
-    seen = []
-    batch = fetcher.getmany(timeout=1.0)
-    async for item in batch:
-        seen.append((item, delivering()))
-    # Handing out the batch: on its way; the batch done: not any more.
-    assert seen == [(("p0", 1), True), (("p0", 2), True)]
-    assert delivering() is False
 
 
 def test_a_record_is_in_hand_while_faust_holds_it_unacknowledged_or_acknowledged() -> None:
