@@ -9,6 +9,7 @@ creation (`topics`); bulk publishing (`bulk_publish`); local table state and sta
 (`local_state`, `replicas`); the stall watch (`stall`); the batch lane (`batch_lane`:
 batch-lane records grouped into the provider's message batches, their ids kept in a
 changelog-backed table); and the repairs: every replaced method of Faust or aiokafka
-(`faust_fixes`, each naming its upstream report) and the redelivery watch (`redelivery`). It imports the job domain, the provider, `stream_app.core` and `schemas`;
-never `stream_app.running` or the API.
+(`faust_fixes`, each naming its upstream report) and the redelivery watch (`redelivery`).
+It imports the job domain, the provider, `stream_app.core` and `schemas`; never
+`stream_app.running` or the API.
 """
