@@ -153,8 +153,10 @@ class BatchLane:
         self._flush_producer = flush
         self._jobs: dict[str, _Job] = {}
         self._stream: Any = None
-        # Outcomes this lane produced (a test and the metrics read it).
+        # Outcomes this lane produced, and records handed over to it: the worker's progress
+        # (the stall watch reads it: a batch-lane record makes no call in the process agent).
         self.outcomes_sent = 0
+        self.handed_over = 0
 
     # -- the process agent's side -----------------------------------------------------
 
@@ -170,6 +172,7 @@ class BatchLane:
         """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
         process agent may acknowledge it then)."""
         await self._send_item(LaneItem(record=record))
+        self.handed_over += 1
 
     # -- the lane agent -------------------------------------------------------------------
 

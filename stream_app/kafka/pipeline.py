@@ -86,8 +86,12 @@ class Pipeline:
 
     @property
     def outcomes_sent(self) -> int:
-        """Outcomes this worker sent to `batch.results` (new or re-sent known ones)."""
-        return self.records.outcomes_sent if self.records is not None else 0
+        """Outcomes this worker sent to `batch.results` (new or re-sent known ones), and
+        records handed over to the batch lane: the worker's progress."""
+        sent = self.records.outcomes_sent if self.records is not None else 0
+        if self.lane is not None:
+            sent += self.lane.outcomes_sent + self.lane.handed_over
+        return sent
 
     @property
     def topic_partitions(self) -> dict[str, int]:
