@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.access import caller_of
 from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_batch, read_json_body
-from api.job_options import JobOptions, job_options
+from api.job_options import JobOptions, request_options
 from api.streams import spool_records
 from stream_app.core.exceptions import first_line
 from stream_app.core.logs import get_logger
@@ -65,7 +65,7 @@ def _json_body(
     body: bytes, service: Service, kind: BodyType
 ) -> tuple[int, int, list[str], JobOptions]:
     batch = parse_batch(body, service.settings, kind)
-    options = job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+    options = request_options(batch, service)
     texts = [r.text for r in batch.records]
     sample = texts if len(texts) <= ESTIMATE_SAMPLE else _sample(texts, ESTIMATE_SAMPLE)
     return len(texts), sum(len(t) for t in texts), sample, options

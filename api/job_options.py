@@ -1,17 +1,22 @@
-"""A job's options as a request gives them (`task`, `max_cost_usd`), checked before anything
-is produced: a bad task is a 422 naming what is wrong."""
+"""A job's options as a request gives them (`task`, `max_cost_usd`, `priority`, `lane`,
+`deadline`), checked before anything is produced: a bad task is a 422 naming what is wrong.
+The lane of an `auto` job is chosen when its size is known (`JobOptions.created`, by
+`stream_app.jobs.lanes.choose_lane`)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from api.errors import ApiError
-from schemas import JobCreated, TaskSpec
-from schemas.http import Priority
+from schemas import BatchRequest, JobCreated, TaskSpec
+from schemas.http import LaneRequest, Priority
 from stream_app.core.settings import Settings
+from stream_app.jobs.lanes import LivePace, choose_lane, parse_deadline
 from stream_app.jobs.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
 from stream_app.provider.task_schema import UnsupportedSchema
+from stream_app.running.service import Service
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,24 @@ class JobOptions:
     task_name: str | None = None
     max_cost_usd: float | None = None
     priority: Priority = "normal"
+    lane: LaneRequest = "auto"
+    deadline: str | None = None
+    # For `auto`: BATCH_LANE_AUTO_MINUTES and the live lane's budget and backlog.
+    auto_minutes: float = 30.0
+    pace: LivePace | None = None
 
     def created(
         self, job_id: str, total_records: int, created_at: float, owner: str | None
     ) -> JobCreated:
+        """The job's `created` event; an `auto` lane is resolved here, by its size."""
+        choice = choose_lane(
+            self.lane,
+            total_records,
+            self.pace or LivePace(requests_per_minute=50),
+            auto_minutes=self.auto_minutes,
+            deadline=parse_deadline(self.deadline) if self.deadline is not None else None,
+            now=created_at,
+        )
         return JobCreated(
             job_id=job_id,
             total_records=total_records,
@@ -35,6 +54,9 @@ class JobOptions:
             task_name=self.task_name,
             max_cost_usd=self.max_cost_usd,
             priority=self.priority,
+            lane=choice.lane,
+            lane_reason=choice.reason,
+            deadline=self.deadline,
         )
 
 
@@ -43,10 +65,16 @@ def job_options(
     max_cost_usd: float | None,
     settings: Settings,
     priority: Priority = "normal",
+    *,
+    lane: LaneRequest | None = None,
+    deadline: str | None = None,
+    pace: LivePace | None = None,
 ) -> JobOptions:
-    """Raises ApiError 422 `unsupported_schema` (the keyword and where it is),
-    `unknown_task` (a preset name that does not exist) or `unknown_model` (a task model
-    without a price that is not CLAUDE_MODEL)."""
+    """`lane` None: BATCH_DEFAULT_LANE; `pace`: the live lane's budget and backlog ahead
+    (None: CLAUDE_REQUESTS_PER_MINUTE and no backlog). Raises ApiError 422
+    `unsupported_schema` (the keyword and where it is), `unknown_task` (a preset name that
+    does not exist), `unknown_model` (a task model without a price that is not
+    CLAUDE_MODEL) or `validation_error` (a deadline already past)."""
     try:
         spec, name = resolve_task(task)
     except UnsupportedSchema as exc:
@@ -58,13 +86,58 @@ def job_options(
     except UnknownModel as exc:
         raise ApiError(422, "unknown_model", str(exc)) from None
     cap = max_cost_usd if max_cost_usd is not None else settings.batch_max_cost_per_job_usd
-    return JobOptions(spec, name, cap, priority)
+    if deadline is not None and parse_deadline(deadline) <= time.time():
+        raise ApiError(422, "validation_error", f"deadline: {deadline} is already past")
+    return JobOptions(
+        spec,
+        name,
+        cap,
+        priority,
+        lane=lane or settings.batch_default_lane,
+        deadline=deadline,
+        auto_minutes=settings.batch_lane_auto_minutes,
+        pace=pace or LivePace(requests_per_minute=settings.claude_requests_per_minute),
+    )
+
+
+def request_options(batch: BatchRequest, service: Service) -> JobOptions:
+    """`job_options` of a submitted body, the live lane's pace read from this worker."""
+    return job_options(
+        batch.task,
+        batch.max_cost_usd,
+        service.settings,
+        batch.priority,
+        lane=batch.lane,
+        deadline=batch.deadline,
+        pace=live_pace(service),
+    )
+
+
+def live_pace(service: Service) -> LivePace:
+    """The cluster's live budget (CLAUDE_REQUESTS_PER_MINUTE) and the live-lane records
+    waiting ahead: this worker's unfinished live-lane jobs' records without an outcome,
+    scaled to the cluster by the share of partitions it owns (a job's records spread over
+    every partition)."""
+    settings = service.settings
+    owned = len(service.owned_partitions()) or settings.kafka_partitions
+    backlog = sum(
+        max(0, (job.total_records or 0) - job.outcomes)
+        for job in service.pipeline.jobs()
+        if job.status in ("pending", "running") and job.lane != "batch"
+    )
+    return LivePace(
+        requests_per_minute=settings.claude_requests_per_minute,
+        backlog_records=round(backlog * settings.kafka_partitions / owned),
+    )
 
 
 def query_options(params: Any) -> dict[str, Any]:
     """Options of a streamed body given as query parameters
-    (`?task=<preset>&max_cost_usd=&priority=`)."""
+    (`?task=<preset>&max_cost_usd=&priority=&lane=&deadline=`)."""
     options: dict[str, Any] = {}
+    for name in ("lane", "deadline"):
+        if name in params:
+            options[name] = params[name]
     if "priority" in params:
         options["priority"] = params["priority"]
     if "task" in params:

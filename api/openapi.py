@@ -149,7 +149,12 @@ def _paths() -> dict[str, Any]:
                     "`priority` (`high`, `normal`, `low`; default `normal`) sets the job's "
                     "share of the provider budget while other jobs wait: `high` gets 4 times "
                     "a `normal` job's share, `low` only budget no other job waits for. Shares "
-                    "are split per tenant (API key) first, then per job."
+                    "are split per tenant (API key) first, then per job. `lane` (`live`, "
+                    "`batch`, `auto`; default BATCH_DEFAULT_LANE) picks live calls at full "
+                    "price or the provider's Message Batches API at half the price; `auto` "
+                    "takes the batch lane for jobs that would take longer than "
+                    "BATCH_LANE_AUTO_MINUTES live, or with a `deadline` (ISO 8601), the "
+                    "cheapest lane expected to finish by it."
                 ),
                 "security": _SECURED,
                 "parameters": [
@@ -172,6 +177,16 @@ def _paths() -> dict[str, Any]:
                         "NDJSON and CSV: the job's priority (a first NDJSON line "
                         '`{"job": {"priority": ...}}` wins).',
                         {"enum": ["high", "normal", "low"]},
+                    ),
+                    _query(
+                        "lane",
+                        "NDJSON and CSV: the job's lane (`live`, `batch`, `auto`; docs/lanes.md).",
+                        {"enum": ["live", "batch", "auto"]},
+                    ),
+                    _query(
+                        "deadline",
+                        "NDJSON and CSV: the job's deadline (ISO 8601 date-time).",
+                        {"type": "string"},
                     ),
                 ],
                 "requestBody": _batch_body(),

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from api.bodies import CSV, BodyType, check_record_size, describe, record_limit
 from api.errors import ApiError
-from api.job_options import JobOptions, job_options, query_options
+from api.job_options import JobOptions, query_options, request_options
 from api.records import validated_json
 from schemas import BatchRequest
 from stream_app.core.settings import Settings
@@ -173,7 +173,7 @@ def _validated_options(options: dict[str, Any], line: int, service: Service) -> 
     except ValidationError as exc:
         raise ApiError(422, "validation_error", f"{where}{describe(exc)}") from None
     try:
-        return job_options(batch.task, batch.max_cost_usd, service.settings, batch.priority)
+        return request_options(batch, service)
     except ApiError as exc:
         raise ApiError(exc.status, exc.code, f"{where}{exc.message}") from None
 

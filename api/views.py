@@ -45,11 +45,18 @@ def job_summary(
         "model": job.model,
         "max_cost_usd": float(job.max_cost_usd) if job.max_cost_usd is not None else None,
         "priority": job.priority or "normal",
+        "lane": job.lane or "live",
+        "lane_reason": job.lane_reason,
+        "deadline": job.deadline,
+        "saving_usd": format(job.saving_usd, "f"),
         "stale": stale,
         "retries": job.retries,
     }
     if stale:
         summary["as_of"] = _iso(job.updated_at if job.updated_at is not None else job.created_at)
+    lane = service.pipeline.lane if service is not None else None
+    if lane is not None and job.lane == "batch":
+        summary["provider_batches"] = lane.provider_batches(job.job_id)
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
         summary["provider"] = service.breaker.report()

@@ -125,14 +125,39 @@ PRIORITY_OPTION = typer.Option(
 )
 
 
+class Lane(StrEnum):
+    live = "live"
+    batch = "batch"
+    auto = "auto"
+
+
+LANE_OPTION = typer.Option(
+    help="live: one call per record, full price; batch: the provider's Message Batches API, "
+    "half the price, results as each provider batch ends (usually within an hour); auto "
+    "(the server's default): batch when the job would take long live, or with --deadline "
+    "the cheapest lane expected to make it."
+)
+DEADLINE_OPTION = typer.Option(
+    help="ISO 8601 date-time the job should be done by, e.g. 2026-12-07T18:00:00Z."
+)
+
+
 def _job_options(
-    task: str | None, max_cost: float | None, priority: Priority | None = None
+    task: str | None,
+    max_cost: float | None,
+    priority: Priority | None = None,
+    lane: Lane | None = None,
+    deadline: str | None = None,
 ) -> dict[str, Any]:
     """The job options the flags give, checked here so an error names the flag or the task
     file (not the `{"job": ...}` line the CLI sends)."""
     options: dict[str, Any] = {}
     if priority is not None:
         options["priority"] = priority.value
+    if lane is not None:
+        options["lane"] = lane.value
+    if deadline is not None:
+        options["deadline"] = deadline
     if task is not None:
         path = Path(task)
         if path.suffix == ".json" or path.is_file():
@@ -294,6 +319,8 @@ def submit(
     task: Annotated[str | None, TASK_OPTION] = None,
     max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
     priority: Annotated[Priority | None, PRIORITY_OPTION] = None,
+    lane: Annotated[Lane | None, LANE_OPTION] = None,
+    deadline: Annotated[str | None, DEADLINE_OPTION] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before an expensive job.")
     ] = False,
@@ -311,7 +338,7 @@ def submit(
     records, count = _checked_records(file, fmt, text_column, id_column)
     options = {
         **file_options(file, detect_format(file, fmt)),
-        **_job_options(task, max_cost, priority),
+        **_job_options(task, max_cost, priority, lane, deadline),
     }
     estimate = _submitted(client, _ndjson_chunks(records(), options), options, task, True)
     err.print(_estimate_line(estimate), markup=False)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.http import BatchRecord, Priority
+from schemas.http import BatchRecord, LaneRequest, Priority, check_deadline
 from schemas.insight import InsightResponse
 from schemas.task import TaskResponse, TaskSpec
 
@@ -34,6 +34,16 @@ class JobCreated(BaseModel):
     # one: every worker learns the key -> job mapping from here (stream_app.jobs.idempotency).
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     request_hash: str | None = Field(None, max_length=64)
+    # The job's lane (docs/lanes.md): the API writes the lane it chose for `auto` ("live"
+    # or "batch") with `lane_reason`; absent: BATCH_DEFAULT_LANE. `deadline`: ISO 8601.
+    lane: LaneRequest | None = None
+    lane_reason: str | None = Field(None, max_length=500)
+    deadline: str | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_is_iso(cls, value: str | None) -> str | None:
+        return check_deadline(value)
 
 
 class RecordEvent(BaseModel):
@@ -53,6 +63,9 @@ class RecordEvent(BaseModel):
     # Sent again by POST /api/v1/batch/{job_id}/retry: the retry round (1, 2, ...). Its
     # outcome replaces the record's earlier one.
     retry: int | None = Field(None, ge=1)
+    # "live": the batch lane sent this record back to the live lane (its provider batches
+    # kept expiring or failing): the process agent calls Claude for it whatever its job's lane.
+    lane: Literal["live"] | None = None
 
 
 class ResultEvent(BaseModel):
@@ -92,6 +105,9 @@ class ResultEvent(BaseModel):
     # Where the record was read in `batch.records` (a retry reads it back from there).
     record_partition: int | None = Field(None, ge=0)
     record_offset: int | None = Field(None, ge=0)
+    # "batch": answered through the provider's Message Batches API, its tokens billed at
+    # the batch rates (half the live price); absent or "live": a live call.
+    lane: Literal["live", "batch"] | None = None
 
     @property
     def tokens_used(self) -> int:

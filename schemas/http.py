@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -41,6 +42,27 @@ class BatchRecord(BaseModel):
 Priority = Literal["high", "normal", "low"]
 
 
+# Which lane runs a job (docs/lanes.md): live calls, the provider's Message Batches API
+# (half the price, most batches end within an hour), or chosen by size and deadline.
+LaneRequest = Literal["live", "batch", "auto"]
+
+
+def check_deadline(value: str | None) -> str | None:
+    """An ISO 8601 date-time with a date and a time (`2026-12-07T18:00:00Z`)."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            "deadline must be an ISO 8601 date-time, e.g. 2026-12-07T18:00:00Z"
+        ) from None
+    if "T" not in text.upper() and " " not in text:
+        raise ValueError("deadline must have a time of day, e.g. 2026-12-07T18:00:00Z")
+    return text
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +83,24 @@ class BatchRequest(BaseModel):
         allow_inf_nan=False,
         description="Spending cap in USD (default BATCH_MAX_COST_PER_JOB_USD).",
     )
+    lane: LaneRequest | None = Field(
+        None,
+        description="`live` (one call per record, full price), `batch` (the provider's "
+        "Message Batches API: half the price, results as each provider batch ends, usually "
+        "within an hour) or `auto` (default BATCH_DEFAULT_LANE): the batch lane when the "
+        "job would take longer than BATCH_LANE_AUTO_MINUTES live, or with a `deadline`, "
+        "the cheapest lane expected to finish by it.",
+    )
+    deadline: str | None = Field(
+        None,
+        description="ISO 8601 date-time (`2026-12-07T18:00:00Z`) by which the job should be "
+        "done; `auto` picks the cheapest lane expected to make it.",
+    )
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_is_iso(cls, value: str | None) -> str | None:
+        return check_deadline(value)
 
 
 class BatchAccepted(BaseModel):

@@ -93,6 +93,26 @@ class JobSummary(BaseModel):
     priority: str = Field(
         "normal", description="`high`, `normal` or `low`: the job's share of the budget."
     )
+    lane: Literal["live", "batch", "auto"] = Field(
+        "live",
+        description="The lane running the job: `live` (one call per record) or `batch` (the "
+        "provider's Message Batches API, half the price); `auto` only for a job announced "
+        "on batch.jobs without a resolved lane.",
+    )
+    lane_reason: str | None = Field(
+        None, description="Why the job runs in its lane (asked for, or what `auto` weighed)."
+    )
+    deadline: str | None = Field(None, description="The job's deadline (ISO 8601), if any.")
+    provider_batches: list[dict[str, Any]] | None = Field(
+        None,
+        description="Batch lane: the job's provider message batches, each `{id, "
+        "processing_status, request_counts}` (as the provider last reported them).",
+    )
+    saving_usd: str = Field(
+        "0",
+        description="What the job's batch-lane results would have cost at live prices, less "
+        'what they cost (USD, a decimal string; "0" on the live lane).',
+    )
     stale: bool = Field(
         False,
         description="true when read from a standby replica because the worker owning the "

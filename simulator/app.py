@@ -24,11 +24,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from simulator.batches import Batch, BatchNotFound, BatchStore, ItemOutcome
 from simulator.config import SimulatorConfig
 from simulator.faults import Fault, MarkerMemory, Markers, parse_markers, pick_fault
 from simulator.protocol import (
     CacheUsage,
     InvalidRequest,
+    MessagesRequest,
+    Reply,
     build_reply,
     error_body,
     message_body,
@@ -70,6 +73,18 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
         routes=[
             Route("/v1/messages", simulator.messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", simulator.count_tokens, methods=["POST"]),
+            Route("/v1/messages/batches", simulator.create_batch, methods=["POST"]),
+            Route("/v1/messages/batches", simulator.list_batches, methods=["GET"]),
+            Route("/v1/messages/batches/{batch_id}", simulator.retrieve_batch, methods=["GET"]),
+            Route("/v1/messages/batches/{batch_id}", simulator.delete_batch, methods=["DELETE"]),
+            Route(
+                "/v1/messages/batches/{batch_id}/cancel", simulator.cancel_batch, methods=["POST"]
+            ),
+            Route(
+                "/v1/messages/batches/{batch_id}/results",
+                simulator.batch_results,
+                methods=["GET"],
+            ),
             Route("/_sim/stats", simulator.get_stats, methods=["GET"]),
             Route("/_sim/config", simulator.get_config, methods=["GET"]),
             Route("/_sim/config", simulator.update_config, methods=["POST"]),
@@ -108,7 +123,9 @@ class PromptCache:
         # key -> (when the entry became usable, when it expires)
         self._entries: dict[str, tuple[float, float]] = {}
 
-    def usage(self, key: str, tokens: int, arrived: float, done: float, ttl: float) -> CacheUsage:
+    def usage(
+        self, key: str, tokens: int, arrived: float, done: float, ttl: float, one_hour: bool = False
+    ) -> CacheUsage:
         """A read when the prefix was cached and fresh when the call arrived, else a write;
         either keeps it for `ttl` seconds from `done`."""
         since, until = self._entries.get(key, (math.inf, 0.0))
@@ -119,7 +136,9 @@ class PromptCache:
             self._entries[key] = (done, done + ttl)
         else:  # written meanwhile by an overlapping call: keep the earliest entry
             self._entries[key] = (min(since, done), max(until, done + ttl))
-        return CacheUsage(read=tokens) if hit else CacheUsage(write_5m=tokens)
+        if hit:
+            return CacheUsage(read=tokens)
+        return CacheUsage(write_1h=tokens) if one_hour else CacheUsage(write_5m=tokens)
 
 
 class Simulator:
@@ -135,6 +154,7 @@ class Simulator:
         self._memory = MarkerMemory()
         self._prompt_cache = PromptCache()
         self._rng = random.Random(config.seed)
+        self.batches = BatchStore()
 
     async def messages(self, request: Request) -> Response:
         arrived = time.time()
@@ -210,6 +230,24 @@ class Simulator:
             headers = self._limiter.headers(time.time(), config)
             return _error(status, message, request_id, headers)
 
+        done = time.time()
+        parsed, reply, cache = self._reply(parsed, markers, fault, request.state.arrived, done)
+        self._limiter.charge_output(done, reply.output_tokens)
+        billing.input_tokens, billing.output_tokens = parsed.input_tokens, reply.output_tokens
+        billing.cache, billing.stop_reason = cache, reply.stop_reason
+        return _json(200, message_body(parsed, reply, cache), self._limiter.headers(done, config))
+
+    def _reply(
+        self,
+        parsed: MessagesRequest,
+        markers: Markers,
+        fault: Fault | None,
+        arrived: float,
+        done: float,
+    ) -> tuple[MessagesRequest, Reply, CacheUsage]:
+        """The answer to an admitted call (live or a batch's request) that is not an error:
+        the content, and the prompt cache's part of its usage (input tokens then exclude
+        the cached prefix)."""
         reply = build_reply(
             parsed,
             corrupt=fault is Fault.BAD_JSON,
@@ -219,24 +257,146 @@ class Simulator:
         cache = CacheUsage(
             markers.cache_write, markers.cache_write_1h, markers.cache_read, markers.usage_nulls
         )
-        done = time.time()
+        config = self.config
         if cache == CacheUsage() and parsed.cache_key is not None:
             # Markers win; otherwise a long enough prefix marked cache_control is cached.
             if parsed.cache_prefix_tokens >= config.cache_min_tokens:
+                one_hour = parsed.cache_ttl_1h
                 cache = self._prompt_cache.usage(
                     parsed.cache_key,
                     parsed.cache_prefix_tokens,
-                    request.state.arrived,
+                    arrived,
                     done,
-                    config.cache_ttl_seconds,
+                    3600.0 if one_hour else config.cache_ttl_seconds,
+                    one_hour=one_hour,
                 )
                 parsed = dataclasses.replace(
                     parsed, input_tokens=max(0, parsed.input_tokens - parsed.cache_prefix_tokens)
                 )
-        self._limiter.charge_output(done, reply.output_tokens)
-        billing.input_tokens, billing.output_tokens = parsed.input_tokens, reply.output_tokens
-        billing.cache, billing.stop_reason = cache, reply.stop_reason
-        return _json(200, message_body(parsed, reply, cache), self._limiter.headers(done, config))
+        return parsed, reply, cache
+
+    def answer_batch_item(self, params: dict[str, Any], at: float) -> ItemOutcome:
+        """One request of a message batch, answered as the live call would be at time `at`
+        (no rate limit or latency: a batch has its own pool). Errors become ``errored``
+        results with the live call's error type and message."""
+        request_id = f"req_sim_{uuid.uuid4().hex[:24]}"
+        try:
+            parsed = parse_messages_request(params, require_max_tokens=True)
+            markers = parse_markers(parsed.user_text)
+        except InvalidRequest as exc:
+            return _errored(400, str(exc), request_id)
+        if self.config.models is not None and parsed.model not in self.config.models:
+            return _errored(404, f"model: {parsed.model}", request_id)
+        if markers.batch_expired:
+            return ItemOutcome({"type": "expired"})
+        if self._memory.rate_limit_now(parsed.user_text, markers):
+            return _errored(429, "Simulated rate limit ([[sim:429-...]] marker).", request_id)
+        attempt = self._memory.attempt(parsed.user_text, markers)
+        if self.config.force_status is not None:
+            status = self.config.force_status
+            message = self.config.force_message or _FORCED_MESSAGES.get(status, "Simulated error.")
+            return _errored(status, message, request_id)
+        fault = pick_fault(markers, attempt) or self._random_fault()
+        if fault is Fault.UNREADABLE:
+            return _errored(500, "Internal server error (simulated).", request_id)
+        if fault is not None and fault is not Fault.BAD_JSON:
+            return _errored(*_FAULT_ANSWERS[fault], request_id)
+        parsed, reply, cache = self._reply(parsed, markers, fault, at, at)
+        return ItemOutcome(
+            {"type": "succeeded", "message": message_body(parsed, reply, cache)},
+            input_tokens=parsed.input_tokens,
+            output_tokens=reply.output_tokens,
+            cache_creation_input_tokens=cache.creation,
+            cache_read_input_tokens=cache.read,
+        )
+
+    async def create_batch(self, request: Request) -> Response:
+        request_id: str = request.state.request_id
+        if self.config.api_keys is not None and _credential(request) not in self.config.api_keys:
+            return _error(401, _FORCED_MESSAGES[401], request_id)
+        try:
+            batch = self.batches.create(
+                await _json_body(request),
+                now=time.time(),
+                processing_seconds=self.config.batch_processing_seconds,
+                expiry_seconds=self.config.batch_expiry_seconds,
+                stall=self.config.batch_stall,
+                results_base=str(request.base_url).rstrip("/"),
+            )
+        except InvalidRequest as exc:
+            return _error(400, str(exc), request_id)
+        body = batch.body()
+        # Accepted (and counted) now; the answer may be held back to open a crash window.
+        await asyncio.sleep(self.config.batch_create_delay_ms / 1000)
+        return _json(200, body)
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        batch = self._visible_batch(request)
+        if isinstance(batch, Response):
+            return batch
+        return _json(200, batch.body())
+
+    async def list_batches(self, request: Request) -> Response:
+        query = request.query_params
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return _error(400, "limit: between 1 and 1000", request.state.request_id)
+        page = self.batches.listing(
+            time.time(),
+            self.answer_batch_item,
+            limit=limit,
+            after_id=query.get("after_id"),
+            before_id=query.get("before_id"),
+        )
+        return _json(200, page)
+
+    async def cancel_batch(self, request: Request) -> Response:
+        try:
+            batch = self.batches.cancel(
+                request.path_params["batch_id"], time.time(), self.answer_batch_item
+            )
+        except BatchNotFound as exc:
+            return _error(404, f"message batch {exc} not found", request.state.request_id)
+        return _json(200, batch.body())
+
+    async def delete_batch(self, request: Request) -> Response:
+        try:
+            body = self.batches.delete(
+                request.path_params["batch_id"], time.time(), self.answer_batch_item
+            )
+        except BatchNotFound as exc:
+            return _error(404, f"message batch {exc} not found", request.state.request_id)
+        except InvalidRequest as exc:
+            return _error(400, str(exc), request.state.request_id)
+        return _json(200, body)
+
+    async def batch_results(self, request: Request) -> Response:
+        batch = self._visible_batch(request)
+        if isinstance(batch, Response):
+            return batch
+        if batch.ended is None:
+            message = f"message batch {batch.id} has not ended yet"
+            return _error(404, message, request.state.request_id)
+        return Response(
+            self.batches.results_jsonl(batch), status_code=200, media_type="application/binary"
+        )
+
+    def _visible_batch(self, request: Request) -> Batch | Response:
+        """The batch, or the 404 the provider gives for an unknown one and, within
+        `batch_not_found_seconds` after its create, for a known one."""
+        batch_id = request.path_params["batch_id"]
+        now = time.time()
+        try:
+            batch = self.batches.get(batch_id, now, self.answer_batch_item)
+        except BatchNotFound:
+            return _error(404, f"message batch {batch_id} not found", request.state.request_id)
+        if now - batch.created < self.config.batch_not_found_seconds:
+            self.batches.not_found_answers += 1
+            return _error(404, f"message batch {batch_id} not found", request.state.request_id)
+        return batch
 
     async def count_tokens(self, request: Request) -> Response:
         """Same estimate as /v1/messages usage; consumes no rate limit and is not recorded."""
@@ -247,7 +407,7 @@ class Simulator:
         return _json(200, {"input_tokens": parsed.input_tokens})
 
     async def get_stats(self, request: Request) -> Response:
-        return _json(200, self.stats.snapshot())
+        return _json(200, {**self.stats.snapshot(), **self.batches.counters()})
 
     async def get_config(self, request: Request) -> Response:
         return _json(200, self.config.model_dump())
@@ -271,6 +431,7 @@ class Simulator:
         self._memory = MarkerMemory()
         self._prompt_cache = PromptCache()
         self._rng = random.Random(self.config.seed)
+        self.batches = BatchStore()
         return _json(200, {"status": "reset"})
 
     def _delay_seconds(self, markers: Markers) -> float:
@@ -367,6 +528,11 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> R
     return Response(
         orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
     )
+
+
+def _errored(status: int, message: str, request_id: str) -> ItemOutcome:
+    """A batch request's ``errored`` result: the error body a live call would have had."""
+    return ItemOutcome({"type": "errored", "error": error_body(status, message, request_id)})
 
 
 def _error(

@@ -41,6 +41,14 @@ class SimulatorConfig(BaseModel):
     # cache on first use and read from it for `cache_ttl_seconds` after its last use.
     cache_min_tokens: int = Field(default=1024, ge=1)
     cache_ttl_seconds: float = Field(default=300.0, gt=0)
+    # Message batches (simulator/batches.py): how long a batch takes, its expiry, batches
+    # that stall until expiry, the 404 of a retrieve/results this soon after the create,
+    # and how long a create's answer is held back after the batch was accepted.
+    batch_processing_seconds: float = Field(default=2.0, ge=0)
+    batch_expiry_seconds: float = Field(default=86_400.0, gt=0)
+    batch_stall: bool = False
+    batch_not_found_seconds: float = Field(default=0.0, ge=0)
+    batch_create_delay_ms: float = Field(default=0.0, ge=0)
 
     def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
         """A validated copy with ``patch`` applied (``model_copy`` would skip validation)."""

@@ -30,6 +30,9 @@ Replies (HTTP 200, billed):
 - ``cache-write=N``, ``cache-write-1h=N``, ``cache-read=N``: usage with those cache tokens.
 - ``usage-nulls``: usage with null cache counts and no cache_creation breakdown.
 - ``slow=MS``: extra latency.
+
+Message batches (simulator/batches.py): ``batch-expired`` makes the request ``expired`` in a
+batch (a live call ignores it); the error markers above make it ``errored``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from simulator.protocol import InvalidRequest
 _MARKER = re.compile(r"\[\[sim:([^\]]*)\]\]")
 _REPEATS = {"once": 1, "twice": 2}
 _REPEATABLE = ("fail-500", "overloaded", "bad-json", "429", "unreadable", "fail-408", "fail-409")
-_FLAGS = ("fail-400", "fail-500-always", "usage-nulls", "unreadable")
+_FLAGS = ("fail-400", "fail-500-always", "usage-nulls", "unreadable", "batch-expired")
 _STOPS = ("max-tokens", "refusal", "empty", "pause-turn", "context-window")
 _ERRORS = ("prompt-too-long", "413")
 # Valued markers that shape a one-time 429.
@@ -94,6 +97,7 @@ class Markers:
     usage_nulls: bool = False
     fail_408: int = 0
     fail_409: int = 0
+    batch_expired: bool = False
 
 
 def parse_markers(text: str) -> Markers:
@@ -143,6 +147,7 @@ def parse_markers(text: str) -> Markers:
         usage_nulls="usage-nulls" in flags,
         fail_408=repeats.get("fail-408", 0),
         fail_409=repeats.get("fail-409", 0),
+        batch_expired="batch-expired" in flags,
     )
 
 

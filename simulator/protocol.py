@@ -44,6 +44,8 @@ class MessagesRequest:
     # The prefix marked cache_control (none: 0 and None): its tokens and an id of its content.
     cache_prefix_tokens: int = 0
     cache_key: str | None = None
+    # The marked prefix asks for the 1-hour cache (`cache_control.ttl` "1h").
+    cache_ttl_1h: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,14 @@ def parse_messages_request(body: Any, *, require_max_tokens: bool) -> MessagesRe
         forced_tool=_forced_tool(tools, body.get("tool_choice")),
         cache_prefix_tokens=prefix[0],
         cache_key=prefix[1],
+        cache_ttl_1h=prefix[1] is not None and _last_ttl(body.get("system")) == "1h",
     )
+
+
+def _last_ttl(system: Any) -> Any:
+    """The `ttl` of the last system block marked cache_control (None when it sets none)."""
+    marked = [b for b in system if isinstance(b, dict) and isinstance(b.get("cache_control"), dict)]
+    return marked[-1]["cache_control"].get("ttl") if marked else None
 
 
 def cache_prefix(

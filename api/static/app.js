@@ -163,8 +163,13 @@ $("upload-form").addEventListener("submit", async (event) => {
   const isCsv = /\.csv$/i.test(file.name);
   // A .json file is the API's own body ({"records": [...], ...}); .jsonl/.ndjson a record a line.
   const isJson = /\.json$/i.test(file.name);
+  const query = new URLSearchParams();
+  if (isCsv) query.set("text_column", $("text-column").value || "text");
+  if ($("lane").value) query.set("lane", $("lane").value);
+  // datetime-local is the browser's local time: sent as ISO 8601 in UTC.
+  if ($("deadline").value) query.set("deadline", new Date($("deadline").value).toISOString());
   let path = "/api/v1/batch";
-  if (isCsv) path += `?text_column=${encodeURIComponent($("text-column").value || "text")}`;
+  if ([...query].length) path += `?${query}`;
   const button = $("upload");
   button.disabled = true;
   $("upload-status").textContent = `uploading ${file.name}…`;
@@ -241,6 +246,9 @@ function drawJob(state, job) {
   $("count-total").textContent = job.total_records ?? "?";
   $("count-tokens").textContent = number(job.total_tokens_used);
   $("count-cost").textContent = money(job.estimated_cost);
+  $("job-lane").textContent = job.lane || "live";
+  $("count-saving").textContent = money(Number(job.saving_usd || 0));
+  $("job-lane-reason").textContent = job.lane_reason || "";
   $("cancel").disabled = job.status !== "pending" && job.status !== "running";
   // Once a job has ended, what became of its records, in words (a cancelled job is "done"
   // at 100% though most of it was skipped).

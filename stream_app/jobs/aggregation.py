@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from schemas import JobCancelled, JobCreated, JobRetried, ResultEvent
+from stream_app.provider.batches import at_batch_rates
 from stream_app.provider.pricing import Price
 from stream_app.provider.usage import Usage
 
@@ -38,6 +39,8 @@ class JobStatus(BaseModel):
     # Internal: the 1-hour part of the cache writes, which the cost needs.
     cache_creation_1h_input_tokens: int = 0
     estimated_cost: Decimal = Decimal(0)
+    # What the job's batch-lane results would have cost at live prices, less what they cost.
+    saving_usd: Decimal = Decimal(0)
     created_at: float | None = None
     updated_at: float | None = None
     owner: str | None = None
@@ -48,6 +51,10 @@ class JobStatus(BaseModel):
     max_cost_usd: Decimal | None = None
     # Its share of the budget while other jobs wait (None: normal).
     priority: str | None = None
+    # Its lane (None: not announced, or announced without one) and why.
+    lane: str | None = None
+    lane_reason: str | None = None
+    deadline: str | None = None
     # Lets readers list results before the "created" event has told them the total.
     highest_index: int = -1
     # Retry rounds asked for (POST .../retry), and records of them without a new outcome.
@@ -100,12 +107,16 @@ def apply_created(job: JobStatus | None, event: JobCreated, now: float) -> JobSt
     if event.max_cost_usd is not None:
         job.max_cost_usd = Decimal(str(event.max_cost_usd))
     job.priority = event.priority
+    job.lane, job.lane_reason, job.deadline = event.lane, event.lane_reason, event.deadline
     job.updated_at = now
     return _settle(job)
 
 
 def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: float) -> JobStatus:
-    """Count one record's outcome. The caller guarantees each (job, index) comes once."""
+    """Count one record's outcome. The caller guarantees each (job, index) comes once.
+    `price`: the live price of the model that billed it; a batch-lane result (`lane`
+    "batch") costs the batch rates (`stream_app.provider.batches.at_batch_rates`), and the
+    difference is the job's saving."""
     job = job.model_copy() if job is not None else JobStatus(job_id=result.job_id, created_at=now)
     if result.skipped:
         job.skipped_count += 1
@@ -119,7 +130,12 @@ def apply_result(job: JobStatus | None, result: ResultEvent, price: Price, now: 
     billed = Usage.of(result)
     for name, count in billed.fields().items():
         setattr(job, name, getattr(job, name) + count)
-    job.estimated_cost += price.cost_of(billed)
+    if result.lane == "batch":
+        cost = at_batch_rates(price).cost_of(billed)
+        job.saving_usd += price.cost_of(billed) - cost
+    else:
+        cost = price.cost_of(billed)
+    job.estimated_cost += cost
     job.highest_index = max(job.highest_index, result.index)
     job.updated_at = now
     return _settle(job)
@@ -237,10 +253,17 @@ class JobLedger:
         self._last_result: tuple[str, dict[str, Any]] | None = None
 
     def price_for(self, result: ResultEvent) -> Price:
-        """The price of the model that billed `result`."""
+        """The live price of the model that billed `result` (see `cost_of`)."""
         if self._price_of is None or result.model is None:
             return self._price
         return self._price_of(result.model)
+
+    def cost_of(self, result: ResultEvent) -> Decimal:
+        """USD `result` cost: its model's price, at the batch rates for a batch-lane result."""
+        price = self.price_for(result)
+        if result.lane == "batch":
+            price = at_batch_rates(price)
+        return price.cost_of(Usage.of(result))
 
     def forget_recounts(self) -> None:
         """After a rebalance, recovery may have replayed old values again."""
@@ -383,6 +406,7 @@ class JobLedger:
                 "skipped_count": 0,
                 **Usage().fields(),
                 "estimated_cost": Decimal(0),
+                "saving_usd": Decimal(0),
                 # A cancel (or a reached cap) is not undone by counting again.
                 "status": stored.status if stored.status in _STOPPED else "pending",
             }

@@ -49,8 +49,9 @@ from stream_app.jobs.spend_ledger import (
     tenant_ledger,
 )
 from stream_app.jobs.tasks import check_task_model
+from stream_app.provider.batches import at_batch_rates
 from stream_app.provider.client import InsightClient
-from stream_app.provider.pricing import Price
+from stream_app.provider.pricing import BATCH_DISCOUNT, Price
 from stream_app.provider.request import CHARS_PER_TOKEN, PreparedTask
 from stream_app.provider.task_schema import check_output_schema
 from stream_app.provider.usage import Usage
@@ -76,6 +77,8 @@ class JobTerms:
     # Who submitted it (API_KEYS) and its priority: the scheduler's tenant and weight.
     owner: str | None = None
     priority: Priority | None = None
+    # "batch": its records go to the batch lane (stream_app.kafka.batch_lane).
+    lane: str | None = None
 
 
 DEFAULT_TERMS = JobTerms()
@@ -126,12 +129,18 @@ class JobRules:
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
             JobTerms(
-                created.task, created.task_name, cap, owner=created.owner, priority=created.priority
+                created.task,
+                created.task_name,
+                cap,
+                owner=created.owner,
+                priority=created.priority,
+                lane=created.lane,
             )
             if created.task is not None
             or cap is not None
             or created.owner is not None
             or created.priority is not None
+            or created.lane is not None
             else DEFAULT_TERMS
         )
         self._terms[created.job_id] = terms
@@ -221,7 +230,7 @@ class JobRules:
             return _outcome(record, f"the job's task cannot be used: {exc}")
         limits = self._limits(record.job_id, terms)
         if limits:
-            refused = await self._reserve(record, task, limits)
+            _, refused = await self._reserve(record, task, limits)
             if refused is not None:
                 log.info(
                     "spend limit reached: record skipped",
@@ -244,7 +253,7 @@ class JobRules:
         reserved = self._reserved.pop(key, None)
         if reserved is not None:
             reservation, ledgers = reserved
-            cost = self._price_of(result.model).cost_of(usage)
+            cost = self.cost_of(result)
             for ledger in ledgers:
                 self.spend.settle(ledger, reservation, cost)
         sent = self._chars.pop(key, None)
@@ -300,28 +309,50 @@ class JobRules:
             "exhausted": self.tenant_exhausted(tenant),
         }
 
+    async def reserve_batch_request(self, record: RecordEvent, task: PreparedTask) -> Verdict:
+        """Reserve a Message Batches request of `record` at the batch rates in the ledgers
+        of its job (its cap, its tenant's budget). ADMIT (also when the job has no limit),
+        REFUSE (skip the record), or WAIT: a ledger cannot take it before calls in flight
+        settle, and the batch lane creates its provider batch without it. Never waits: a
+        provider batch's requests settle only once it ends."""
+        terms = self._terms.get(record.job_id, DEFAULT_TERMS)
+        limits = self._limits(record.job_id, terms)
+        if not limits:
+            return Verdict.ADMIT
+        verdict, _ = await self._reserve(record, task, limits, factor=BATCH_DISCOUNT, wait=False)
+        return verdict
+
     async def _reserve(
-        self, record: RecordEvent, task: PreparedTask, limits: list[tuple[str, Decimal]]
-    ) -> str | None:
-        """Reserve the record's call in every ledger of `limits`; the ledger that refused
-        it (the reservations made are released), or None when all admitted it. Each
-        reservation has an id of its own: a record run twice (by two workers around a
-        rebalance) is two calls the provider bills, and the ledgers count both."""
+        self,
+        record: RecordEvent,
+        task: PreparedTask,
+        limits: list[tuple[str, Decimal]],
+        *,
+        factor: Decimal = Decimal(1),
+        wait: bool = True,
+    ) -> tuple[Verdict, str | None]:
+        """Reserve the record's call (its estimate and its most, times `factor`) in every
+        ledger of `limits`: (ADMIT, None) when all admitted it, else the verdict and the
+        ledger that gave it (the reservations made are released). Each reservation has an
+        id of its own: a record run twice (by two workers around a rebalance) is two calls
+        the provider bills, and the ledgers count both."""
         key = result_key(record.job_id, record.index)
         reservation = f"{key}:{uuid.uuid4().hex[:12]}"
-        expected = self.call_estimate(task, record)
-        most = self.call_most(task, record)
+        expected = self.call_estimate(task, record) * factor
+        most = self.call_most(task, record) * factor
         granted: list[str] = []
         self._reserved[key] = (reservation, granted)
         for ledger, limit in limits:
-            verdict = await self.spend.reserve(ledger, reservation, expected, most, limit)
-            if verdict is Verdict.REFUSE:
+            verdict = await self.spend.reserve(
+                ledger, reservation, expected, most, limit, wait=wait
+            )
+            if verdict is not Verdict.ADMIT:
                 for done in granted:
                     self.spend.release(done, reservation)
                 self._reserved.pop(key, None)
-                return ledger
+                return verdict, ledger
             granted.append(ledger)
-        return None
+        return Verdict.ADMIT, None
 
     def call_estimate(self, task: PreparedTask, record: RecordEvent) -> Decimal:
         """Expected USD of one call of `record` (what a reservation holds)."""
@@ -341,6 +372,27 @@ class JobRules:
     def client(self) -> InsightClient:
         """The provider client the records' calls go through (token counting too)."""
         return self._client
+
+    def cost_of(self, result: ResultEvent) -> Decimal:
+        """USD `result` cost: its model's price, at the batch rates for a batch-lane one."""
+        price = self._price_of(result.model)
+        if result.lane == "batch":
+            price = at_batch_rates(price)
+        return price.cost_of(Usage.of(result))
+
+    def lane_of(self, job_id: str) -> str | None:
+        """The lane the job's `created` event named (None: not known, or none named)."""
+        terms = self._terms.get(job_id)
+        return terms.lane if terms is not None else None
+
+    async def terms_known(self, job_id: str) -> None:
+        """Return once the job's terms are known (or taken as the defaults)."""
+        await self._terms_of(job_id)
+
+    def task_of(self, job_id: str) -> PreparedTask:
+        """The job's prepared task (its terms must be known: `terms_known`). Raises
+        InsightStreamError when it cannot be sent."""
+        return self._task(job_id, self._terms.get(job_id, DEFAULT_TERMS))
 
     def prepare(self, spec: TaskSpec | None, name: str | None = None) -> PreparedTask:
         return self._client.prepare(spec, name)

@@ -187,9 +187,16 @@ class SpendGrants(Protocol):
     ledgers: SpendLedgers
 
     async def reserve(
-        self, ledger: str, record: str, expected: Decimal, most: Decimal, limit: Decimal
+        self,
+        ledger: str,
+        record: str,
+        expected: Decimal,
+        most: Decimal,
+        limit: Decimal,
+        *,
+        wait: bool = True,
     ) -> Verdict:
-        """ADMIT or REFUSE (waits while WAIT)."""
+        """ADMIT or REFUSE (waits while WAIT; with `wait=False` answers WAIT instead)."""
         ...
 
     def settle(self, ledger: str, record: str, usd: Decimal) -> None: ...
@@ -206,12 +213,19 @@ class LocalSpend:
         self._changed: dict[str, asyncio.Event] = {}
 
     async def reserve(
-        self, ledger: str, record: str, expected: Decimal, most: Decimal, limit: Decimal
+        self,
+        ledger: str,
+        record: str,
+        expected: Decimal,
+        most: Decimal,
+        limit: Decimal,
+        *,
+        wait: bool = True,
     ) -> Verdict:
         while True:
             entry = Entry("reserve", ledger, record, expected, most, limit)
             verdict = self.ledgers.apply(entry, time.time())
-            if verdict is not Verdict.WAIT and verdict is not None:
+            if verdict is not None and (verdict is not Verdict.WAIT or not wait):
                 return verdict
             await self._changed.setdefault(ledger, asyncio.Event()).wait()
 

@@ -7,8 +7,10 @@ agent (`aggregator`); reading consumed messages and dead-lettering the unreadabl
 (`lanes`); the group-less `batch.jobs` reader that
 feeds every worker's directory of jobs (`jobs_reader`); the job feed (`job_feed`); topic
 creation (`topics`); bulk publishing (`bulk_publish`); local table state and standby replicas
-(`local_state`, `replicas`); the stall watch (`stall`); and the repairs: every replaced method
-of Faust or aiokafka (`faust_fixes`, each naming its upstream report) and the redelivery watch
-(`redelivery`). It imports the job domain, the provider, `stream_app.core` and `schemas`;
-never `stream_app.running` or the API.
+(`local_state`, `replicas`); the stall watch (`stall`); the batch lane (`batch_lane`:
+batch-lane records grouped into the provider's message batches, their ids kept in a
+changelog-backed table); and the repairs: every replaced method of Faust or aiokafka
+(`faust_fixes`, each naming its upstream report) and the redelivery watch (`redelivery`).
+It imports the job domain, the provider, `stream_app.core` and `schemas`; never
+`stream_app.running` or the API.
 """

@@ -32,6 +32,7 @@ from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler
 from stream_app.kafka.aggregator import Aggregator
+from stream_app.kafka.batch_lane import BatchLane, install_batch_lane, lane_topic_name
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
 from stream_app.kafka.fencing import fence_table_writes
@@ -46,6 +47,7 @@ from stream_app.kafka.record_handler import RecordHandler
 from stream_app.kafka.record_reader import read_back
 from stream_app.kafka.replicas import active_partitions, stored_results, stored_values
 from stream_app.kafka.topics import CHANGELOG_CONFIG
+from stream_app.provider.batches import BatchClient
 from stream_app.provider.pricing import Price
 
 log = get_logger(__name__)
@@ -87,17 +89,24 @@ class Pipeline:
     records: RecordHandler | None = None
     # Jobs deleted on batch.jobs (fed by the worker's batch.jobs reader): never answered.
     deleted: DeletedJobs = field(default_factory=DeletedJobs)
+    # The batch lane (stream_app.kafka.batch_lane), when a batch client was given.
+    lane: BatchLane | None = None
 
     @property
     def outcomes_sent(self) -> int:
-        """Outcomes this worker sent to `batch.results` (new or re-sent known ones)."""
-        return self.records.outcomes_sent if self.records is not None else 0
+        """Outcomes this worker sent to `batch.results` (new or re-sent known ones), and
+        records handed over to the batch lane: the worker's progress."""
+        sent = self.records.outcomes_sent if self.records is not None else 0
+        if self.lane is not None:
+            sent += self.lane.outcomes_sent + self.lane.handed_over
+        return sent
 
     @property
     def topic_partitions(self) -> dict[str, int]:
         """Every topic the service uses, with the partition count it must have."""
         s = self.settings
         names = [s.topic_jobs, *record_topics(s), s.topic_results, s.topic_dlq]
+        names += [lane_topic_name(s)] if self.lane is not None else []
         names += [table.changelog_topic.get_topic_name() for table in self.tables]
         return {name: s.kafka_partitions for name in names}
 
@@ -352,6 +361,7 @@ def build_pipeline(
     feed: JobFeed | None = None,
     metrics: WorkerMetrics | None = None,
     deleted: DeletedJobs | None = None,
+    batch_client: BatchClient | None = None,
 ) -> Pipeline:
     """The Faust app with its topics, tables, agents and rebalance hooks, wired to the
     given plain objects (nothing starts until the app runs)."""
@@ -416,6 +426,15 @@ def build_pipeline(
         current_generation=lambda: app.consumer_generation_id,
         deleted=deleted,
     )
+    if batch_client is not None:
+        install_batch_lane(
+            pipeline,
+            batch_client,
+            rules=rules,
+            records=records,
+            dead_letters=dead_letters,
+            partitions=partitions,
+        )
     aggregator = Aggregator(
         jobs_topic=s.topic_jobs,
         ledger=ledger,
@@ -458,6 +477,10 @@ def build_pipeline(
             tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_records
         )
         processor.budget.assign(owned)
+        if pipeline.lane is not None:
+            pipeline.lane.assigned(
+                {tp.partition for tp in app.consumer.assignment() if tp.topic == lane_topic_name(s)}
+            )
         log.info(
             "budget share",
             partitions=f"{len(owned)}/{s.kafka_partitions}",

@@ -38,6 +38,7 @@ from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
 from stream_app.jobs.scheduler import Ticket, record_cost, ticket_for
+from stream_app.kafka.batch_lane import BatchLane
 from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import (
     DeadLetters,
@@ -97,6 +98,8 @@ class RecordHandler:
         # topic -> the stream that reads it, which acknowledges its records.
         self._streams: dict[str, faust.StreamT[bytes]] = {}
         self.outcomes_sent = 0
+        # Records of batch-lane jobs are handed to it instead of calling Claude here.
+        self.lane: BatchLane | None = None
 
     async def serve(
         self, stream: faust.StreamT[bytes], lookahead: LookAhead[EventT], lane: str
@@ -258,6 +261,9 @@ class RecordHandler:
             return
         if isinstance(task, ResultEvent):
             await self.send_outcome(key, stamped(task))
+            return
+        if self.lane is not None and self.lane.takes(record):
+            await self.lane.hand_over(record)
             return
         await self._gate.admit()
         async with self._gate.in_flight():

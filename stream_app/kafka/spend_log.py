@@ -71,15 +71,23 @@ class SpendLog:
             await self._producer.stop()
 
     async def reserve(
-        self, ledger: str, record: str, expected: Decimal, most: Decimal, limit: Decimal
+        self,
+        ledger: str,
+        record: str,
+        expected: Decimal,
+        most: Decimal,
+        limit: Decimal,
+        *,
+        wait: bool = True,
     ) -> Verdict:
         """ADMIT or REFUSE for a call of `record` expected to cost `expected` USD, at most
         `most`, in `ledger` whose limit is `limit`; waits (asking again) while the verdict
-        is WAIT. Raises the producer's KafkaError when the broker does not take it."""
+        is WAIT, or answers WAIT with `wait=False`. Raises the producer's KafkaError when the
+        broker does not take it."""
         while True:
             changed = self._changed.setdefault(ledger, asyncio.Event())
             verdict = await self._ask(Entry("reserve", ledger, record, expected, most, limit))
-            if verdict is not Verdict.WAIT:
+            if verdict is not Verdict.WAIT or not wait:
                 return verdict
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), _WAIT_RECHECK_SECONDS)

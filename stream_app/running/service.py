@@ -39,6 +39,7 @@ from stream_app.kafka.retention import run_retention
 from stream_app.kafka.spend_log import SPEND_TOPIC_CONFIG, SpendLog
 from stream_app.kafka.stall import Backlog, StallWatch
 from stream_app.kafka.topics import ensure_topics, leader_topic
+from stream_app.provider.batches import BatchClient, PollPolicy
 from stream_app.provider.breaker import ProviderBreaker
 from stream_app.provider.budget import RateBudget
 from stream_app.provider.call_slots import CallSlots
@@ -416,6 +417,10 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         metrics=metrics,
         rules=rules,
         deleted=deleted,
+        batch_client=BatchClient(
+            anthropic_client,
+            PollPolicy(first=settings.batch_lane_poll_seconds),
+        ),
     )
     created = await ensure_topics(
         settings.kafka_bootstrap_servers,

@@ -75,6 +75,10 @@ BODIES: list[Any] = [
     {"records": [{"text": "a"}], "priority": "high", "max_cost_usd": 2.5},
     {"records": [{"text": "a"}, {"text": "b", "id": 7}]},
     {"records": [{"text": "a"}, {"text": "b", "id": 7.5}]},  # not plain: BatchRecord refuses
+    {"records": [{"text": "a"}], "lane": "batch", "deadline": "2099-12-07T18:00:00Z"},
+    {"records": [{"text": "a"}], "lane": "cheap"},
+    {"records": [{"text": "a"}], "deadline": "tomorrow"},
+    {"records": [{"text": "a"}], "deadline": "2026-12-07"},
     {"records": [{"text": "a"}, {"text": " "}]},
     {"records": [{"text": "a"}], "priority": "urgent"},
     {"records": [{"text": "a"}, {"text": "x" * 21}]},

@@ -215,3 +215,22 @@ def test_the_result_just_counted_is_read_back_without_the_table() -> None:
     assert results.reads == 0
     assert book.result("j", 0) == results["j#0"] and results.reads == 1
     assert book.result("j", 2) is None and results.reads == 2
+
+
+def test_batch_lane_results_cost_half_and_the_saving_is_shown() -> None:
+    usage = {"input_tokens": 1000, "output_tokens": 300, "cache_read_input_tokens": 2000}
+    live = ResultEvent(job_id="j", index=0, success=True, **usage)
+    batch = ResultEvent(job_id="j", index=1, success=True, lane="batch", **usage)
+    job = apply_created(None, JobCreated(job_id="j", total_records=2), now=1.0)
+    job = apply_result(job, live, PRICE, now=2.0)
+    live_cost = job.estimated_cost
+    assert job.saving_usd == 0
+    job = apply_result(job, batch, PRICE, now=3.0)
+    assert job.estimated_cost - live_cost == live_cost / 2
+    assert job.saving_usd == live_cost / 2
+    book = ledger()
+    assert book.cost_of(batch) == book.cost_of(live) / 2
+    book.record_result(batch, now=1.0)
+    book.record_result(batch, now=2.0)  # a duplicate recounts: the saving is not doubled
+    stored = book.job("j")
+    assert stored is not None and stored.saving_usd == live_cost / 2

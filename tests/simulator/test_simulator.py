@@ -646,6 +646,14 @@ def test_control_endpoints(sim: SimulatorHandle) -> None:
         "total_output_tokens_billed": 0,
         "total_cache_creation_input_tokens_billed": 0,
         "total_cache_read_input_tokens_billed": 0,
+        "batches_created": 0,
+        "batch_not_found_answers": 0,
+        "batch_items_billed": 0,
+        "batch_input_tokens_billed": 0,
+        "batch_output_tokens_billed": 0,
+        "batch_cache_creation_input_tokens_billed": 0,
+        "batch_cache_read_input_tokens_billed": 0,
+        "batches": [],
     }
 
 

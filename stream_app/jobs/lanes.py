@@ -1,0 +1,110 @@
+"""Which lane runs a job: the live lane (one call per record, under the cluster's request
+budget, full price) or the batch lane (the provider's Message Batches API: half the price,
+outside the per-minute limits, most batches end within an hour). Pure logic, no Kafka.
+
+A job asks for `live`, `batch` or `auto` (default BATCH_DEFAULT_LANE). `auto` takes:
+- without a deadline: the batch lane when the job's projected live duration (its records
+  plus the live backlog ahead of it, at CLAUDE_REQUESTS_PER_MINUTE) exceeds
+  BATCH_LANE_AUTO_MINUTES, the live lane otherwise;
+- with a deadline: the cheapest lane expected to finish by it: the batch lane when the
+  provider's typical batch time (1 h) fits before the deadline, else the live lane (and
+  when the live lane would miss it too, still the live lane: it is the faster one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+Lane = Literal["live", "batch"]
+LaneRequest = Literal["live", "batch", "auto"]
+# The provider's Message Batches docs: most batches end within 1 hour.
+BATCH_TYPICAL_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class LaneChoice:
+    """The lane a job runs in, and why (the job's status shows both)."""
+
+    lane: Lane
+    reason: str
+
+
+@dataclass(frozen=True)
+class LivePace:
+    """What the live lane has on its plate: `backlog_records` of live-lane jobs ahead
+    (without an outcome yet), served at `requests_per_minute` (the cluster's budget)."""
+
+    requests_per_minute: float
+    backlog_records: int = 0
+
+    def seconds_for(self, records: int) -> float:
+        """Projected seconds until `records` more records are done on the live lane."""
+        return (self.backlog_records + records) * 60.0 / self.requests_per_minute
+
+
+def choose_lane(
+    requested: LaneRequest,
+    records: int,
+    pace: LivePace,
+    *,
+    auto_minutes: float,
+    deadline: float | None = None,
+    now: float = 0.0,
+    batch_seconds: float = BATCH_TYPICAL_SECONDS,
+) -> LaneChoice:
+    """The lane of a job of `records` records asking for `requested` (`deadline`, `now`:
+    Unix times; `auto_minutes`: BATCH_LANE_AUTO_MINUTES; `batch_seconds`: how long a
+    provider batch is expected to take)."""
+    if requested == "live":
+        return LaneChoice("live", "asked for the live lane")
+    if requested == "batch":
+        return LaneChoice("batch", "asked for the batch lane")
+    live_seconds = pace.seconds_for(records)
+    projected = (
+        f"projected live duration {_minutes(live_seconds)} ({records} records + "
+        f"{pace.backlog_records} ahead at {pace.requests_per_minute:g} requests/minute)"
+    )
+    if deadline is not None:
+        left = deadline - now
+        if batch_seconds <= left:
+            return LaneChoice(
+                "batch",
+                f"auto: the batch lane (half the price) is expected to end within "
+                f"{_minutes(batch_seconds)}, before the deadline in {_minutes(left)}",
+            )
+        if live_seconds <= left:
+            return LaneChoice(
+                "live",
+                f"auto: the deadline in {_minutes(left)} is too close for a provider batch "
+                f"(~{_minutes(batch_seconds)}); {projected} fits",
+            )
+        return LaneChoice(
+            "live",
+            f"auto: neither lane is expected to finish by the deadline in {_minutes(left)} "
+            f"({projected}); the live lane is the faster",
+        )
+    if live_seconds > auto_minutes * 60:
+        return LaneChoice(
+            "batch", f"auto: {projected} exceeds BATCH_LANE_AUTO_MINUTES ({auto_minutes:g} min)"
+        )
+    return LaneChoice(
+        "live",
+        f"auto: {projected} is within BATCH_LANE_AUTO_MINUTES ({auto_minutes:g} min)",
+    )
+
+
+def parse_deadline(text: str) -> float:
+    """An ISO 8601 date-time (`2026-12-07T18:00:00Z`, an offset, or none: UTC) as Unix
+    time; ValueError when it is not one."""
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"

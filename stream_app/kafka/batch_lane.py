@@ -1,0 +1,719 @@
+"""The batch lane on Kafka: records of batch-lane jobs go through the provider's Message
+Batches API instead of one live call each, and their outcomes reach `batch.results` as
+ordinary result events, as each provider batch ends.
+
+How a record travels:
+1. The process agent does not call Claude for it: it hands the record over to the lane
+   topic (`<batch.records>.lane`, keyed by job_id, so every record of a job reaches one
+   worker) and acknowledges it (`BatchLane.hand_over`).
+2. The lane agent gathers a job's records and cuts a provider batch at
+   BATCH_LANE_MAX_REQUESTS (and the provider's 100,000 / 256 MB), or BATCH_LANE_WINDOW_SECONDS
+   after the first one waited, so results keep coming (smaller batches end sooner).
+3. Paid once through crashes: before the create, the batch's intent (its record indexes,
+   when it was asked for) is written to the changelog-backed `provider-batches` table and
+   flushed; after the create, its id. The lane's records stay unacknowledged until their
+   outcomes are produced, so after a crash or a rebalance they come again to whichever
+   worker owns the job's partition, which reads the table: a batch with an id is polled
+   again; an intent without one means the worker died around the create, so it adopts the
+   provider batch created since then with as many requests (cancelling any duplicate), or,
+   when there is none, batches the records anew.
+4. The batch is polled with backoff; once it ends its results are streamed and each item
+   is read by the live lane's rules (stream_app.provider.batches, stream_app.jobs.
+   batch_outcomes): a result, or another try (a later batch through the lane topic, or the
+   live lane through `batch.records`). Then the batch is marked done and its records
+   acknowledged.
+
+Cancelling a job cancels its provider batches (requests already answered are recorded and
+paid, the rest skipped) and skips its records not yet in one. A job with a spending cap
+reserves each record's expected cost at batch rates before its batch is created; records
+that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended an
+hour past the provider's expiry is cancelled and its unanswered items go again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anthropic
+import faust
+import orjson
+from faust.streams import _current_event
+from faust.types import EventT, TableT
+from pydantic import ValidationError
+
+from schemas import RecordEvent, ResultEvent
+from stream_app.core.exceptions import InsightStreamError
+from stream_app.core.logs import get_logger
+from stream_app.core.metrics import WorkerMetrics
+from stream_app.core.settings import Settings
+from stream_app.jobs.aggregation import JobLedger, result_key
+from stream_app.jobs.batch_outcomes import LaneItem, Produce, TryAgain, next_step
+from stream_app.jobs.cancellation import CancelledJobs, skipped_outcome
+from stream_app.jobs.job_rules import BUDGET_SKIPPED_ERROR, JobRules
+from stream_app.jobs.spend_ledger import Verdict
+from stream_app.kafka.faust_app import make_table, raw_topic
+from stream_app.kafka.messages import DeadLetters, dump, payload, validation_summary
+from stream_app.provider.batches import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_REQUESTS,
+    BatchClient,
+    batch_request,
+    custom_id,
+    read_item,
+    record_index,
+    request_bytes,
+)
+from stream_app.provider.request import PreparedTask
+
+log = get_logger(__name__)
+
+LANE_TABLE = "provider-batches"
+# How long before its intent a provider batch may have been created and still be adopted
+# (clocks of the worker and the provider differ a little).
+ADOPT_SLACK_SECONDS = 60.0
+# A batch not ended this long past the provider's expiry is given up.
+GIVE_UP_AFTER_EXPIRY_SECONDS = 3600.0
+# How long a batch found after a restart waits for its records to come again.
+REJOIN_SECONDS = 30.0
+
+
+def lane_topic_name(settings: Settings) -> str:
+    """The lane topic: named after batch.records, so every deployment has its own."""
+    return f"{settings.topic_records}.lane"
+
+
+@dataclass
+class _Waiting:
+    """One record in the lane: what it carries and its deliveries still unacknowledged."""
+
+    item: LaneItem
+    events: list[EventT]
+    since: float
+
+
+@dataclass
+class _Batch:
+    key: str
+    indexes: list[int]
+    members: dict[int, _Waiting] = field(default_factory=dict)
+    batch_id: str | None = None
+    created_at: float = 0.0
+    task: asyncio.Task[None] | None = None
+    # Its outcomes are produced and its records being acknowledged.
+    closing: bool = False
+
+
+@dataclass
+class _Job:
+    job_id: str
+    anchor: EventT  # any event of the job: table writes go to its partition
+    buffer: dict[int, _Waiting] = field(default_factory=dict)
+    batches: dict[str, _Batch] = field(default_factory=dict)
+    flusher: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class BatchLane:
+    """The lane agent's logic and the hand-over from the process agent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: BatchClient,
+        rules: JobRules,
+        cancelled: CancelledJobs,
+        table: TableT,
+        lane_topic: faust.TopicT,
+        records_topic: faust.TopicT,
+        results_topic: faust.TopicT,
+        ledger: JobLedger,
+        metrics: WorkerMetrics,
+        dead_letters: DeadLetters,
+        flush: Callable[[], Any],
+    ) -> None:
+        self._s = settings
+        self._client = client
+        self._rules = rules
+        self._cancelled = cancelled
+        self._table = table
+        self._lane_topic = lane_topic
+        self._records_topic = records_topic
+        self._results_topic = results_topic
+        self._ledger = ledger
+        self._metrics = metrics
+        self._dead_letters = dead_letters
+        self._flush_producer = flush
+        self._jobs: dict[str, _Job] = {}
+        self._stream: Any = None
+        # Outcomes this lane produced, and records handed over to it: the worker's progress
+        # (the stall watch reads it: a batch-lane record makes no call in the process agent).
+        self.outcomes_sent = 0
+        self.handed_over = 0
+
+    # -- the process agent's side -----------------------------------------------------
+
+    def takes(self, record: RecordEvent) -> bool:
+        """Whether the record goes to the batch lane (its job's lane is `batch`, or the
+        job named none and BATCH_DEFAULT_LANE is `batch`; not one sent back to live)."""
+        if record.lane == "live":
+            return False
+        lane = self._rules.lane_of(record.job_id)
+        return lane == "batch" or (lane is None and self._s.batch_default_lane == "batch")
+
+    async def hand_over(self, record: RecordEvent) -> None:
+        """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
+        process agent may acknowledge it then)."""
+        await self._send_item(LaneItem(record=record))
+        self.handed_over += 1
+
+    # -- the lane agent -------------------------------------------------------------------
+
+    async def serve(self, stream: faust.StreamT[bytes]) -> None:
+        manual = cast(faust.Stream[bytes], stream).noack()
+        self._stream = manual
+        async for event in manual.events():
+            try:
+                await self._take(event)
+            except Exception:
+                log.exception("batch lane: internal error taking a record")
+                await self._ack([event])
+
+    def assigned(self, partitions: set[int]) -> None:
+        """A rebalance ended; `partitions`: the lane topic's partitions this worker owns now.
+        Jobs on the others are forgotten (their records come again, unacknowledged, to
+        their new owner, which resumes from the table); the rest carry on: their records
+        come again from the committed offset and join what is held already."""
+        for job_id, job in list(self._jobs.items()):
+            if job.anchor.message.partition in partitions:
+                continue
+            if job.flusher is not None and not job.lock.locked():
+                # A create in flight is not cut short (its batch would be paid and unknown).
+                job.flusher.cancel()
+            for batch in job.batches.values():
+                if batch.task is not None:
+                    batch.task.cancel()
+            del self._jobs[job_id]
+
+    def provider_batches(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's provider batches as the table holds them: `id`, `processing_status`,
+        `request_counts` (the status shows them)."""
+        stored = self._table.get(job_id) or {}
+        shown = []
+        for entry in (stored.get("batches") or {}).values():
+            if entry.get("id"):
+                shown.append(
+                    {
+                        "id": entry["id"],
+                        "processing_status": entry.get("processing_status", "in_progress"),
+                        "request_counts": entry.get("request_counts")
+                        or {"processing": len(entry.get("indexes", []))},
+                    }
+                )
+        return shown
+
+    async def _take(self, event: EventT) -> None:
+        try:
+            item = LaneItem.model_validate_json(payload(event))
+        except ValidationError as exc:
+            await self._dead_letters.send(event, f"invalid lane item: {validation_summary(exc)}")
+            await self._ack([event])
+            return
+        record = item.record
+        job = await self._job(record.job_id, event)
+        index = record.index
+        for batch in job.batches.values():
+            if index in batch.indexes:
+                waiting = batch.members.get(index)
+                if batch.closing:
+                    if waiting is not None and item.attempts > waiting.item.attempts:
+                        break  # its next try: batched below
+                    await self._ack([event])
+                    return
+                if waiting is None:
+                    batch.members[index] = _Waiting(item, [event], time.time())
+                elif item.attempts > waiting.item.attempts:
+                    # A later try of a record this batch already answered: wait for it.
+                    break
+                else:
+                    waiting.events.append(event)
+                return
+        if self._done(job, index, item):
+            await self._ack([event])
+            return
+        waiting = job.buffer.get(index)
+        if waiting is not None:
+            waiting.events.append(event)
+            if item.attempts > waiting.item.attempts:
+                waiting.item = item
+            return
+        job.buffer[index] = _Waiting(item, [event], time.time())
+        full = len(job.buffer) >= self._s.batch_lane_max_requests
+        if job.flusher is None or job.flusher.done():
+            job.flusher = asyncio.create_task(self._cut_later(job, 0.0 if full else None))
+        elif full and not job.lock.locked():
+            job.flusher.cancel()
+            job.flusher = asyncio.create_task(self._cut_later(job, 0.0))
+
+    def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
+        """Whether this delivery's outcome (or its next try) was already produced: a done
+        batch of the table holds the index at this try or a later one."""
+        stored = self._table.get(job.job_id) or {}
+        for entry in (stored.get("batches") or {}).values():
+            if entry.get("state") == "done":
+                tries = entry.get("tries", {})
+                if str(index) in tries and tries[str(index)] >= item.attempts:
+                    return True
+        return False
+
+    async def _job(self, job_id: str, event: EventT) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.anchor = event
+            return job
+        job = self._jobs[job_id] = _Job(job_id, event)
+        await self._resume(job)
+        return job
+
+    async def _resume(self, job: _Job) -> None:
+        """Pick up the job's batches the table holds that are not done (after a restart or
+        a rebalance): poll those with an id; adopt or drop those with only an intent."""
+        stored = self._table.get(job.job_id) or {}
+        for key, entry in sorted((stored.get("batches") or {}).items()):
+            state = entry.get("state")
+            if state not in ("intent", "created"):
+                continue
+            batch = _Batch(key, list(entry.get("indexes", [])))
+            if state == "intent":
+                adopted = await self._adopt(job, entry)
+                if adopted is None:
+                    self._write(job, key, {**entry, "state": "abandoned"})
+                    log.info("batch lane: no provider batch behind an intent", job=job.job_id)
+                    continue
+                batch.batch_id, batch.created_at = adopted
+                self._write(job, key, {**entry, "state": "created", "id": adopted[0]})
+                await self._durable()
+            else:
+                batch.batch_id, batch.created_at = entry["id"], entry.get("created_at", 0.0)
+            job.batches[key] = batch
+            log.info("batch lane: resumed a provider batch", job=job.job_id, batch=batch.batch_id)
+            batch.task = asyncio.create_task(self._follow(job, batch, rejoin=True))
+
+    async def _adopt(self, job: _Job, entry: dict[str, Any]) -> tuple[str, float] | None:
+        """The provider batch created for this intent, if the create went through: the
+        oldest created since the intent with as many requests; any younger one is a
+        duplicate and is cancelled."""
+        since = float(entry.get("requested_at", 0.0)) - ADOPT_SLACK_SECONDS
+        count = len(entry.get("indexes", []))
+        taken = self._taken_ids()
+        # A create still on its way (its worker lost the partition, or its answer is
+        # late) shows up within the request timeout: look until then before giving up.
+        patience_until = float(entry.get("requested_at", 0.0)) + self._s.claude_timeout_seconds
+        while True:
+            found = [b for b in await self._client.created_since(since, count) if b.id not in taken]
+            if found or time.time() > patience_until:
+                break
+            await asyncio.sleep(1.0)
+        if not found:
+            return None
+        for duplicate in found[1:]:
+            log.warning("batch lane: cancelling a duplicate provider batch", batch=duplicate.id)
+            await self._client.cancel(duplicate.id)
+        log.info("batch lane: adopted the provider batch of an intent", batch=found[0].id)
+        return found[0].id, found[0].created_at.timestamp()
+
+    def _taken_ids(self) -> set[str]:
+        return {
+            b.batch_id for job in self._jobs.values() for b in job.batches.values() if b.batch_id
+        }
+
+    async def _cut_later(self, job: _Job, after: float | None = None) -> None:
+        """Cut the job's provider batches after `after` seconds (BATCH_LANE_WINDOW_SECONDS)."""
+        await asyncio.sleep(self._s.batch_lane_window_seconds if after is None else after)
+        try:
+            await self._cut(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
+        # Records left (a capped job waiting for its spend to settle, a failed create): later.
+        if job.buffer and job.flusher is asyncio.current_task():
+            job.flusher = asyncio.create_task(self._cut_later(job))
+
+    async def _cut(self, job: _Job) -> None:
+        """Make provider batches of what the job has gathered."""
+        async with job.lock:
+            while job.buffer:
+                if not await self._cut_one(job):
+                    break
+
+    async def _cut_one(self, job: _Job) -> bool:
+        """One provider batch of the gathered records; False when none could be made now."""
+        await self._rules.terms_known(job.job_id)
+        if await self._cancelled.should_skip(job.job_id):
+            for waiting in list(job.buffer.values()):
+                await self._produce(job, [waiting], skipped_outcome(waiting.item.record))
+            job.buffer.clear()
+            return False
+        try:
+            task = self._rules.task_of(job.job_id)
+        except InsightStreamError as exc:
+            for waiting in list(job.buffer.values()):
+                await self._produce(
+                    job, [waiting], _failed(waiting.item, f"the job's task cannot be used: {exc}")
+                )
+            job.buffer.clear()
+            return False
+        limit = min(self._s.batch_lane_max_requests, MAX_BATCH_REQUESTS)
+        chosen: list[_Waiting] = []
+        requests: list[dict[str, Any]] = []
+        size = 0
+        for index in sorted(job.buffer):
+            waiting = job.buffer[index]
+            request = batch_request(task, waiting.item.record.record.text, _cid(job, index))
+            grown = size + request_bytes(request)
+            if len(chosen) >= limit or grown > MAX_BATCH_BYTES - 1024:
+                break
+            verdict = await self._rules.reserve_batch_request(waiting.item.record, task)
+            if verdict is Verdict.REFUSE:
+                del job.buffer[index]
+                await self._produce(job, [waiting], _capped(waiting.item, task))
+                continue
+            if verdict is Verdict.WAIT:
+                break
+            chosen.append(waiting)
+            requests.append(request)
+            size = grown
+        if not chosen:
+            if job.buffer and (job.flusher is None or job.flusher.done()):
+                job.flusher = asyncio.create_task(self._cut_later(job))
+            return False
+        for waiting in chosen:
+            del job.buffer[waiting.item.record.index]
+        await self._create(job, chosen, requests)
+        return True
+
+    async def _create(
+        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]]
+    ) -> None:
+        stored = self._table.get(job.job_id) or {}
+        seq = int(stored.get("seq", 0)) + 1
+        key = f"b{seq:06d}"
+        indexes = [w.item.record.index for w in chosen]
+        intent = {
+            "state": "intent",
+            "indexes": indexes,
+            "tries": {str(w.item.record.index): w.item.attempts for w in chosen},
+            "requested_at": time.time(),
+        }
+        # The intent is on the broker before the create: a crash after it is found again.
+        self._write(job, key, intent, seq=seq)
+        await self._durable()
+        batch = _Batch(key, indexes, {w.item.record.index: w for w in chosen})
+        job.batches[key] = batch
+        try:
+            created = await self._client.create(requests)
+            batch.batch_id, batch.created_at = created.id, created.created_at.timestamp()
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+            # The create may have gone through all the same (a lost answer): look first.
+            log.warning("batch lane: create failed", job=job.job_id, error=str(exc)[:200])
+            adopted = await self._adopt(job, intent) if _maybe_created(exc) else None
+            if adopted is None:
+                self._write(job, key, {**intent, "state": "abandoned"})
+                del job.batches[key]
+                for waiting in chosen:
+                    job.buffer[waiting.item.record.index] = waiting
+                    self._rules.release(waiting.item.record)
+                await asyncio.sleep(self._s.batch_lane_poll_seconds)
+                if job.flusher is None or job.flusher.done():
+                    job.flusher = asyncio.create_task(self._cut_later(job))
+                return
+            batch.batch_id, batch.created_at = adopted
+        self._write(
+            job,
+            key,
+            {
+                **intent,
+                "state": "created",
+                "id": batch.batch_id,
+                "created_at": batch.created_at,
+                "processing_status": "in_progress",
+                "request_counts": {"processing": len(indexes)},
+            },
+        )
+        await self._durable()
+        log.info(
+            "batch lane: provider batch created",
+            job=job.job_id,
+            batch=batch.batch_id,
+            requests=len(indexes),
+        )
+        batch.task = asyncio.create_task(self._follow(job, batch))
+
+    async def _follow(self, job: _Job, batch: _Batch, *, rejoin: bool = False) -> None:
+        """Poll the batch until it ends, then turn its results into outcomes."""
+        failures = 0
+        while True:
+            try:
+                await self._follow_inner(job, batch, rejoin=rejoin)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Its records stay unacknowledged; following it again is harmless (a result
+                # produced twice is counted once).
+                failures += 1
+                log.exception(
+                    "batch lane: following a provider batch failed; again",
+                    batch=batch.batch_id,
+                    failures=failures,
+                )
+                await asyncio.sleep(self._client.policy.delay(failures))
+
+    async def _follow_inner(self, job: _Job, batch: _Batch, *, rejoin: bool) -> None:
+        assert batch.batch_id is not None
+        batch_id = batch.batch_id
+        cancel_sent = given_up = False
+        polls = 0
+        last: tuple[str, Any] | None = None
+        while True:
+            try:
+                found = await self._client.retrieve(batch_id, batch.created_at)
+            except anthropic.NotFoundError:
+                log.warning("batch lane: provider batch gone; its records go again", batch=batch_id)
+                await self._all_again(job, batch, "the provider's batch could not be found")
+                return
+            except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+                log.info("batch lane: poll failed, retrying", batch=batch_id, error=str(exc)[:120])
+                await asyncio.sleep(self._client.policy.delay(polls))
+                polls += 1
+                continue
+            counts = found.request_counts.model_dump()
+            if last != (found.processing_status, counts):
+                last = (found.processing_status, counts)
+                self._update(job, batch.key, found.processing_status, counts)
+            if found.processing_status == "ended":
+                break
+            if not cancel_sent and job.job_id in self._cancelled:
+                cancel_sent = True
+                log.info("batch lane: cancelling the provider batch of a cancelled job")
+                await self._client.cancel(batch_id)
+            elif not cancel_sent and time.time() > (
+                found.expires_at.timestamp() + GIVE_UP_AFTER_EXPIRY_SECONDS
+            ):
+                cancel_sent = given_up = True
+                log.warning("batch lane: provider batch past its expiry: given up", batch=batch_id)
+                await self._client.cancel(batch_id)
+            await asyncio.sleep(self._client.policy.delay(polls))
+            polls += 1
+        if rejoin:
+            await self._rejoin(batch)
+        task = self._rules.task_of(job.job_id)
+        seen: set[int] = set()
+        async for answer in self._client.results(batch_id, batch.created_at):
+            try:
+                index = record_index(answer.custom_id)
+            except ValueError:
+                continue
+            waiting = batch.members.get(index)
+            if waiting is None or index in seen:
+                continue
+            seen.add(index)
+            step = next_step(
+                waiting.item,
+                read_item(answer.result, task),
+                task,
+                retries=self._s.batch_record_retry_count,
+                given_up=given_up,
+                started=waiting.since,
+            )
+            await self._apply(job, waiting, step)
+        for index, waiting in batch.members.items():
+            if index not in seen:
+                await self._again(job, waiting, "batch", "no result for this request")
+        await self._flush_producer()
+        batch.closing = True
+        self._write(job, batch.key, {"state": "done"}, merge=True)
+        await self._durable()
+        await self._ack([e for w in batch.members.values() for e in w.events])
+        del job.batches[batch.key]
+        log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
+        if not job.batches and not job.buffer:
+            self._jobs.pop(job.job_id, None)
+
+    async def _rejoin(self, batch: _Batch) -> None:
+        """After a restart, wait (a little) for the batch's records to come again."""
+        deadline = time.monotonic() + REJOIN_SECONDS
+        while len(batch.members) < len(batch.indexes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    async def _apply(self, job: _Job, waiting: _Waiting, step: Produce | TryAgain) -> None:
+        if isinstance(step, Produce):
+            await self._produce(job, [waiting], step.result, ack=False)
+        else:
+            await self._again(job, waiting, step.lane, step.reason, step.item)
+
+    async def _again(
+        self,
+        job: _Job,
+        waiting: _Waiting,
+        lane: str,
+        reason: str,
+        item: LaneItem | None = None,
+    ) -> None:
+        item = item or waiting.item
+        record = item.record
+        self._rules.release(record)
+        log.info("batch lane: record goes again", job=job.job_id, index=record.index, lane=lane)
+        if lane == "batch":
+            await self._send_item(item)
+        else:
+            live = record.model_copy(update={"lane": "live"})
+            await self._records_topic.send(
+                key=result_key(record.job_id, record.index).encode(), value=dump(live)
+            )
+
+    async def _all_again(self, job: _Job, batch: _Batch, reason: str) -> None:
+        await self._rejoin(batch)
+        for waiting in batch.members.values():
+            await self._again(job, waiting, "batch", reason)
+        await self._flush_producer()
+        batch.closing = True
+        self._write(job, batch.key, {"state": "done"}, merge=True)
+        await self._durable()
+        await self._ack([e for w in batch.members.values() for e in w.events])
+        del job.batches[batch.key]
+
+    async def _produce(
+        self, job: _Job, waiting: list[_Waiting], result: ResultEvent, *, ack: bool = True
+    ) -> None:
+        outcome = result.model_dump(mode="json", exclude_none=True)
+        await self._results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
+        self._rules.settle(result)
+        self._metrics.outcome(result, self._rules.cost_of(result))
+        self.outcomes_sent += 1
+        if ack:
+            await self._flush_producer()
+            await self._ack([e for w in waiting for e in w.events])
+
+    async def _send_item(self, item: LaneItem) -> None:
+        sent = await self._lane_topic.send(
+            key=item.record.job_id.encode(), value=item.model_dump_json(exclude_none=True).encode()
+        )
+        await sent
+
+    async def _ack(self, events: list[EventT]) -> None:
+        if self._stream is None:
+            return
+        for event in events:
+            await self._stream.ack(event)
+
+    async def _durable(self) -> None:
+        await self._flush_producer()
+
+    def _write(
+        self,
+        job: _Job,
+        key: str,
+        entry: dict[str, Any],
+        *,
+        seq: int | None = None,
+        merge: bool = False,
+    ) -> None:
+        """One batch's entry in the job's table value (written to the job's partition)."""
+        _current_event.set(weakref.ref(job.anchor))
+        stored = dict(self._table.get(job.job_id) or {})
+        batches = dict(stored.get("batches") or {})
+        batches[key] = {**batches.get(key, {}), **entry} if merge else entry
+        stored["batches"] = batches
+        if seq is not None:
+            stored["seq"] = seq
+        self._table[job.job_id] = stored
+
+    def _update(self, job: _Job, key: str, status: str, counts: dict[str, int]) -> None:
+        self._write(job, key, {"processing_status": status, "request_counts": counts}, merge=True)
+
+
+def _cid(job: _Job, index: int) -> str:
+    return custom_id(job.job_id, index)
+
+
+def _maybe_created(exc: Exception) -> bool:
+    """Whether a failed create may have been accepted all the same (its answer was lost)."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code in (408, 409)
+    return True  # a timeout or a lost connection
+
+
+def _failed(item: LaneItem, error: str) -> ResultEvent:
+    record = item.record
+    return ResultEvent(
+        job_id=record.job_id,
+        index=record.index,
+        success=False,
+        error=error,
+        record_id=record.record.id,
+        finished_at=time.time(),
+    )
+
+
+def _capped(item: LaneItem, task: PreparedTask) -> ResultEvent:
+    record = item.record
+    return ResultEvent(
+        job_id=record.job_id,
+        index=record.index,
+        success=False,
+        error=BUDGET_SKIPPED_ERROR,
+        skipped=True,
+        skip_reason="budget_exhausted",
+        record_id=record.record.id,
+        finished_at=time.time(),
+        model=task.model,
+        lane="batch",
+        **item.billed.fields(),
+    )
+
+
+def install_batch_lane(
+    pipeline: Any,
+    client: BatchClient,
+    *,
+    rules: JobRules,
+    records: Any,
+    dead_letters: DeadLetters,
+    partitions: int,
+) -> BatchLane:
+    """The lane's topic, table and agent on the pipeline's app; the process agent hands
+    batch-lane records to it (`records.lane`)."""
+    s: Settings = pipeline.settings
+    app: faust.App = pipeline.app
+    lane_topic = raw_topic(app, lane_topic_name(s), partitions=partitions)
+    table = make_table(app, s, LANE_TABLE)
+    pipeline.tables.append(table)
+    lane = BatchLane(
+        s,
+        client=client,
+        rules=rules,
+        cancelled=pipeline.cancelled,
+        table=table,
+        lane_topic=lane_topic,
+        records_topic=pipeline.records_topic,
+        results_topic=pipeline.results_topic,
+        ledger=pipeline.ledger,
+        metrics=pipeline.metrics,
+        dead_letters=dead_letters,
+        flush=lambda: app.producer.flush(),
+    )
+    pipeline.lane = records.lane = lane
+
+    @app.agent(lane_topic, name="batch-lane")
+    async def batch_lane(stream: faust.StreamT[bytes]) -> None:
+        await lane.serve(stream)
+
+    del batch_lane
+    return lane

@@ -1,0 +1,53 @@
+"""A job's lane options as the API resolves them into the `created` event (no service)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from api.errors import ApiError
+from api.job_options import job_options
+from schemas import BatchRequest, JobCreated
+from stream_app.core.settings import Settings
+from stream_app.jobs.lanes import LivePace
+
+SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def created(records: int, **options: object) -> JobCreated:
+    return job_options(None, None, SETTINGS, **options).created(  # type: ignore[arg-type]
+        "j", records, time.time(), None
+    )
+
+
+def test_default_lane_is_auto_and_resolved_by_size() -> None:
+    small, big = created(100), created(5_000)
+    assert (small.lane, big.lane) == ("live", "batch")
+    assert big.lane_reason is not None and "exceeds BATCH_LANE_AUTO_MINUTES (30 min)" in (
+        big.lane_reason
+    )
+    assert created(100, pace=LivePace(50, backlog_records=2_000)).lane == "batch"
+    live_default = Settings(_env_file=None, batch_default_lane="live")  # type: ignore[call-arg]
+    job = job_options(None, None, live_default).created("j", 5_000, time.time(), None)
+    assert (job.lane, job.lane_reason) == ("live", "asked for the live lane")
+
+
+def test_deadline_picks_the_cheapest_lane_that_makes_it() -> None:
+    def iso(seconds_ahead: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_ahead))
+
+    four_hours = iso(4 * 3600)
+    far = created(10, deadline=four_hours)
+    assert (far.lane, far.deadline) == ("batch", four_hours)
+    assert created(10, deadline=iso(600)).lane == "live"
+    with pytest.raises(ApiError) as past:
+        created(10, deadline=iso(-60))
+    assert (past.value.status, past.value.code) == (422, "validation_error")
+
+
+def test_the_created_event_round_trips_the_lane() -> None:
+    event = created(10, lane="batch")
+    again = JobCreated.model_validate_json(event.model_dump_json(exclude_none=True))
+    assert (again.lane, again.lane_reason) == ("batch", "asked for the batch lane")
+    assert BatchRequest.model_validate({"records": [{"text": "a"}], "lane": "auto"}).lane == "auto"

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from stream_app.jobs.lanes import LivePace, choose_lane, parse_deadline
+
+PACE = LivePace(requests_per_minute=50)
+NOW = 1_000_000.0
+
+
+def test_explicit_lanes_are_kept() -> None:
+    assert choose_lane("live", 20_000, PACE, auto_minutes=30).lane == "live"
+    batch = choose_lane("batch", 1, PACE, auto_minutes=30)
+    assert (batch.lane, batch.reason) == ("batch", "asked for the batch lane")
+
+
+def test_auto_picks_by_projected_live_duration() -> None:
+    # 30 minutes at 50 requests/minute is 1,500 records.
+    assert choose_lane("auto", 1_500, PACE, auto_minutes=30).lane == "live"
+    big = choose_lane("auto", 1_501, PACE, auto_minutes=30)
+    assert big.lane == "batch"
+    assert "1501 records + 0 ahead at 50 requests/minute" in big.reason
+    assert "BATCH_LANE_AUTO_MINUTES (30 min)" in big.reason
+    assert choose_lane("auto", 20_000, PACE, auto_minutes=30).reason.startswith(
+        "auto: projected live duration 6.7 h"
+    )
+
+
+def test_the_live_backlog_ahead_counts() -> None:
+    busy = LivePace(requests_per_minute=50, backlog_records=1_400)
+    assert choose_lane("auto", 200, busy, auto_minutes=30).lane == "batch"
+    assert choose_lane("auto", 100, busy, auto_minutes=30).lane == "live"
+    assert busy.seconds_for(100) == 1_800.0
+
+
+def test_auto_with_a_deadline_takes_the_cheapest_lane_that_makes_it() -> None:
+    far = choose_lane("auto", 10, PACE, auto_minutes=30, deadline=NOW + 3 * 3600, now=NOW)
+    assert far.lane == "batch" and "before the deadline in 3.0 h" in far.reason
+    near = choose_lane("auto", 100, PACE, auto_minutes=30, deadline=NOW + 1800, now=NOW)
+    assert near.lane == "live" and "too close for a provider batch" in near.reason
+    hopeless = choose_lane("auto", 20_000, PACE, auto_minutes=30, deadline=NOW + 600, now=NOW)
+    assert hopeless.lane == "live" and "neither lane" in hopeless.reason
+
+
+def test_parse_deadline_reads_iso_8601() -> None:
+    expected = datetime(2026, 12, 7, 18, 0, tzinfo=UTC).timestamp()
+    assert parse_deadline("2026-12-07T18:00:00Z") == expected
+    assert parse_deadline("2026-12-07T19:00:00+01:00") == expected
+    assert parse_deadline("2026-12-07T18:00:00") == expected
+    for bad in ("tomorrow", "", "2026-13-01T00:00:00Z"):
+        with pytest.raises(ValueError):
+            parse_deadline(bad)

@@ -1,0 +1,273 @@
+"""The batch lane end to end: the service on Apache Kafka, the provider's Message Batches API
+served by the simulator (its processing time short), the real SDK between them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+
+from simulator.testing import SimulatorHandle
+from stream_app.provider.pricing import price_for
+from tests.conftest import StartService
+from tests.support import status, wait_completed, wait_until
+
+MODEL = "claude-sonnet-4-5"
+LANE = {
+    "claude_model": MODEL,
+    "batch_lane_window_seconds": "2",
+    "batch_lane_poll_seconds": "0.2",
+}
+
+
+def texts(count: int, tag: str = "") -> list[str]:
+    return [
+        f"Ticket {i}{tag}: the parcel came late and the box was damaged. Refund please."
+        for i in range(count)
+    ]
+
+
+@contextmanager
+def logs_on_failure(*services: Any) -> Iterator[None]:
+    """The workers' logs in the failure report (the lane's decisions are logged)."""
+    try:
+        yield
+    except BaseException:
+        for service in services:
+            lines = [
+                line
+                for line in service.logs().splitlines()
+                if "uvicorn.access" not in line and ("lane" in line or "rror" in line)
+            ]
+            print("\n".join(lines[-80:]))
+        raise
+
+
+def submit_job(client: httpx.Client, lines: list[str], **options: Any) -> str:
+    body = {"records": [{"text": t} for t in lines], **options}
+    reply = client.post("/api/v1/batch", json=body)
+    assert reply.status_code == 202, reply.text
+    job_id: str = reply.json()["job_id"]
+    return job_id
+
+
+def all_results(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    reply = client.get(f"/api/v1/batch/{job_id}/results.ndjson")
+    assert reply.status_code == 200
+    return [orjson.loads(line) for line in reply.content.splitlines() if line.strip()]
+
+
+def live_cost_of(job: dict[str, Any]) -> Decimal:
+    tokens = (
+        job["input_tokens"],
+        job["output_tokens"],
+        job["cache_creation_input_tokens"],
+        job["cache_read_input_tokens"],
+    )
+    return price_for(MODEL).cost(*tokens)
+
+
+def test_a_batch_lane_job_ends_whole_at_half_the_live_price(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=1.5, batch_not_found_seconds=0.3)
+    service = start(batch_lane_max_requests=100, **LANE)
+    with service.client() as client:
+        began = time.monotonic()
+        job_id = submit_job(client, texts(300), lane="batch")
+        with logs_on_failure(service):
+            job = wait_completed(client, job_id, timeout=120)
+        print(f"batch-lane job of 300: {time.monotonic() - began:.1f} s")
+        results = all_results(client, job_id)
+    assert job["lane"] == "batch" and job["lane_reason"] == "asked for the batch lane"
+    assert sorted(r["index"] for r in results) == list(range(300))
+    assert job["completed_count"] == 300 and job["failed_count"] == 0
+    stats = simulator.stats()
+    # No live call at all; provider batches of at most 100, every item paid once.
+    assert stats["requests"] == []
+    sizes = [b["requests"] for b in stats["batches"]]
+    assert max(sizes) <= 100 and sum(sizes) == 300, sizes
+    assert stats["batch_items_billed"] == 300
+    assert job["input_tokens"] == stats["batch_input_tokens_billed"]
+    assert job["output_tokens"] == stats["batch_output_tokens_billed"]
+    live = live_cost_of(job)
+    assert Decimal(job["estimated_cost_usd"]) == live / 2
+    assert Decimal(job["saving_usd"]) == live / 2
+    batches = job["provider_batches"]
+    assert len(batches) == len(sizes)
+    assert all(b["processing_status"] == "ended" for b in batches)
+    assert sum(b["request_counts"]["succeeded"] for b in batches) == 300
+
+
+def test_partial_results_arrive_as_each_provider_batch_ends(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=4.0)
+    service = start(batch_lane_max_requests=50, **LANE)
+    partial: list[tuple[int, list[str]]] = []
+    with service.client() as client:
+        began = time.monotonic()
+        job_id = submit_job(client, texts(200), lane="batch")
+        first = last = None
+
+        def probe() -> bool:
+            nonlocal first, last
+            job = status(client, job_id, params={"limit": "0"})
+            done = job["completed_count"]
+            states = [b["processing_status"] for b in job.get("provider_batches", [])]
+            if 0 < done < 200 and "in_progress" in states:
+                partial.append((done, states))
+            if done and first is None:
+                first = time.monotonic() - began
+            if job["status"] == "completed":
+                last = time.monotonic() - began
+                return True
+            return False
+
+        wait_until(probe, timeout=120, interval=0.1, what="the job to complete")
+    # Results of the batches that ended were there while others were still processing.
+    assert partial, "no partial result was seen while a provider batch was in progress"
+    assert first is not None and last is not None and first < last
+    print(f"first partial result after {first:.1f} s, last after {last:.1f} s")
+    stats = simulator.stats()
+    assert max(b["requests"] for b in stats["batches"]) <= 50
+    assert stats["batch_items_billed"] == 200
+
+
+def test_a_sigkill_right_after_create_leaves_exactly_one_paid_batch(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Any
+) -> None:
+    # The simulator accepts the create at once and answers it 8 s later: the worker is
+    # killed in between, so it never learns the batch's id.
+    simulator.configure(batch_processing_seconds=1.0, batch_create_delay_ms=8000)
+    workdir = tmp_path / "worker"
+    options = {"batch_lane_max_requests": 100, **LANE, "batch_lane_window_seconds": "3"}
+    first = start(workdir=workdir, **options)
+    with first.client() as client:
+        job_id = submit_job(client, texts(40), lane="batch")
+    with logs_on_failure(first):
+        wait_until(
+            lambda: simulator.stats()["batches_created"] >= 1,
+            timeout=90,
+            interval=0.05,
+            what="the provider batch to be created",
+        )
+    first.stop(signal.SIGKILL)
+    simulator.configure(batch_create_delay_ms=0)
+    second = start(workdir=workdir, **options)
+    with second.client() as client, logs_on_failure(first, second):
+        job = wait_completed(client, job_id, timeout=120)
+        results = all_results(client, job_id)
+    assert sorted(r["index"] for r in results) == list(range(40))
+    assert job["completed_count"] == 40
+    stats = simulator.stats()
+    live_batches = [b for b in stats["batches"] if not b["canceled"]]
+    # Every record was in exactly one paid batch: nothing created twice.
+    assert sum(b["requests"] for b in live_batches) == 40, stats["batches"]
+    assert stats["batch_items_billed"] == 40
+    assert job["input_tokens"] == stats["batch_input_tokens_billed"]
+    print(f"batches created through the crash: {stats['batches_created']}")
+
+
+def test_expired_and_errored_items_finish_by_the_live_rules(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=1.0)
+    service = start(batch_lane_max_requests=100, batch_record_retry_count=1, **LANE)
+    lines = texts(6) + [
+        "Always expired in a batch [[sim:batch-expired]]",
+        "Refused [[sim:fail-400]]",
+        "Provider trouble once [[sim:overloaded-once]]",
+        "Bad output once [[sim:bad-json-once]]",
+    ]
+    with service.client() as client:
+        job_id = submit_job(client, lines, lane="batch")
+        with logs_on_failure(service):
+            job = wait_completed(client, job_id, timeout=120)
+        results = {r["index"]: r for r in all_results(client, job_id)}
+    assert sorted(results) == list(range(10))
+    assert (job["completed_count"], job["failed_count"]) == (9, 1)
+    refused = results[7]
+    assert not refused["success"] and "fail-400" in refused["error"]
+    # Expired in two batches, then answered on the live lane.
+    live_texts = [r["text"] for r in simulator.stats()["requests"] if r["status"] == 200]
+    assert any("batch-expired" in t for t in live_texts) and len(live_texts) == 1
+    assert results[6]["success"]
+    # The bad answer was paid for and retried: its tokens are in the record's.
+    retried = results[9]
+    assert retried["success"] and retried["response"]["metadata"]["attempts"] == 2
+
+
+def test_auto_picks_the_lane_by_size_and_deadline(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    service = start(
+        claude_requests_per_minute=60, batch_lane_auto_minutes=1, batch_default_lane="auto"
+    )
+
+    def lane_of(client: httpx.Client, job_id: str) -> tuple[str, str]:
+        job = status(client, job_id, params={"limit": "0"})
+        return job["lane"], job["lane_reason"]
+
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 3600))
+    with service.client() as client:
+        small = submit_job(client, texts(30, " small"))
+        big = submit_job(client, texts(100, " big"))
+        assert lane_of(client, small)[0] == "live"
+        lane, reason = lane_of(client, big)
+        assert lane == "batch" and "exceeds BATCH_LANE_AUTO_MINUTES (1 min)" in reason
+        assert lane_of(client, submit_job(client, texts(5, " far"), deadline=later))[0] == "batch"
+        assert lane_of(client, submit_job(client, texts(5, " near"), deadline=soon))[0] == "live"
+        # The NDJSON job line and the query carry the lane too.
+        ndjson = b'{"job": {"lane": "batch"}}\n{"text": "One."}\n'
+        reply = client.post(
+            "/api/v1/batch", content=ndjson, headers={"content-type": "application/x-ndjson"}
+        )
+        assert reply.status_code == 202, reply.text
+        assert lane_of(client, reply.json()["job_id"])[0] == "batch"
+        reply = client.post(
+            "/api/v1/batch?lane=live",
+            content=b'{"text": "One."}\n',
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert lane_of(client, reply.json()["job_id"]) == ("live", "asked for the live lane")
+        for bad in ({"lane": "cheap"}, {"deadline": "tomorrow"}):
+            refused = client.post("/api/v1/batch", json={"records": [{"text": "a"}], **bad})
+            assert refused.status_code == 422
+            assert refused.json()["error"]["code"] == "validation_error"
+
+
+def test_a_cancel_cancels_the_provider_batches(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=30.0)
+    service = start(batch_lane_max_requests=100, **LANE)
+    with service.client() as client:
+        job_id = submit_job(client, texts(50), lane="batch")
+        wait_until(
+            lambda: (
+                len(status(client, job_id, params={"limit": "0"}).get("provider_batches") or []) > 0
+            ),
+            timeout=60,
+            interval=0.1,
+            what="a provider batch",
+        )
+        assert client.post(f"/api/v1/batch/{job_id}/cancel").status_code in (200, 202)
+
+        def finished() -> dict[str, Any] | None:
+            job = status(client, job_id, params={"limit": "0"})
+            return job if job["completed_count"] + job["skipped_count"] == 50 else None
+
+        job = wait_until(finished, timeout=60, interval=0.1, what="every record's outcome")
+    assert job["status"] == "cancelled" and job["skipped_count"] > 0
+    stats = simulator.stats()
+    assert stats["batches"] and all(b["canceled"] for b in stats["batches"])
+    # Requests answered before the cancel are recorded and paid; the rest skipped.
+    assert stats["batch_items_billed"] == job["completed_count"]
