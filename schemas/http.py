@@ -94,7 +94,9 @@ class BatchRequest(BaseModel):
     deadline: str | None = Field(
         None,
         description="ISO 8601 date-time (`2026-12-07T18:00:00Z`) by which the job should be "
-        "done; `auto` picks the cheapest lane expected to make it.",
+        "done; `auto` picks the cheapest lane expected to make it. A deadline in the past "
+        "is refused (422).",
+        json_schema_extra={"format": "date-time"},
     )
 
     @field_validator("deadline")

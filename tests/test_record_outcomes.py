@@ -237,9 +237,11 @@ def test_an_unexpected_exception_becomes_a_failed_outcome_and_the_worker_goes_on
         after = wait_completed(client, submit(client, ["E4 Afterwards. Works."]))
     results = {r["index"]: r for r in body["results"]}
     assert [results[i]["success"] for i in range(4)] == [True, False, True, True]
-    assert results[1]["error"] == (
-        "internal error: AttributeError: 'str' object has no attribute 'content'"
+    # The exception at the record's boundary, named for what the provider sent.
+    assert results[1]["error"].startswith(
+        "unreadable answer again: the provider's answer is not a message (HTTP 200, text/plain"
     )
+    assert "check ANTHROPIC_BASE_URL" in results[1]["error"]
     # Retried once (nothing was billed), whatever BATCH_RECORD_RETRY_COUNT says.
     assert (results[1]["attempts"], results[2]["attempts"]) == (2, 2)
     assert after["completed_count"] == 1

@@ -337,13 +337,14 @@ class Pipeline:
     async def _within_publish_timeout(
         self, sending: Awaitable[None], what: str, timeout: float | None = None
     ) -> None:
+        setting = " (KAFKA_PUBLISH_TIMEOUT_SECONDS)" if timeout is None else ""
         if timeout is None:
             timeout = self.settings.kafka_publish_timeout_seconds
         try:
             await asyncio.wait_for(sending, timeout)
         except TimeoutError:
             raise BrokerUnavailable(
-                f"the broker did not acknowledge {what} within {timeout:g} s"
+                f"the broker did not acknowledge {what} within {timeout:g} s{setting}"
             ) from None
 
 

@@ -20,6 +20,7 @@ from decimal import Decimal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_app.core.logs import get_logger
 from stream_app.jobs.spend_ledger import Entry, SpendLedgers, Verdict
@@ -54,10 +55,21 @@ class SpendLog:
         self._sends: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        """Start the producer (idempotent where the broker supports it) and the reader."""
+        producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            # Tansu answers InitProducerId with an error. Entries are idempotent by
+            # themselves (a settle counts once per record id, a reservation is keyed by its
+            # id), and aiokafka sends one batch per partition at a time, so order holds.
+            await producer.stop()
+            log.warning("spend log: the broker refuses idempotent producers", error=str(exc))
+            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+            await producer.start()
+        self._producer = producer
         self._reader = asyncio.create_task(self._run(), name="spend-log-reader")
 
     async def stop(self) -> None:
