@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
+from schemas import InsightResponse, RecordEvent, ResultEvent, TaskResponse
 from stream_app.jobs.cancellation import skipped_outcome
 from stream_app.provider.batches import (
     ItemFailed,
@@ -128,20 +128,8 @@ def _result(
     record = item.record
     response: InsightResponse | TaskResponse | None = None
     if fields is not None:
-        shape = InsightResponse if task.is_default else TaskResponse
-        response = shape(
-            **fields,
-            metadata=ResponseMetadata(
-                tokens_used=usage.total,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens,
-                cache_read_input_tokens=usage.cache_read_input_tokens,
-                model=task.model,
-                attempts=attempts,
-                latency_ms=int((now - started) * 1000) if started is not None else 0,
-            ),
-        )
+        latency_ms = int((now - started) * 1000) if started is not None else 0
+        response = task.response(fields, usage, attempts=attempts, latency_ms=latency_ms)
     return ResultEvent(
         job_id=record.job_id,
         index=record.index,

@@ -18,7 +18,7 @@ from typing import Any
 
 import anthropic
 
-from schemas import InsightResponse, RecordEvent, ResponseMetadata, ResultEvent, TaskResponse
+from schemas import InsightResponse, RecordEvent, ResultEvent, TaskResponse
 from stream_app.core.exceptions import UnreadableAnswer, first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
@@ -359,20 +359,11 @@ class RecordProcessor:
         await self.sleep(delay)
 
     def _succeeded(self, run: _Run, fields: dict[str, Any]) -> ResultEvent:
-        usage = run.usage
-        shape = InsightResponse if run.task.is_default else TaskResponse
-        response = shape(
-            **fields,
-            metadata=ResponseMetadata(
-                tokens_used=usage.total,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens,
-                cache_read_input_tokens=usage.cache_read_input_tokens,
-                model=run.task.model,
-                attempts=run.attempts,
-                latency_ms=int((time.monotonic() - run.started) * 1000),
-            ),
+        response = run.task.response(
+            fields,
+            run.usage,
+            attempts=run.attempts,
+            latency_ms=int((time.monotonic() - run.started) * 1000),
         )
         return _outcome(run, response=response)
 

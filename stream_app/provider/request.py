@@ -24,9 +24,10 @@ import orjson
 from anthropic.types import JSONOutputFormatParam
 from pydantic import ValidationError
 
-from schemas import Insight, TaskSpec
+from schemas import Insight, InsightResponse, ResponseMetadata, TaskResponse, TaskSpec
 from stream_app.core.exceptions import first_line
 from stream_app.provider.task_schema import api_schema
+from stream_app.provider.usage import Usage
 
 DEFAULT_TASK_NAME = "smart-summary"
 DEFAULT_INSTRUCTIONS = (
@@ -105,6 +106,26 @@ class PreparedTask:
     def request_chars(self, text: str) -> int:
         """Characters a call sends, for estimating its input tokens before it goes."""
         return self.prefix_chars + len(text)
+
+    def response(
+        self, fields: dict[str, Any], usage: Usage, *, attempts: int, latency_ms: int
+    ) -> InsightResponse | TaskResponse:
+        """A record's `response`: the answer's fields (as `parse` returned them) and the
+        `metadata` of what it took (tokens, model, attempts, latency in milliseconds)."""
+        shape = InsightResponse if self.is_default else TaskResponse
+        return shape(
+            **fields,
+            metadata=ResponseMetadata(
+                tokens_used=usage.total,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
+                model=self.model,
+                attempts=attempts,
+                latency_ms=latency_ms,
+            ),
+        )
 
     def parse(self, text: str) -> dict[str, Any] | str:
         """The answer's fields, or why the answer is not a valid one (first line)."""
