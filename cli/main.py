@@ -672,7 +672,8 @@ def retry(
     """Run a finished job's failed records (the default) and/or its cap-skipped records
     again, under the same job: their new outcomes replace the old ones."""
     # --failed is the default unless only --skipped was asked for.
-    body = _client(ctx).retry(job_id, failed=failed or not skipped, skipped=skipped)
+    client = _client(ctx)
+    body = client.retry(_resolve(client, job_id), failed=failed or not skipped, skipped=skipped)
     if body["records"] == 0:
         out.print(f"job {job_id}: nothing to retry")
         return
@@ -693,7 +694,8 @@ def delete(
     Asks for confirmation unless --yes."""
     if not yes and not typer.confirm(f"Delete job {job_id} and all its results?"):
         raise typer.Exit(1)
-    _client(ctx).delete(job_id)
+    client = _client(ctx)
+    client.delete(_resolve(client, job_id))
     out.print(f"deleted job {job_id}")
 
 

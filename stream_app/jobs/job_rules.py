@@ -228,7 +228,10 @@ class JobRules:
             task = self._task(record.job_id, terms)
         except InsightStreamError as exc:
             return _outcome(record, f"the job's task cannot be used: {exc}")
-        limits = self._limits(record.job_id, terms)
+        # A retry round is asked for by the job's owner after the job ended: its records are
+        # not held to the job's own cap (cap-skipped records could never run again), only
+        # to the tenant's budget (docs/lifecycle.md).
+        limits = self._limits(record.job_id, terms, job_cap=not record.retry)
         if limits:
             _, refused = await self._reserve(record, task, limits)
             if refused is not None:
@@ -272,10 +275,13 @@ class JobRules:
             for ledger in ledgers:
                 self.spend.release(ledger, reservation)
 
-    def _limits(self, job_id: str, terms: JobTerms) -> list[tuple[str, Decimal]]:
-        """(ledger, USD limit) a call of the job must fit: its cap, its tenant's budget."""
+    def _limits(
+        self, job_id: str, terms: JobTerms, *, job_cap: bool = True
+    ) -> list[tuple[str, Decimal]]:
+        """(ledger, USD limit) a call of the job must fit: its cap (unless `job_cap` is
+        False), its tenant's budget."""
         limits = []
-        if terms.max_cost_usd is not None:
+        if job_cap and terms.max_cost_usd is not None:
             limits.append((job_ledger(job_id), terms.max_cost_usd))
         budget = self.tenant_budgets.get(terms.owner) if terms.owner is not None else None
         if budget is not None:
