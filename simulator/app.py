@@ -322,6 +322,7 @@ class Simulator:
                 expiry_seconds=self.config.batch_expiry_seconds,
                 stall=self.config.batch_stall,
                 results_base=str(request.base_url).rstrip("/"),
+                concurrency=self.config.batch_concurrency,
             )
         except InvalidRequest as exc:
             return _error(400, str(exc), request_id)

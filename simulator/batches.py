@@ -9,6 +9,9 @@ show every request as ``processing`` until the whole batch ends.
 
 What the config can make happen (simulator/config.py):
 - ``batch_processing_seconds``: how long a batch takes (0: ends at the first read).
+- ``batch_concurrency``: how many batches are processed at once (unset: all); a batch
+  created while that many are still processing waits for the earliest to end, so batches
+  end one after another as they do when the provider is busy.
 - ``batch_stall``: batches created while it is set never end before their expiry.
 - ``batch_expiry_seconds``: a batch that has not ended by then ends with its unfinished
   requests ``expired`` (the provider's 24 h).
@@ -76,6 +79,8 @@ class Batch:
     expires: float
     items: list[_Item]
     stalled: bool
+    # When its last request is due (the end it was scheduled for at create).
+    scheduled_end: float = 0.0
     cancel_initiated: float | None = None
     ended: float | None = None
     deleted: bool = False
@@ -140,6 +145,7 @@ class BatchStore:
         expiry_seconds: float,
         stall: bool,
         results_base: str,
+        concurrency: int | None = None,
     ) -> Batch:
         """Validate and store a new batch (raises InvalidRequest as the provider's 400)."""
         if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
@@ -151,6 +157,7 @@ class BatchStore:
             raise InvalidRequest(f"requests: at most {MAX_REQUESTS} requests per batch")
         if len(orjson.dumps(body)) > MAX_BYTES:
             raise InvalidRequest("requests: a batch is at most 256 MB")
+        start = self._start_time(now, concurrency)
         seen: set[str] = set()
         items: list[_Item] = []
         for index, request in enumerate(requests):
@@ -166,7 +173,7 @@ class BatchStore:
                     f"requests.{index}.custom_id: {custom_id!r} is not unique in the batch"
                 )
             seen.add(custom_id)
-            due = now + processing_seconds * (index + 1) / len(requests)
+            due = start + processing_seconds * (index + 1) / len(requests)
             items.append(_Item(custom_id, request["params"], due))
         batch = Batch(
             id=f"msgbatch_sim_{uuid.uuid4().hex[:24]}",
@@ -174,11 +181,26 @@ class BatchStore:
             expires=now + expiry_seconds,
             items=items,
             stalled=stall,
+            scheduled_end=start + processing_seconds,
             results_base=results_base,
         )
         self.batches[batch.id] = batch
         self.created += 1
         return batch
+
+    def _start_time(self, now: float, concurrency: int | None) -> float:
+        """When a batch created at ``now`` starts processing: at once while fewer than
+        ``concurrency`` batches are scheduled to be processing, else when one of them ends."""
+        if concurrency is None:
+            return now
+        busy = sorted(
+            b.scheduled_end
+            for b in self.batches.values()
+            if b.scheduled_end > now and b.cancel_initiated is None and b.ended is None
+        )
+        if len(busy) < concurrency:
+            return now
+        return busy[len(busy) - concurrency]
 
     def get(self, batch_id: str, now: float, answer: Answerer) -> Batch:
         batch = self.batches.get(batch_id)

@@ -45,6 +45,8 @@ class SimulatorConfig(BaseModel):
     # that stall until expiry, the 404 of a retrieve/results this soon after the create,
     # and how long a create's answer is held back after the batch was accepted.
     batch_processing_seconds: float = Field(default=2.0, ge=0)
+    # How many batches are processed at once (None: all); later ones queue behind them.
+    batch_concurrency: int | None = Field(default=None, ge=1)
     batch_expiry_seconds: float = Field(default=86_400.0, gt=0)
     batch_stall: bool = False
     batch_not_found_seconds: float = Field(default=0.0, ge=0)

@@ -108,7 +108,9 @@ def test_a_batch_lane_job_ends_whole_at_half_the_live_price(
 def test_partial_results_arrive_as_each_provider_batch_ends(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
-    simulator.configure(batch_processing_seconds=4.0)
+    # The provider processes one batch at a time here, so the four batches end 3 s apart
+    # (created together they would end within one poll of each other).
+    simulator.configure(batch_processing_seconds=3.0, batch_concurrency=1)
     service = start(batch_lane_max_requests=50, **LANE)
     partial: list[tuple[int, list[str]]] = []
     with service.client() as client:

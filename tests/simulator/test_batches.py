@@ -259,3 +259,34 @@ def test_create_answer_can_be_held_after_the_batch_is_accepted(sim: SimulatorHan
     # The client never learnt the id, but the batch exists (and would be paid).
     assert sim.stats()["batches_created"] == 1
     client.close()
+
+
+def test_batches_queue_behind_the_providers_concurrency() -> None:
+    """With ``batch_concurrency=1`` batches are processed one after another (pure store logic:
+    time is passed in)."""
+    from simulator.batches import BatchStore, ItemOutcome
+
+    store = BatchStore()
+
+    def answer(params: dict[str, Any], at: float) -> ItemOutcome:
+        return ItemOutcome({"type": "succeeded"})
+
+    def create(now: float) -> Any:
+        body = {"requests": [request("a", "x"), request("b", "y")]}
+        return store.create(
+            body,
+            now=now,
+            processing_seconds=10.0,
+            expiry_seconds=1000.0,
+            stall=False,
+            results_base="",
+            concurrency=1,
+        )
+
+    first, second, third = create(0.0), create(1.0), create(2.0)
+    assert [first.scheduled_end, second.scheduled_end, third.scheduled_end] == [10.0, 20.0, 30.0]
+    assert store.get(first.id, 10.0, answer).ended == 10.0
+    assert store.get(second.id, 15.0, answer).ended is None
+    assert store.get(second.id, 20.0, answer).ended == 20.0
+    # Once the queue has drained a new batch starts at once.
+    assert create(40.0).scheduled_end == 50.0
