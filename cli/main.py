@@ -50,6 +50,10 @@ POLL_SECONDS = 0.5
 # (INSIGHT_FOLLOW_GIVE_UP_SECONDS), and the longest pause between two.
 FOLLOW_GIVE_UP_SECONDS = 180.0
 FOLLOW_BACKOFF_MAX_SECONDS = 5.0
+# `submit` and `watch` exit with this status when the job they followed ended before every
+# record was sent: its spending cap was reached, or it was cancelled (1 is for errors).
+EXIT_JOB_CUT_SHORT = 2
+UNFINISHED_ENDS = ("budget_exhausted", "cancelled")
 # What `insight results -o` writes, by the output's extension.
 EXPORT_KINDS = {".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv"}
 # Upload chunks of about this many bytes (records are streamed, never held all at once).
@@ -473,6 +477,10 @@ def _print_outcome(body: dict[str, Any], seconds: float) -> None:
         f"${body['estimated_cost']:.6f}; {seconds:.1f} s"
     )
     out.print(f"results: insight results {body['job_id']} -o results.jsonl (or .csv)")
+    if body["status"] in UNFINISHED_ENDS:
+        # The job ended before every record was sent (its cap, a cancel): a script that
+        # goes on to use the results must be able to tell.
+        raise typer.Exit(EXIT_JOB_CUT_SHORT)
 
 
 @app.command()

@@ -35,7 +35,7 @@ def ticket(i: int) -> str:
 
 def job_id_from(output: str) -> str:
     for line in output.splitlines():
-        if line.startswith(("completed: job ", "cancelled: job ")):
+        if line.startswith(("completed: job ", "cancelled: job ", "budget_exhausted: job ")):
             return line.split("job ", 1)[1].split(":", 1)[0]
     raise AssertionError(f"no outcome line in {output!r}")
 
@@ -220,3 +220,47 @@ def test_clear_errors_and_exit_codes(
     ok = insight("submit", str(good), url=url, api_key="s3cret-key")
     assert ok.returncode == 0, ok.stderr
     assert "1 succeeded, 0 failed, 0 skipped of 1" in ok.stdout
+
+
+def test_a_job_cut_short_by_its_cap_exits_2_then_retry_and_delete(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """`submit` exits 2 when the job it followed ended before every record was sent (here
+    its cap); `retry --skipped` sends the skipped ones (a retry round is held to the tenant's
+    budget, not the job's cap); `delete` removes the job (then `status` is a clean error)."""
+    service = start()
+    url = service.base_url
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps({"text": ticket(i)}) + "\n" for i in range(12)))
+
+    capped = insight("submit", str(data), "--max-cost", "0.001", "--yes", url=url)
+    assert capped.returncode == 2, (capped.stdout, capped.stderr)
+    job_id = job_id_from(capped.stdout)
+    client = service.client()
+    body = status(client, job_id)
+    assert body["status"] == "budget_exhausted"
+    skipped = body["skipped_count"]
+    assert skipped > 0 and body["completed_count"] + skipped == 12, body
+    assert f"{body['completed_count']} succeeded, 0 failed, {skipped} skipped of 12" in (
+        capped.stdout
+    )
+
+    again = insight("retry", job_id[:12], "--skipped", url=url)
+    assert again.returncode == 0, again.stderr
+    assert f"retry 1 sends {skipped} records again" in again.stdout
+    wait_until(
+        lambda: status(client, job_id)["completed_count"] == 12,
+        timeout=60,
+        what="the skipped records to be sent again",
+    )
+    watched = insight("watch", job_id, url=url)
+    assert watched.returncode == 0, watched.stderr
+    assert "12 succeeded, 0 failed, 0 skipped of 12" in watched.stdout
+
+    gone = insight("delete", job_id[:12], "--yes", url=url)
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.startswith("deleted job ")
+    after = insight("status", job_id, url=url)
+    assert after.returncode == 1
+    assert after.stderr.startswith("error: "), after.stderr
+    client.close()

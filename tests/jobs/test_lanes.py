@@ -52,3 +52,10 @@ def test_parse_deadline_reads_iso_8601() -> None:
     for bad in ("tomorrow", "", "2026-13-01T00:00:00Z"):
         with pytest.raises(ValueError):
             parse_deadline(bad)
+
+
+def test_a_short_projection_is_said_in_seconds() -> None:
+    assert (
+        "projected live duration 30 s"
+        in choose_lane("auto", 300, LivePace(requests_per_minute=600), auto_minutes=30).reason
+    )
