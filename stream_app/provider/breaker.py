@@ -13,6 +13,15 @@ when it works again (issue 8).
   record to the back of the queue, so the next probe is another record.
 - **Closes** as soon as any call is answered (a result, or an answer that is the record's
   own fault): the provider works again.
+- **A canary tells a record's own fault from an outage.** Records that always fail (an
+  HTTP 500 for that text only) look like an outage when no other record is there to show
+  that the provider works: their failures open the breaker and their probes keep failing.
+  So when a record has failed more probes than its retries allow, its next failed probe is
+  followed at once, in the same probe turn, by a canary: a minimal request that does not
+  depend on any record (`stream_app.provider.client.CANARY_TEXT`). The canary answered
+  (`canary_answered`): the provider works, the breaker closes, and the record's next call
+  decides (failing again, the fault is the record's own: it fails). The canary refused too
+  (`canary_failed`): an outage, no record fails, probing goes on.
 
 A provider failure uses up a record's retries only while the trouble is the record's alone:
 the breaker is closed and every failure since the last answer came from that record. A 400
@@ -86,6 +95,9 @@ class ProviderBreaker:
     _in_flight: Counter[str] = field(default_factory=Counter, init=False)
     _refuted: set[str] = field(default_factory=set, init=False)
     _answers: int = field(default=0, init=False)
+    # Canaries sent and answered since start (each answered one is billed: a few tokens).
+    canaries_sent: int = field(default=0, init=False)
+    canaries_answered: int = field(default=0, init=False)
     # Calls the provider did not serve (5xx, 529, timeouts, configuration faults) since start.
     _refused_total: int = field(default=0, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -237,6 +249,70 @@ class ProviderBreaker:
             log.warning("provider refuses the configuration: calls stay stopped", message=message)
         self._pulse()
         return False
+
+    def canary_wanted(self, admission: Admission, failed_probes: int, retries: int) -> bool:
+        """Whether a probe that just failed should be followed by a canary: the line is
+        stopped as an outage (not a configuration fault), this call was the probe, and its
+        record has failed more probes (`failed_probes`, this one included) than its
+        `retries` (BATCH_RECORD_RETRY_COUNT) allow. Pure: changes nothing."""
+        stop = self._stop
+        return (
+            stop is not None
+            and stop.kind is StopKind.PROVIDER_UNAVAILABLE
+            and admission.probe
+            and admission.open
+            and failed_probes > retries
+        )
+
+    def canary_answered(self, admission: Admission) -> None:
+        """The probe of `admission` failed, then the canary sent in its turn was answered:
+        the provider works, so the probe's failure is its record's own. Counts the refused
+        probe and closes the breaker (every waiting call goes on)."""
+        if not self._leave(admission):
+            return
+        self.canaries_sent += 1
+        self.canaries_answered += 1
+        self._refused_total += 1
+        stop = self._stop
+        self._streak.clear()
+        if stop is not None:
+            stop.refused_calls += 1
+            self._stop = None
+            log.warning(
+                "a canary was answered while a record kept failing: the provider works, "
+                "calls resume; that record's failures are its own",
+                record=admission.key,
+                stopped_seconds=round(self.clock() - stop.since, 3),
+                refused_calls=stop.refused_calls,
+            )
+        self._pulse()
+
+    def canary_failed(
+        self, admission: Admission, message: str, retry_after: float | None = None
+    ) -> None:
+        """The probe of `admission` failed and the canary sent in its turn was refused too
+        (5xx, 529, timeout, connection error): an outage. Both calls count as refused and
+        as failed probes; the next probe waits its backoff. No record's retries are used."""
+        if not self._leave(admission):
+            return
+        self.canaries_sent += 1
+        self._refused_total += 2
+        stop = self._stop
+        if stop is not None:
+            stop.refused_calls += 2
+            stop.failed_probes += 1  # the canary; `_reschedule` counts the record's probe
+            self._reschedule(stop, self.clock(), retry_after)
+            log.info("the canary was refused too: still an outage", message=message)
+        self._pulse()
+
+    def own_failure(self, admission: Admission) -> None:
+        """A provider failure (5xx...) of a call made right after a canary was answered for
+        its record: the record's own fault. Counted as refused; it neither opens the breaker
+        nor counts towards it (the streak of other records' failures is left as it is)."""
+        if not self._leave(admission):
+            return
+        self._refused_total += 1
+        self._pulse()
 
     def release(self, admission: Admission) -> None:
         """The call ended without an answer (an internal error, cancellation)."""
