@@ -78,6 +78,8 @@ class Stop:
     next_probe_at: float
     failed_probes: int = 0
     refused_calls: int = 1
+    # Records whose calls were refused since (or just before) the stop began.
+    refused_records: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ProviderBreaker:
     _streak: list[str] = field(default_factory=list, init=False)
     _probing: bool = field(default=False, init=False)
     _waiters: deque[object] = field(default_factory=deque, init=False)
+    _waiting_keys: dict[object, str] = field(default_factory=dict, init=False)
     _in_flight: Counter[str] = field(default_factory=Counter, init=False)
     _refuted: set[str] = field(default_factory=set, init=False)
     _answers: int = field(default=0, init=False)
@@ -148,20 +151,53 @@ class ProviderBreaker:
             return self._enter(key, probe=False)
         ticket = object()
         self._waiters.append(ticket)
+        self._waiting_keys[ticket] = key
         try:
             while self._stop is not None:
-                first = self._waiters[0] is ticket
+                first = self._next_prober() is ticket
                 now = self.clock()
-                if first and not self._probing and now >= self._stop.next_probe_at:
+                due_at = self._probe_due(self._stop, key)
+                if first and not self._probing and now >= due_at:
                     self._probing = True
                     log.debug("probing the provider", record=key, state=self._stop.kind.value)
                     return self._enter(key, probe=True)
-                due = self._stop.next_probe_at - now if first and not self._probing else None
+                due = due_at - now if first and not self._probing else None
                 await self._wait_for_change(due)
             return self._enter(key, probe=False)
+        except asyncio.CancelledError:
+            self._left_the_line()
+            raise
         finally:
             self._waiters.remove(ticket)
+            del self._waiting_keys[ticket]
             self._pulse()
+
+    def _next_prober(self) -> object:
+        """The waiter whose turn it is to probe: during an outage, the first one whose
+        record has not been refused in this stop (it may show the provider works, at no
+        record's expense); else the first in line."""
+        stop = self._stop
+        if stop is not None and stop.kind is StopKind.PROVIDER_UNAVAILABLE:
+            for ticket in self._waiters:
+                if self._waiting_keys[ticket] not in stop.refused_records:
+                    return ticket
+        return self._waiters[0]
+
+    @staticmethod
+    def _probe_due(stop: Stop, key: str) -> float:
+        """A record not refused in this outage probes as soon as no probe is out; the
+        others wait for the backoff."""
+        fresh = stop.kind is StopKind.PROVIDER_UNAVAILABLE and key not in stop.refused_records
+        return min(stop.next_probe_at, stop.since) if fresh else stop.next_probe_at
+
+    def _left_the_line(self) -> None:
+        """A waiting call gave up (its job was cancelled or deleted). When it was the last
+        one, the next call to come probes at once: the stop's own records may all be gone,
+        and a record of another job should not wait out their backoff (still one probe at a
+        time)."""
+        stop = self._stop
+        if stop is not None and len(self._waiters) == 1 and not self._probing:
+            stop.next_probe_at = min(stop.next_probe_at, self.clock())
 
     def still_admits(self, admission: Admission) -> bool:
         """Whether a call admitted earlier may still go out: not when the breaker opened
@@ -199,6 +235,7 @@ class ProviderBreaker:
         stop = self._stop
         if stop is not None:
             stop.refused_calls += 1
+            stop.refused_records.add(admission.key)
             if admission.probe:
                 self._reschedule(stop, now, retry_after)
             self._pulse()
@@ -208,6 +245,8 @@ class ProviderBreaker:
         if len(self._streak) >= self.threshold and len(records) >= 2:
             refused = len(self._streak)
             self._open(StopKind.PROVIDER_UNAVAILABLE, message, admission.key, False, now, refused)
+            if self._stop is not None:
+                self._stop.refused_records.update(records)
             if retry_after:
                 self._stop_at_least(now + retry_after)
             return False
@@ -300,6 +339,7 @@ class ProviderBreaker:
         stop = self._stop
         if stop is not None:
             stop.refused_calls += 2
+            stop.refused_records.add(admission.key)
             stop.failed_probes += 1  # the canary; `_reschedule` counts the record's probe
             self._reschedule(stop, self.clock(), retry_after)
             log.info("the canary was refused too: still an outage", message=message)

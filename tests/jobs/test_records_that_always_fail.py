@@ -129,22 +129,46 @@ async def test_a_cancelled_jobs_records_make_no_more_calls_at_once(
     # Probes far apart: the records wait at the breaker (or in their backoff) when cancelled.
     processor = make_processor(retries=5, probe_base=60.0, cancelled=cancelled)
     simulator.configure(force_status=529)
-    started = [asyncio.ensure_future(processor.process(event(TEXT, i))) for i in range(2)]
+    started = [asyncio.ensure_future(processor.process(event(TEXT, i))) for i in range(3)]
     await asyncio.to_thread(
-        wait_until, lambda: processor.breaker.is_open, timeout=20, what="breaker open"
+        wait_until,
+        lambda: processor.breaker.is_open and simulator.stats()["in_flight"] == 0,
+        timeout=20,
+        what="breaker open, no call out",
     )
-    waiting = asyncio.ensure_future(processor.process(event(TEXT, 2, job_id="job-2")))
-    await asyncio.sleep(0.1)
     calls = len(simulator.stats()["requests"])
     began = time.monotonic()
     cancelled.add("job-1")
     results: list[ResultEvent] = await asyncio.wait_for(asyncio.gather(*started), timeout=5)
     assert time.monotonic() - began < 1.0
     for result in results:
-        assert result.skipped and result.skip_reason == "cancelled"
+        assert (result.skipped, result.skip_reason) == (True, "cancelled")
         assert result.error == STOPPED_ERROR and result.attempts >= 1
-    cancelled.add("job-2")  # never called: skipped before its first call
+    assert len(simulator.stats()["requests"]) == calls
+    # The line is still stopped, but the next record to come probes at once.
+    simulator.configure(force_status=None)
+    result = await asyncio.wait_for(processor.process(event(TEXT, 0, job_id="job-2")), 5)
+    assert result.success and not processor.breaker.is_open
+
+
+async def test_a_record_that_never_called_is_skipped_when_cancelled_at_the_breaker(
+    make_processor: Make, simulator: SimulatorHandle
+) -> None:
+    cancelled = CancelledJobs()
+    cancelled.caught_up.set()
+    processor = make_processor(retries=5, probe_base=60.0, cancelled=cancelled)
+    simulator.configure(force_status=403)  # a configuration fault: everyone waits its turn
+    first = asyncio.ensure_future(processor.process(event(TEXT, 0)))
+    await asyncio.to_thread(
+        wait_until, lambda: processor.breaker.is_open, timeout=20, what="the line stopped"
+    )
+    waiting = asyncio.ensure_future(processor.process(event(TEXT, 1, job_id="job-2")))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    cancelled.add("job-2")
     with pytest.raises(CancelledBeforeCall):
         await asyncio.wait_for(waiting, timeout=5)
-    assert len(simulator.stats()["requests"]) == calls
-    simulator.configure(force_status=None)
+    assert len(simulator.stats()["requests"]) == 1  # only the first record's
+    cancelled.add("job-1")
+    stopped = await asyncio.wait_for(first, timeout=5)
+    assert stopped.skipped and stopped.attempts == 1

@@ -3,6 +3,10 @@ what an answered canary and a refused one change (stream_app/provider/breaker.py
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from stream_app.provider.breaker import ProviderBreaker
 from tests.fake_clock import FakeClock
 from tests.provider.test_breaker import breaker, clock, fail, open_it  # noqa: F401
@@ -85,3 +89,37 @@ async def test_a_records_own_failure_neither_opens_nor_feeds_the_breaker(
     assert not b.is_open and b.is_isolated("a")
     assert await fail(b, "a") is True  # still a's trouble alone
     assert b.report() == {"state": "available", "refused_calls_total": 7}
+
+
+async def test_in_an_outage_a_record_not_yet_refused_probes_first_and_at_once(
+    clock: FakeClock,  # noqa: F811
+) -> None:
+    b = breaker(clock)
+    await open_it(b)
+    start = clock.now
+    probe = await probe_of(b, "a")  # the stop's own records wait for the backoff
+    assert clock.now - start == 1.0
+    b.provider_failed(probe, ERROR)
+    waiting_a = asyncio.ensure_future(b.admit("a"))
+    await asyncio.sleep(0)
+    fresh = await probe_of(b, "d")  # ahead of "a" and without waiting
+    assert clock.now - start == 1.0 and not waiting_a.done()
+    b.provider_failed(fresh, ERROR)  # refused too: "d" now waits like the others
+    again = asyncio.ensure_future(b.admit("d"))
+    assert (await waiting_a).probe and clock.now - start == 1.0 + 4.0
+    b.answered(waiting_a.result())
+    assert not (await again).probe
+
+
+async def test_when_the_last_waiting_call_gives_up_the_next_one_probes_at_once(
+    clock: FakeClock,  # noqa: F811
+) -> None:
+    b = breaker(clock)
+    b.configuration_fault(await b.admit("a"), "HTTP 401 authentication_error: x", False)
+    start = clock.now
+    waiting = asyncio.ensure_future(b.admit("a"))
+    await asyncio.sleep(0)
+    waiting.cancel()  # its job was cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (await probe_of(b, "b")) and clock.now == start
