@@ -143,8 +143,10 @@ class _Run:
     task: PreparedTask
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
-    # Probes (calls while the breaker was open) this record made that the provider refused.
+    # Probes (calls while the breaker was open) of this record that the provider refused,
+    # since the last refused canary (which explains the ones before: an outage).
     failed_probes: int = 0
+    canaries_refused: int = 0
 
     @property
     def key(self) -> str:
@@ -231,6 +233,8 @@ class RecordProcessor:
                     self.breaker.own_failure(admission)
                     return self._failed(run, answer.message)
                 if admission.probe:
+                    if run.canaries_refused != self.breaker.canaries_refused:
+                        run.failed_probes, run.canaries_refused = 0, self.breaker.canaries_refused
                     run.failed_probes += 1
                     retries = self.policy.retries
                     if self.breaker.canary_wanted(admission, run.failed_probes, retries):

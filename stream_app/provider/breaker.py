@@ -101,6 +101,8 @@ class ProviderBreaker:
     # Canaries sent and answered since start (each answered one is billed: a few tokens).
     canaries_sent: int = field(default=0, init=False)
     canaries_answered: int = field(default=0, init=False)
+    # Canaries refused: each explains the failed probes before it (an outage).
+    canaries_refused: int = field(default=0, init=False)
     # Calls the provider did not serve (5xx, 529, timeouts, configuration faults) since start.
     _refused_total: int = field(default=0, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -335,6 +337,7 @@ class ProviderBreaker:
         if not self._leave(admission):
             return
         self.canaries_sent += 1
+        self.canaries_refused += 1
         self._refused_total += 2
         stop = self._stop
         if stop is not None:

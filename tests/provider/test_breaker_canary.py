@@ -71,7 +71,7 @@ async def test_a_refused_canary_is_an_outage_both_calls_count_and_the_next_probe
     report = b.report()
     assert (report["refused_calls"], report["failed_probes"]) == (3 + 2, 2)
     assert report["refused_calls_total"] == 5
-    assert (b.canaries_sent, b.canaries_answered) == (1, 0)
+    assert (b.canaries_sent, b.canaries_answered, b.canaries_refused) == (1, 0, 1)
     # Backoff after two failed probes: min(8, 1 * 2**2) s; one probe at a time.
     again = await probe_of(b, "b")
     assert clock.now - start == 1.0 + 4.0
