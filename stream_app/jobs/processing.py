@@ -4,6 +4,8 @@ What each provider answer means is decided in `stream_app.provider.answers`; whe
 provider is down or refuses the configuration, `stream_app.provider.breaker` holds every call.
 Whatever happens (an exception of ours included), `RecordProcessor.process` returns an
 outcome for the record; only cancellation (the worker stopping) leaves it without one.
+A record whose job is cancelled (or deleted) makes no call after that: waiting for its retry
+or for the breaker, it ends at once (skipped, with what its earlier attempts were billed).
 """
 
 from __future__ import annotations

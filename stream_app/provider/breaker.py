@@ -10,7 +10,9 @@ when it works again (issue 8).
   served. One call at a time goes out as the probe, after a capped exponential backoff
   with jitter: `min(probe_max, probe_base * 2**n) * U(0.5, 1)` seconds for the n-th probe
   (n from 0), or the provider's `retry-after` when longer. A probe that fails sends its
-  record to the back of the queue, so the next probe is another record.
+  record to the back of the queue, so the next probe is another record. During an outage a
+  record not refused since the stop began (another job's, say) probes first and at once;
+  when the last waiting call gives up (its job was cancelled), the next one probes at once.
 - **Closes** as soon as any call is answered (a result, or an answer that is the record's
   own fault): the provider works again.
 - **A canary tells a record's own fault from an outage.** Records that always fail (an
