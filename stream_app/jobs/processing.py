@@ -292,7 +292,7 @@ class RecordProcessor:
         if self._job_cancelled(run):
             return self._stopped(run)
         if not self.breaker.is_open:
-            admitted = await self._unless_cancelled(run, self.breaker.admit(run.key))
+            admitted: Admission | None = await self.breaker.admit(run.key)  # no wait
         else:
             async with self.gate.parked():
                 admitted = await self._unless_cancelled(run, self.breaker.admit(run.key))
