@@ -304,24 +304,27 @@ class RecordProcessor:
     async def _unless_cancelled(
         self, run: _Run, admitting: Coroutine[Any, Any, Admission]
     ) -> Admission | None:
-        """The admission, or None when the record's job was cancelled while it waited."""
+        """The admission, or None when the record's job was cancelled while it waited (an
+        admission given in that same instant is released unused, as it is when this wait
+        itself is cancelled)."""
         if self.cancelled is None:
             return await admitting
         admit = asyncio.ensure_future(admitting)
         cancel = asyncio.ensure_future(self.cancelled.wait(run.event.job_id))
+        waited = False
         try:
             await asyncio.wait({admit, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            waited = True
         finally:
-            for task in (admit, cancel):
-                if not task.done():
-                    task.cancel()
+            cancel.cancel()
+            admit.cancel()  # no effect once it is done
             for task in (admit, cancel):
                 with suppress(asyncio.CancelledError):
-                    await task
-        admission = admit.result() if not admit.cancelled() else None
-        if admission is not None and self._job_cancelled(run):
-            self.breaker.release(admission)  # admitted in the same instant: not used
-            return None
+                    await asyncio.wait({task})
+            admission = admit.result() if not admit.cancelled() else None
+            if admission is not None and (not waited or self._job_cancelled(run)):
+                self.breaker.release(admission)
+                admission = None
         return admission
 
     def _stopped(self, run: _Run) -> ResultEvent:
