@@ -4,6 +4,8 @@ What each provider answer means is decided in `stream_app.provider.answers`; whe
 provider is down or refuses the configuration, `stream_app.provider.breaker` holds every call.
 Whatever happens (an exception of ours included), `RecordProcessor.process` returns an
 outcome for the record; only cancellation (the worker stopping) leaves it without one.
+A record whose job is cancelled (or deleted) makes no call after that: waiting for its retry
+or for the breaker, it ends at once (skipped, with what its earlier attempts were billed).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from schemas import InsightResponse, RecordEvent, ResultEvent, TaskResponse
 from stream_app.core.exceptions import UnreadableAnswer, first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
+from stream_app.jobs.cancellation import CancelledBeforeCall, CancelledJobs
 from stream_app.provider.answers import (
     Answer,
     ConfigurationFault,
@@ -37,12 +40,17 @@ from stream_app.provider.answers import (
 from stream_app.provider.breaker import Admission, ProviderBreaker
 from stream_app.provider.budget import RateBudget
 from stream_app.provider.call_slots import CallSlots
-from stream_app.provider.client import InsightClient, Reply
+from stream_app.provider.client import CANARY_MAX_TOKENS, CANARY_TEXT, InsightClient, Reply
 from stream_app.provider.request import PreparedTask
 from stream_app.provider.retry_timing import WaitReading
 from stream_app.provider.usage import Usage
 
 log = get_logger(__name__)
+
+STOPPED_ERROR = (
+    "skipped: the job was cancelled while this record waited to be tried again "
+    "(what its earlier attempts were billed is counted)"
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,10 @@ class _Run:
     task: PreparedTask
     usage: Usage = field(default_factory=Usage)
     attempts: int = 0
+    # Probes (calls while the breaker was open) of this record that the provider refused,
+    # since the last refused canary (which explains the ones before: an outage).
+    failed_probes: int = 0
+    canaries_refused: int = 0
 
     @property
     def key(self) -> str:
@@ -157,6 +169,9 @@ class RecordProcessor:
     clock: Callable[[], float] = time.time
     # Calls in flight follow the budget and the measured latency (None: no limit here).
     slots: CallSlots | None = None
+    # The worker's cancelled (and deleted) jobs: a record of one makes no further call,
+    # whether it waits for a retry or for the breaker (None: nothing is cancelled).
+    cancelled: CancelledJobs | None = None
 
     async def process(self, event: RecordEvent, task: PreparedTask | None = None) -> ResultEvent:
         """`task`: the record's job's task (None: the default task)."""
@@ -190,8 +205,12 @@ class RecordProcessor:
         ceiling = self.client.ceiling_for(run.task)
         widened = False
         failures = 0  # attempts that used up one of the record's retries
+        # True for the call right after a canary was answered in this record's probe turn.
+        vouched = False
         while True:
-            admission = await self._admit(key)
+            admission = await self._admit(run)
+            if isinstance(admission, ResultEvent):  # its job was cancelled meanwhile
+                return admission
             try:
                 answer = await self._call(run, max_tokens, admission)
             except BaseException:
@@ -200,6 +219,8 @@ class RecordProcessor:
             if answer is None:  # the breaker opened while it waited for its slot
                 self.breaker.release(admission)
                 continue
+            # A failure now, with the breaker closed, right after a canary was answered.
+            own, vouched = vouched and not admission.probe, False
             if isinstance(answer, Succeeded):
                 self.breaker.answered(admission)
                 return self._succeeded(run, answer.fields)
@@ -209,6 +230,18 @@ class RecordProcessor:
             if isinstance(answer, ProviderFault):
                 wait = answer.wait.seconds if answer.wait else None
                 self._log_wait(run, answer.reading)
+                if own:
+                    # The provider answered a canary just before this call: its own fault.
+                    self.breaker.own_failure(admission)
+                    return self._failed(run, answer.message)
+                if admission.probe:
+                    if run.canaries_refused != self.breaker.canaries_refused:
+                        run.failed_probes, run.canaries_refused = 0, self.breaker.canaries_refused
+                    run.failed_probes += 1
+                    retries = self.policy.retries
+                    if self.breaker.canary_wanted(admission, run.failed_probes, retries):
+                        vouched = await self._canary(run, admission, answer.message, wait)
+                        continue
                 if self.breaker.provider_failed(admission, answer.message, wait):
                     failures += 1
                 if failures > self.policy.retries:
@@ -252,11 +285,114 @@ class RecordProcessor:
                 return self._failed(run, answer.message)
             await self._back_off(run, failures, None, answer.message)
 
-    async def _admit(self, key: str) -> Admission:
+    async def _admit(self, run: _Run) -> Admission | ResultEvent:
+        """The breaker's admission for the record's next call; or, when its job was
+        cancelled (or deleted) before or while it waited, no call: CancelledBeforeCall when
+        it has made none yet, else its outcome (skipped, with what it was billed)."""
+        if self._job_cancelled(run):
+            return self._stopped(run)
         if not self.breaker.is_open:
-            return await self.breaker.admit(key)
-        async with self.gate.parked():
-            return await self.breaker.admit(key)
+            admitted: Admission | None = await self.breaker.admit(run.key)  # no wait
+        else:
+            async with self.gate.parked():
+                admitted = await self._unless_cancelled(run, self.breaker.admit(run.key))
+        return admitted if admitted is not None else self._stopped(run)
+
+    def _job_cancelled(self, run: _Run) -> bool:
+        return self.cancelled is not None and run.event.job_id in self.cancelled
+
+    async def _unless_cancelled(
+        self, run: _Run, admitting: Coroutine[Any, Any, Admission]
+    ) -> Admission | None:
+        """The admission, or None when the record's job was cancelled while it waited (an
+        admission given in that same instant is released unused, as it is when this wait
+        itself is cancelled)."""
+        if self.cancelled is None:
+            return await admitting
+        admit = asyncio.ensure_future(admitting)
+        cancel = asyncio.ensure_future(self.cancelled.wait(run.event.job_id))
+        waited = False
+        try:
+            await asyncio.wait({admit, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            waited = True
+        finally:
+            cancel.cancel()
+            admit.cancel()  # no effect once it is done
+            for task in (admit, cancel):
+                with suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            admission = admit.result() if not admit.cancelled() else None
+            if admission is not None and (not waited or self._job_cancelled(run)):
+                self.breaker.release(admission)
+                admission = None
+        return admission
+
+    def _stopped(self, run: _Run) -> ResultEvent:
+        if run.attempts == 0:
+            raise CancelledBeforeCall(run.event.job_id)
+        log.info(
+            "record of a cancelled job: not tried again",
+            job=run.event.job_id,
+            index=run.event.index,
+            attempts=run.attempts,
+        )
+        return _outcome(run, error=STOPPED_ERROR).model_copy(
+            update={"skipped": True, "skip_reason": "cancelled"}
+        )
+
+    async def _canary(
+        self, run: _Run, admission: Admission, message: str, retry_after: float | None
+    ) -> bool:
+        """In the turn of a probe that failed (`message`): one canary call
+        (`InsightClient.canary`, the record's model) through the rate budget. True when the
+        provider answered it (the breaker closes; the record's next call decides); False
+        when it was refused too (an outage: no retry used) or said nothing either way."""
+        chars = len(CANARY_TEXT)
+        grant = await self.budget.acquire(
+            self.budget.estimate_input_tokens(chars), CANARY_MAX_TOKENS
+        )
+        billed = Usage()
+        verdict: Answer | Exception | None = None
+        try:
+            billed = await self.client.canary(run.task.model)
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
+            verdict = classify_error(
+                exc, now=self.clock(), cap_seconds=self.policy.retry_after_cap_seconds
+            )
+        except Exception as exc:
+            log.exception("internal error while sending the canary", job=run.event.job_id)
+            verdict = exc
+        except BaseException:
+            self.breaker.provider_failed(admission, message, retry_after)
+            raise
+        finally:
+            self.budget.settle(
+                grant,
+                chars,
+                billed.input_tokens + billed.cache_creation_input_tokens,
+                billed.output_tokens,
+            )
+        if verdict is None:
+            log.info(
+                "canary answered",
+                job=run.event.job_id,
+                index=run.event.index,
+                model=run.task.model,
+                input_tokens=billed.input_tokens,
+                output_tokens=billed.output_tokens,
+            )
+            self.breaker.canary_answered(admission)
+            return True
+        if isinstance(verdict, ProviderFault):
+            self.breaker.canary_failed(admission, verdict.message, retry_after)
+            return False
+        if isinstance(verdict, RateLimited):
+            self.budget.throttled(
+                verdict.wait.seconds if verdict.wait else None, verdict.requests_limit
+            )
+        # A 429, a configuration fault or an internal error: no evidence either way.
+        self.breaker.provider_failed(admission, message, retry_after)
+        return False
 
     async def _call(self, run: _Run, max_tokens: int, admission: Admission) -> Answer | None:
         """One attempt: a call slot, a budget grant, the call, and what its answer means;
@@ -347,6 +483,8 @@ class RecordProcessor:
     async def _back_off(
         self, run: _Run, failures: int, retry_after: float | None, error: str
     ) -> None:
+        """Wait before the record's next attempt; cut short when its job is cancelled
+        (`_admit` then ends it)."""
         delay = self.policy.backoff(failures, retry_after, self.rng)
         log.info(
             "retrying record",
@@ -356,7 +494,18 @@ class RecordProcessor:
             error=error,
             delay=round(delay, 3),
         )
-        await self.sleep(delay)
+        if self.cancelled is None:
+            await self.sleep(delay)
+            return
+        sleeping = asyncio.ensure_future(self.sleep(delay))
+        cancel = asyncio.ensure_future(self.cancelled.wait(run.event.job_id))
+        try:
+            await asyncio.wait({sleeping, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeping, cancel):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
 
     def _succeeded(self, run: _Run, fields: dict[str, Any]) -> ResultEvent:
         response = run.task.response(

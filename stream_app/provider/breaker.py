@@ -10,9 +10,20 @@ when it works again (issue 8).
   served. One call at a time goes out as the probe, after a capped exponential backoff
   with jitter: `min(probe_max, probe_base * 2**n) * U(0.5, 1)` seconds for the n-th probe
   (n from 0), or the provider's `retry-after` when longer. A probe that fails sends its
-  record to the back of the queue, so the next probe is another record.
+  record to the back of the queue, so the next probe is another record. During an outage a
+  record not refused since the stop began (another job's, say) probes first and at once;
+  when the last waiting call gives up (its job was cancelled), the next one probes at once.
 - **Closes** as soon as any call is answered (a result, or an answer that is the record's
   own fault): the provider works again.
+- **A canary tells a record's own fault from an outage.** Records that always fail (an
+  HTTP 500 for that text only) look like an outage when no other record is there to show
+  that the provider works: their failures open the breaker and their probes keep failing.
+  So when a record has failed more probes than its retries allow, its next failed probe is
+  followed at once, in the same probe turn, by a canary: a minimal request that does not
+  depend on any record (`stream_app.provider.client.CANARY_TEXT`). The canary answered
+  (`canary_answered`): the provider works, the breaker closes, and the record's next call
+  decides (failing again, the fault is the record's own: it fails). The canary refused too
+  (`canary_failed`): an outage, no record fails, probing goes on.
 
 A provider failure uses up a record's retries only while the trouble is the record's alone:
 the breaker is closed and every failure since the last answer came from that record. A 400
@@ -69,6 +80,8 @@ class Stop:
     next_probe_at: float
     failed_probes: int = 0
     refused_calls: int = 1
+    # Records whose calls were refused since (or just before) the stop began.
+    refused_records: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -83,9 +96,15 @@ class ProviderBreaker:
     _streak: list[str] = field(default_factory=list, init=False)
     _probing: bool = field(default=False, init=False)
     _waiters: deque[object] = field(default_factory=deque, init=False)
+    _waiting_keys: dict[object, str] = field(default_factory=dict, init=False)
     _in_flight: Counter[str] = field(default_factory=Counter, init=False)
     _refuted: set[str] = field(default_factory=set, init=False)
     _answers: int = field(default=0, init=False)
+    # Canaries sent and answered since start (each answered one is billed: a few tokens).
+    canaries_sent: int = field(default=0, init=False)
+    canaries_answered: int = field(default=0, init=False)
+    # Canaries refused: each explains the failed probes before it (an outage).
+    canaries_refused: int = field(default=0, init=False)
     # Calls the provider did not serve (5xx, 529, timeouts, configuration faults) since start.
     _refused_total: int = field(default=0, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -136,20 +155,53 @@ class ProviderBreaker:
             return self._enter(key, probe=False)
         ticket = object()
         self._waiters.append(ticket)
+        self._waiting_keys[ticket] = key
         try:
             while self._stop is not None:
-                first = self._waiters[0] is ticket
+                first = self._next_prober() is ticket
                 now = self.clock()
-                if first and not self._probing and now >= self._stop.next_probe_at:
+                due_at = self._probe_due(self._stop, key)
+                if first and not self._probing and now >= due_at:
                     self._probing = True
                     log.debug("probing the provider", record=key, state=self._stop.kind.value)
                     return self._enter(key, probe=True)
-                due = self._stop.next_probe_at - now if first and not self._probing else None
+                due = due_at - now if first and not self._probing else None
                 await self._wait_for_change(due)
             return self._enter(key, probe=False)
+        except asyncio.CancelledError:
+            self._left_the_line()
+            raise
         finally:
             self._waiters.remove(ticket)
+            del self._waiting_keys[ticket]
             self._pulse()
+
+    def _next_prober(self) -> object:
+        """The waiter whose turn it is to probe: during an outage, the first one whose
+        record has not been refused in this stop (it may show the provider works, at no
+        record's expense); else the first in line."""
+        stop = self._stop
+        if stop is not None and stop.kind is StopKind.PROVIDER_UNAVAILABLE:
+            for ticket in self._waiters:
+                if self._waiting_keys[ticket] not in stop.refused_records:
+                    return ticket
+        return self._waiters[0]
+
+    @staticmethod
+    def _probe_due(stop: Stop, key: str) -> float:
+        """A record not refused in this outage probes as soon as no probe is out; the
+        others wait for the backoff."""
+        fresh = stop.kind is StopKind.PROVIDER_UNAVAILABLE and key not in stop.refused_records
+        return min(stop.next_probe_at, stop.since) if fresh else stop.next_probe_at
+
+    def _left_the_line(self) -> None:
+        """A waiting call gave up (its job was cancelled or deleted). When it was the last
+        one, the next call to come probes at once: the stop's own records may all be gone,
+        and a record of another job should not wait out their backoff (still one probe at a
+        time)."""
+        stop = self._stop
+        if stop is not None and len(self._waiters) == 1 and not self._probing:
+            stop.next_probe_at = min(stop.next_probe_at, self.clock())
 
     def still_admits(self, admission: Admission) -> bool:
         """Whether a call admitted earlier may still go out: not when the breaker opened
@@ -187,6 +239,7 @@ class ProviderBreaker:
         stop = self._stop
         if stop is not None:
             stop.refused_calls += 1
+            stop.refused_records.add(admission.key)
             if admission.probe:
                 self._reschedule(stop, now, retry_after)
             self._pulse()
@@ -196,6 +249,8 @@ class ProviderBreaker:
         if len(self._streak) >= self.threshold and len(records) >= 2:
             refused = len(self._streak)
             self._open(StopKind.PROVIDER_UNAVAILABLE, message, admission.key, False, now, refused)
+            if self._stop is not None:
+                self._stop.refused_records.update(records)
             if retry_after:
                 self._stop_at_least(now + retry_after)
             return False
@@ -237,6 +292,72 @@ class ProviderBreaker:
             log.warning("provider refuses the configuration: calls stay stopped", message=message)
         self._pulse()
         return False
+
+    def canary_wanted(self, admission: Admission, failed_probes: int, retries: int) -> bool:
+        """Whether a probe that just failed should be followed by a canary: the line is
+        stopped as an outage (not a configuration fault), this call was the probe, and its
+        record has failed more probes (`failed_probes`, this one included) than its
+        `retries` (BATCH_RECORD_RETRY_COUNT) allow. Pure: changes nothing."""
+        stop = self._stop
+        return (
+            stop is not None
+            and stop.kind is StopKind.PROVIDER_UNAVAILABLE
+            and admission.probe
+            and admission.open
+            and failed_probes > retries
+        )
+
+    def canary_answered(self, admission: Admission) -> None:
+        """The probe of `admission` failed, then the canary sent in its turn was answered:
+        the provider works, so the probe's failure is its record's own. Counts the refused
+        probe and closes the breaker (every waiting call goes on)."""
+        if not self._leave(admission):
+            return
+        self.canaries_sent += 1
+        self.canaries_answered += 1
+        self._refused_total += 1
+        stop = self._stop
+        self._streak.clear()
+        if stop is not None:
+            stop.refused_calls += 1
+            self._stop = None
+            log.warning(
+                "a canary was answered while a record kept failing: the provider works, "
+                "calls resume; that record's failures are its own",
+                record=admission.key,
+                stopped_seconds=round(self.clock() - stop.since, 3),
+                refused_calls=stop.refused_calls,
+            )
+        self._pulse()
+
+    def canary_failed(
+        self, admission: Admission, message: str, retry_after: float | None = None
+    ) -> None:
+        """The probe of `admission` failed and the canary sent in its turn was refused too
+        (5xx, 529, timeout, connection error): an outage. Both calls count as refused and
+        as failed probes; the next probe waits its backoff. No record's retries are used."""
+        if not self._leave(admission):
+            return
+        self.canaries_sent += 1
+        self.canaries_refused += 1
+        self._refused_total += 2
+        stop = self._stop
+        if stop is not None:
+            stop.refused_calls += 2
+            stop.refused_records.add(admission.key)
+            stop.failed_probes += 1  # the canary; `_reschedule` counts the record's probe
+            self._reschedule(stop, self.clock(), retry_after)
+            log.info("the canary was refused too: still an outage", message=message)
+        self._pulse()
+
+    def own_failure(self, admission: Admission) -> None:
+        """A provider failure (5xx...) of a call made right after a canary was answered for
+        its record: the record's own fault. Counted as refused; it neither opens the breaker
+        nor counts towards it (the streak of other records' failures is left as it is)."""
+        if not self._leave(admission):
+            return
+        self._refused_total += 1
+        self._pulse()
 
     def release(self, admission: Admission) -> None:
         """The call ended without an answer (an internal error, cancellation)."""

@@ -34,6 +34,12 @@ INSIGHT_OUTPUT_FORMAT: JSONOutputFormatParam = {
 SLOWEST_OUTPUT_TOKENS_PER_SECOND = 128_000 / 3600
 CONNECT_TIMEOUT_SECONDS = 5.0
 
+# The canary (stream_app.provider.breaker): a minimal request that depends on no record,
+# sent when a record keeps failing as the probe, to tell its own fault from an outage.
+# About 10 input tokens and 1 output token: ~$0.00005 at Sonnet prices.
+CANARY_TEXT = "ping"
+CANARY_MAX_TOKENS = 1
+
 
 def call_timeout_seconds(max_tokens: int, base_seconds: float) -> float:
     """How long one call with room for `max_tokens` output tokens may take (s):
@@ -120,6 +126,23 @@ class InsightClient:
             raise UnreadableAnswer(_not_a_message(raw.http_response))
         text = "".join(block.text for block in message.content if block.type == "text")
         return Reply(text, message.stop_reason, Usage.from_api(message.usage), raw.headers, room)
+
+    async def canary(self, model: str) -> Usage:
+        """One minimal call (CANARY_TEXT, CANARY_MAX_TOKENS, no system prompt, no output
+        format) to `model`: whether the provider answers at all. Returns the billed usage
+        (any HTTP 200 counts as an answer, whatever its content). Raises the SDK's
+        APIStatusError / APIConnectionError like `analyze`."""
+        timeout = httpx2.Timeout(
+            call_timeout_seconds(CANARY_MAX_TOKENS, self.timeout_seconds),
+            connect=CONNECT_TIMEOUT_SECONDS,
+        )
+        message = await self._client.messages.create(
+            model=model,
+            max_tokens=CANARY_MAX_TOKENS,
+            messages=[{"role": "user", "content": CANARY_TEXT}],
+            timeout=timeout,
+        )
+        return Usage.from_api(message.usage)
 
     async def count_prompt_tokens(
         self, texts: Sequence[str], task: PreparedTask | None = None, *, concurrency: int = 8

@@ -388,6 +388,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
         ),
         breaker=breaker,
         gate=gate,
+        cancelled=cancelled,
         slots=CallSlots(
             settings.batch_max_concurrent_llm_calls,
             rate=lambda: budget.requests_per_minute * budget.share / 60,
