@@ -103,6 +103,9 @@ class JobRules:
         self._announce_wait = announce_wait_seconds
         self._created_follows_wait = created_follows_wait_seconds
         self._terms: dict[str, JobTerms] = {}
+        # Each announced job's record count (the batch lane cuts a provider batch when a
+        # job's last record has reached it).
+        self._totals: dict[str, int] = {}
         self._announced: dict[str, asyncio.Event] = {}
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._chars: dict[str, tuple[str, int]] = {}
@@ -126,6 +129,7 @@ class JobRules:
         """A job announced itself; the first announcement wins."""
         if created.job_id in self._terms:
             return
+        self._totals[created.job_id] = created.total_records
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
             JobTerms(
@@ -390,6 +394,10 @@ class JobRules:
         """The lane the job's `created` event named (None: not known, or none named)."""
         terms = self._terms.get(job_id)
         return terms.lane if terms is not None else None
+
+    def total_of(self, job_id: str) -> int | None:
+        """How many records the job's `created` event announced (None: not read yet)."""
+        return self._totals.get(job_id)
 
     async def terms_known(self, job_id: str) -> None:
         """Return once the job's terms are known (or taken as the defaults)."""

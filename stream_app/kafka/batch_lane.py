@@ -6,9 +6,11 @@ How a record travels:
 1. The process agent does not call Claude for it: it hands the record over to the lane
    topic (`<batch.records>.lane`, keyed by job_id, so every record of a job reaches one
    worker) and acknowledges it (`BatchLane.hand_over`).
-2. The lane agent gathers a job's records and cuts a provider batch at
-   BATCH_LANE_MAX_REQUESTS (and the provider's 100,000 / 256 MB), or BATCH_LANE_WINDOW_SECONDS
-   after the first one waited, so results keep coming (smaller batches end sooner).
+2. The lane agent gathers a job's records and cuts a provider batch when
+   BATCH_LANE_MAX_REQUESTS wait (or the provider's 100,000 / 256 MB), when the job's last
+   record has arrived, when none joined for BATCH_LANE_WINDOW_SECONDS, or when the oldest
+   waited BATCH_LANE_MAX_WAIT_SECONDS (stream_app.jobs.batch_grouping): a few large batches
+   for a big job, a small job's records in one batch at once.
 3. Paid once through crashes: before the create, the batch's intent (its record indexes,
    when it was asked for) is written to the changelog-backed `provider-batches` table and
    flushed; after the create, its id. The lane's records stay unacknowledged until their
@@ -52,6 +54,7 @@ from stream_app.core.logs import get_logger
 from stream_app.core.metrics import WorkerMetrics
 from stream_app.core.settings import Settings
 from stream_app.jobs.aggregation import JobLedger, result_key
+from stream_app.jobs.batch_grouping import Gathered, GroupingRule
 from stream_app.jobs.batch_outcomes import LaneItem, Produce, TryAgain, next_step
 from stream_app.jobs.cancellation import CancelledJobs, skipped_outcome
 from stream_app.jobs.job_rules import BUDGET_SKIPPED_ERROR, JobRules
@@ -116,6 +119,20 @@ class _Job:
     batches: dict[str, _Batch] = field(default_factory=dict)
     flusher: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when a record joins the buffer that makes the gathered records due at once.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # When the newest record joined the buffer (Unix seconds).
+    last_added: float = 0.0
+    # Indexes of the job's first-round records that reached the lane (a retry round's do
+    # not count), and items this worker sent to a later batch that have not come back
+    # ((index, tries)); `resending`: batches whose items are being sent again now.
+    seen: set[int] = field(default_factory=set)
+    expected: set[tuple[int, int]] = field(default_factory=set)
+    resending: int = 0
+    # The job's last record arrived: what waits now is cut without waiting for a window
+    # (until the buffer is empty); `fired`: that moment was acted on.
+    last_arrived: bool = False
+    fired: bool = False
 
 
 class BatchLane:
@@ -151,6 +168,11 @@ class BatchLane:
         self._flush_producer = flush
         self._jobs: dict[str, _Job] = {}
         self._stream: Any = None
+        self._grouping = GroupingRule(
+            max_requests=min(settings.batch_lane_max_requests, MAX_BATCH_REQUESTS),
+            quiet_seconds=settings.batch_lane_window_seconds,
+            max_wait_seconds=settings.batch_lane_max_wait_seconds,
+        )
         # Outcomes this lane produced, and records handed over to it: the worker's progress
         # (the stall watch reads it: a batch-lane record makes no call in the process agent).
         self.outcomes_sent = 0
@@ -226,18 +248,52 @@ class BatchLane:
             return
         record = item.record
         job = await self._job(record.job_id, event)
+        self._arrived(job, item)
+        try:
+            await self._place(job, event, item)
+        finally:
+            if job.last_arrived and job.buffer:
+                job.wake.set()
+            if job.buffer and (job.flusher is None or job.flusher.done()):
+                job.flusher = asyncio.create_task(self._flush_loop(job))
+
+    def _arrived(self, job: _Job, item: LaneItem) -> None:
+        """Count the item in; note the moment the job's last record has arrived (every
+        first-round record seen, every item sent again back)."""
+        record = item.record
+        if not record.retry:
+            job.seen.add(record.index)
+        job.expected.discard((record.index, item.tries))
+        self._check_complete(job)
+
+    def _check_complete(self, job: _Job) -> None:
+        total = self._rules.total_of(job.job_id)
+        complete = (
+            total is not None and len(job.seen) >= total and not job.expected and not job.resending
+        )
+        if complete and not job.fired:
+            job.fired = job.last_arrived = True
+            if job.buffer:
+                job.wake.set()
+        elif not complete:
+            job.fired = False
+
+    async def _place(self, job: _Job, event: EventT, item: LaneItem) -> None:
+        """The item joins its provider batch (one found again after a restart), the
+        job's buffer, or is acknowledged at once (its outcome is already out)."""
+        record = item.record
         index = record.index
         for batch in job.batches.values():
             if index in batch.indexes:
                 waiting = batch.members.get(index)
                 if batch.closing:
-                    if waiting is not None and item.attempts > waiting.item.attempts:
+                    if waiting is not None and item.tries > waiting.item.tries:
                         break  # its next try: batched below
                     await self._ack([event])
                     return
                 if waiting is None:
                     batch.members[index] = _Waiting(item, [event], time.time())
-                elif item.attempts > waiting.item.attempts:
+                elif item.tries > waiting.item.tries:
                     # A later try of a record this batch already answered: wait for it.
                     break
                 else:
@@ -249,16 +305,13 @@ class BatchLane:
         waiting = job.buffer.get(index)
         if waiting is not None:
             waiting.events.append(event)
-            if item.attempts > waiting.item.attempts:
+            if item.tries > waiting.item.tries:
                 waiting.item = item
             return
-        job.buffer[index] = _Waiting(item, [event], time.time())
-        full = len(job.buffer) >= self._s.batch_lane_max_requests
-        if job.flusher is None or job.flusher.done():
-            job.flusher = asyncio.create_task(self._cut_later(job, 0.0 if full else None))
-        elif full and not job.lock.locked():
-            job.flusher.cancel()
-            job.flusher = asyncio.create_task(self._cut_later(job, 0.0))
+        job.last_added = time.time()
+        job.buffer[index] = _Waiting(item, [event], job.last_added)
+        if len(job.buffer) >= self._grouping.max_requests:
+            job.wake.set()
 
     def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
         """Whether this delivery's outcome (or its next try) was already produced: a done
@@ -267,7 +320,7 @@ class BatchLane:
         for entry in (stored.get("batches") or {}).values():
             if entry.get("state") == "done":
                 tries = entry.get("tries", {})
-                if str(index) in tries and tries[str(index)] >= item.attempts:
+                if str(index) in tries and tries[str(index)] >= item.tries:
                     return True
         return False
 
@@ -286,6 +339,9 @@ class BatchLane:
         stored = self._table.get(job.job_id) or {}
         for key, entry in sorted((stored.get("batches") or {}).items()):
             state = entry.get("state")
+            if state == "done":
+                # Their records do not come again (or come as later tries).
+                job.seen.update(int(i) for i in entry.get("indexes", []))
             if state not in ("intent", "created"):
                 continue
             batch = _Batch(key, list(entry.get("indexes", [])))
@@ -332,27 +388,54 @@ class BatchLane:
             b.batch_id for job in self._jobs.values() for b in job.batches.values() if b.batch_id
         }
 
-    async def _cut_later(self, job: _Job, after: float | None = None) -> None:
-        """Cut the job's provider batches after `after` seconds (BATCH_LANE_WINDOW_SECONDS)."""
-        await asyncio.sleep(self._s.batch_lane_window_seconds if after is None else after)
-        try:
-            await self._cut(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
-        # Records left (a capped job waiting for its spend to settle, a failed create): later.
-        if job.buffer and job.flusher is asyncio.current_task():
-            job.flusher = asyncio.create_task(self._cut_later(job))
+    def _gathered(self, job: _Job) -> Gathered:
+        return Gathered(
+            waiting=len(job.buffer),
+            first_at=min((w.since for w in job.buffer.values()), default=job.last_added),
+            last_at=job.last_added,
+            last_arrived=job.last_arrived,
+        )
 
-    async def _cut(self, job: _Job) -> None:
-        """Make provider batches of what the job has gathered."""
+    async def _flush_loop(self, job: _Job) -> None:
+        """Cut the job's gathered records into provider batches whenever the grouping rule
+        says they are due, until none wait."""
+        while job.buffer:
+            job.wake.clear()
+            wait = self._grouping.due_in(self._gathered(job), time.time())
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(job.wake.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                made = await self._cut(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
+                made = False
+            if not made and job.buffer:
+                # A capped job waiting for its spend to settle, a failed create: later.
+                await asyncio.sleep(self._s.batch_lane_window_seconds)
+        job.last_arrived = False
+
+    async def _cut(self, job: _Job) -> bool:
+        """Make provider batches of what the job has gathered while the grouping rule says
+        they are due; whether one was made."""
+        made = False
         async with job.lock:
             while job.buffer:
-                if not await self._cut_one(job):
+                gathered = self._gathered(job)
+                why = self._grouping.why(gathered, time.time())
+                if not why:
                     break
+                if not await self._cut_one(job, why):
+                    break
+                made = True
+        return made
 
-    async def _cut_one(self, job: _Job) -> bool:
+    async def _cut_one(self, job: _Job, why: str = "") -> bool:
         """One provider batch of the gathered records; False when none could be made now."""
         await self._rules.terms_known(job.job_id)
         if await self._cancelled.should_skip(job.job_id):
@@ -390,16 +473,14 @@ class BatchLane:
             requests.append(request)
             size = grown
         if not chosen:
-            if job.buffer and (job.flusher is None or job.flusher.done()):
-                job.flusher = asyncio.create_task(self._cut_later(job))
             return False
         for waiting in chosen:
             del job.buffer[waiting.item.record.index]
-        await self._create(job, chosen, requests)
+        await self._create(job, chosen, requests, why)
         return True
 
     async def _create(
-        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]]
+        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]], why: str = ""
     ) -> None:
         stored = self._table.get(job.job_id) or {}
         seq = int(stored.get("seq", 0)) + 1
@@ -408,7 +489,7 @@ class BatchLane:
         intent = {
             "state": "intent",
             "indexes": indexes,
-            "tries": {str(w.item.record.index): w.item.attempts for w in chosen},
+            "tries": {str(w.item.record.index): w.item.tries for w in chosen},
             "requested_at": time.time(),
         }
         # The intent is on the broker before the create: a crash after it is found again.
@@ -430,8 +511,6 @@ class BatchLane:
                     job.buffer[waiting.item.record.index] = waiting
                     self._rules.release(waiting.item.record)
                 await asyncio.sleep(self._s.batch_lane_poll_seconds)
-                if job.flusher is None or job.flusher.done():
-                    job.flusher = asyncio.create_task(self._cut_later(job))
                 return
             batch.batch_id, batch.created_at = adopted
         self._write(
@@ -452,6 +531,7 @@ class BatchLane:
             job=job.job_id,
             batch=batch.batch_id,
             requests=len(indexes),
+            cut=why,
         )
         batch.task = asyncio.create_task(self._follow(job, batch))
 
@@ -514,8 +594,30 @@ class BatchLane:
         if rejoin:
             await self._rejoin(batch)
         task = self._rules.task_of(job.job_id)
+        job.resending += 1
+        try:
+            await self._read_results(job, batch, task, given_up=given_up)
+        finally:
+            job.resending -= 1
+            self._check_complete(job)
+        await self._flush_producer()
+        batch.closing = True
+        self._write(job, batch.key, {"state": "done"}, merge=True)
+        await self._durable()
+        await self._ack([e for w in batch.members.values() for e in w.events])
+        del job.batches[batch.key]
+        log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
+        if not job.batches and not job.buffer:
+            self._jobs.pop(job.job_id, None)
+
+    async def _read_results(
+        self, job: _Job, batch: _Batch, task: PreparedTask, *, given_up: bool
+    ) -> None:
+        """Each item's result read by the live lane's rules: its outcome, or another try;
+        an item the results leave out goes again."""
+        assert batch.batch_id is not None
         seen: set[int] = set()
-        async for answer in self._client.results(batch_id, batch.created_at):
+        async for answer in self._client.results(batch.batch_id, batch.created_at):
             try:
                 index = record_index(answer.custom_id)
             except ValueError:
@@ -536,15 +638,6 @@ class BatchLane:
         for index, waiting in batch.members.items():
             if index not in seen:
                 await self._again(job, waiting, "batch", "no result for this request")
-        await self._flush_producer()
-        batch.closing = True
-        self._write(job, batch.key, {"state": "done"}, merge=True)
-        await self._durable()
-        await self._ack([e for w in batch.members.values() for e in w.events])
-        del job.batches[batch.key]
-        log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
-        if not job.batches and not job.buffer:
-            self._jobs.pop(job.job_id, None)
 
     async def _rejoin(self, batch: _Batch) -> None:
         """After a restart, wait (a little) for the batch's records to come again."""
@@ -571,6 +664,10 @@ class BatchLane:
         self._rules.release(record)
         log.info("batch lane: record goes again", job=job.job_id, index=record.index, lane=lane)
         if lane == "batch":
+            # A try of its own (told apart from this one when it comes back), awaited.
+            item = item.model_copy(update={"tries": waiting.item.tries + 1})
+            job.expected.add((record.index, item.tries))
+            job.fired = False
             await self._send_item(item)
         else:
             live = record.model_copy(update={"lane": "live"})
@@ -580,8 +677,13 @@ class BatchLane:
 
     async def _all_again(self, job: _Job, batch: _Batch, reason: str) -> None:
         await self._rejoin(batch)
-        for waiting in batch.members.values():
-            await self._again(job, waiting, "batch", reason)
+        job.resending += 1
+        try:
+            for waiting in batch.members.values():
+                await self._again(job, waiting, "batch", reason)
+        finally:
+            job.resending -= 1
+            self._check_complete(job)
         await self._flush_producer()
         batch.closing = True
         self._write(job, batch.key, {"state": "done"}, merge=True)
