@@ -11,13 +11,14 @@ provider batch as soon as one of these holds:
 2. **the job's last record arrived**: every record of the job has reached the lane (and
    every item the lane sent to a later batch came back): nothing more is coming, so a
    small job's records go at once, in one batch;
-3. **quiet**: no record joined for BATCH_LANE_WINDOW_SECONDS (records stopped coming:
-   the rest of the job is on another worker, or it is a later round of retries);
-4. **old**: the oldest has waited BATCH_LANE_MAX_WAIT_SECONDS (records that trickle in
-   are not held back forever).
+3. **quiet**: no record joined for BATCH_LANE_WINDOW_SECONDS while none is known to be on
+   its way (the job's size is not known yet, or these are a later round of retries): a
+   pause in a job whose records are still coming does not cut it short;
+4. **old**: the oldest has waited BATCH_LANE_MAX_WAIT_SECONDS (records that trickle in,
+   or a job some of whose records never reach the lane, are not held back longer).
 
-A 20,000-record job whose records reach the lane at ~55 a second is therefore sent as 20
-batches of 1,000 (the last one when its last record arrives), a 300-record job as one.
+A 20,000-record job is therefore sent as 20 batches of 1,000 (the last one when its last
+record arrives), a 300-record job as one, as soon as its last record is in.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from dataclasses import dataclass
 class Gathered:
     """What a job has gathered for its next provider batch. `first_at`, `last_at`: when the
     oldest and the newest of the `waiting` records joined (seconds, any one clock);
-    `last_arrived`: the job's last record has arrived (rule 2)."""
+    `last_arrived`: the job's last record has arrived (rule 2); `more_expected`: records of
+    the job are known to be still on their way (rule 3 waits for them)."""
 
     waiting: int
     first_at: float
     last_at: float
     last_arrived: bool = False
+    more_expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class GroupingRule:
             return math.inf
         if gathered.waiting >= self.max_requests or gathered.last_arrived:
             return 0.0
-        due = min(gathered.last_at + self.quiet_seconds, gathered.first_at + self.max_wait_seconds)
+        due = gathered.first_at + self.max_wait_seconds
+        if not gathered.more_expected:
+            due = min(due, gathered.last_at + self.quiet_seconds)
         return max(0.0, due - now)
 
     def why(self, gathered: Gathered, now: float) -> str:
@@ -67,6 +72,10 @@ class GroupingRule:
             return "last record"
         if gathered.waiting and now >= gathered.first_at + self.max_wait_seconds:
             return "old"
-        if gathered.waiting and now >= gathered.last_at + self.quiet_seconds:
+        if (
+            gathered.waiting
+            and not gathered.more_expected
+            and now >= gathered.last_at + self.quiet_seconds
+        ):
             return "quiet"
         return ""

@@ -133,6 +133,9 @@ class _Job:
     # (until the buffer is empty); `fired`: that moment was acted on.
     last_arrived: bool = False
     fired: bool = False
+    # The try of each index whose batch is done (the table's, kept here: reading the
+    # job's table value for every record would decode all its batches each time).
+    done_tries: dict[int, int] = field(default_factory=dict)
 
 
 class BatchLane:
@@ -316,13 +319,16 @@ class BatchLane:
     def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
         """Whether this delivery's outcome (or its next try) was already produced: a done
         batch of the table holds the index at this try or a later one."""
+        done = job.done_tries.get(index)
+        return done is not None and done >= item.tries
+
+    def _mark_done(self, job: _Job, batch: _Batch) -> None:
+        """The batch's entry is done (its outcomes and next tries are produced)."""
+        self._write(job, batch.key, {"state": "done"}, merge=True)
         stored = self._table.get(job.job_id) or {}
-        for entry in (stored.get("batches") or {}).values():
-            if entry.get("state") == "done":
-                tries = entry.get("tries", {})
-                if str(index) in tries and tries[str(index)] >= item.tries:
-                    return True
-        return False
+        entry = (stored.get("batches") or {}).get(batch.key) or {}
+        for index, tries in (entry.get("tries") or {}).items():
+            job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
 
     async def _job(self, job_id: str, event: EventT) -> _Job:
         job = self._jobs.get(job_id)
@@ -342,6 +348,8 @@ class BatchLane:
             if state == "done":
                 # Their records do not come again (or come as later tries).
                 job.seen.update(int(i) for i in entry.get("indexes", []))
+                for index, tries in (entry.get("tries") or {}).items():
+                    job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
             if state not in ("intent", "created"):
                 continue
             batch = _Batch(key, list(entry.get("indexes", [])))
@@ -389,11 +397,16 @@ class BatchLane:
         }
 
     def _gathered(self, job: _Job) -> Gathered:
+        total = self._rules.total_of(job.job_id)
         return Gathered(
             waiting=len(job.buffer),
             first_at=min((w.since for w in job.buffer.values()), default=job.last_added),
             last_at=job.last_added,
-            last_arrived=job.last_arrived,
+            # A cancelled job's gathered records are skipped at once (in `_cut_one`).
+            last_arrived=job.last_arrived or job.job_id in self._cancelled,
+            more_expected=bool(
+                (total is not None and len(job.seen) < total) or job.expected or job.resending
+            ),
         )
 
     async def _flush_loop(self, job: _Job) -> None:
@@ -404,7 +417,10 @@ class BatchLane:
             wait = self._grouping.due_in(self._gathered(job), time.time())
             if wait > 0:
                 try:
-                    await asyncio.wait_for(job.wake.wait(), wait)
+                    # Looked at again at least every window (a cancel is not announced here).
+                    await asyncio.wait_for(
+                        job.wake.wait(), min(wait, self._s.batch_lane_window_seconds)
+                    )
                 except TimeoutError:
                     pass
                 continue
@@ -602,7 +618,7 @@ class BatchLane:
             self._check_complete(job)
         await self._flush_producer()
         batch.closing = True
-        self._write(job, batch.key, {"state": "done"}, merge=True)
+        self._mark_done(job, batch)
         await self._durable()
         await self._ack([e for w in batch.members.values() for e in w.events])
         del job.batches[batch.key]
@@ -686,7 +702,7 @@ class BatchLane:
             self._check_complete(job)
         await self._flush_producer()
         batch.closing = True
-        self._write(job, batch.key, {"state": "done"}, merge=True)
+        self._mark_done(job, batch)
         await self._durable()
         await self._ack([e for w in batch.members.values() for e in w.events])
         del job.batches[batch.key]

@@ -27,6 +27,7 @@ def play(
             first_at=waiting[0] if waiting else 0.0,
             last_at=waiting[-1] if waiting else 0.0,
             last_arrived=last_arrived,
+            more_expected=total is not None and arrived < total,
         )
 
     def cut_due(now: float) -> None:
@@ -92,6 +93,18 @@ def test_records_that_stop_coming_go_after_the_quiet_window() -> None:
     arrivals = steady(100, 55)
     cuts = play(arrivals, total=None)
     assert cuts == [(100, arrivals[-1] + 5.0, "quiet")]
+
+
+def test_a_pause_in_a_job_whose_records_are_still_coming_does_not_cut_it_short() -> None:
+    # 1,500 records of a 2,000-record job, a 20 s pause (the worker handing them over
+    # was busy), then the rest: still two batches, not three.
+    arrivals = steady(1500, 55) + [40.0 + t for t in steady(500, 55)]
+    cuts = play(arrivals, total=2000)
+    assert [(size, why) for size, _, why in cuts] == [(1000, "full"), (1000, "full")]
+    # Records that never come (dead-lettered before the lane): the maximum wait.
+    cuts = play(steady(1500, 55), total=2000)
+    assert [(size, why) for size, _, why in cuts] == [(1000, "full"), (500, "old")]
+    assert cuts[-1][1] == steady(1500, 55)[1000] + 60.0
 
 
 def test_records_that_trickle_in_wait_at_most_the_maximum_wait() -> None:
