@@ -273,3 +273,134 @@ def test_a_cancel_cancels_the_provider_batches(
     assert stats["batches"] and all(b["canceled"] for b in stats["batches"])
     # Requests answered before the cancel are recorded and paid; the rest skipped.
     assert stats["batch_items_billed"] == job["completed_count"]
+
+
+def test_the_spending_cap_holds_on_the_batch_lane(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=0.5)
+    service = start(batch_lane_max_requests=100, claude_max_tokens=300, **LANE)
+    lines = texts(40, " capped")
+    with service.client() as client:
+        reply = client.post(
+            "/api/v1/batch/estimate",
+            json={"records": [{"text": t} for t in lines], "lane": "batch"},
+        )
+        assert reply.status_code == 200, reply.text
+        # About 15 of the 40 records' worth at the batch rates.
+        cap = round(reply.json()["cost_usd"] * 15 / 40, 6)
+        job_id = submit_job(client, lines, lane="batch", max_cost_usd=cap)
+
+        def over() -> dict[str, Any] | None:
+            job = status(client, job_id)
+            done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
+            return job if done == 40 else None
+
+        with logs_on_failure(service):
+            job = wait_until(over, timeout=120, interval=0.2, what="every record's outcome")
+        results = all_results(client, job_id)
+    stats = simulator.stats()
+    spent = Decimal(job["estimated_cost_usd"])
+    items = [b["requests"] for b in stats["batches"]]
+    print(f"cap ${cap}: spent ${spent} in batches of {items}; {job['skipped_count']} skipped")
+    assert job["status"] == "budget_exhausted", job["status"]
+    assert sorted(r["index"] for r in results) == list(range(40))
+    assert job["completed_count"] > 0 and job["skipped_count"] > 0 and job["failed_count"] == 0
+    assert all(r["skip_reason"] == "budget_exhausted" for r in results if r.get("skipped"))
+    # Skipped records were never sent: every item of every batch was answered and paid.
+    assert sum(items) == stats["batch_items_billed"] == job["completed_count"]
+    assert stats["requests"] == []
+    # The cap made the batches smaller than BATCH_LANE_MAX_REQUESTS (all 40 would fit).
+    assert max(items) < 40
+    # Reserved before each create at what a request can cost at most: the spend stays
+    # under the cap (the ledger's rule allows one request past it by its estimate's error).
+    half = price_for(MODEL).at_batch_rates()
+    largest = max(
+        (
+            half.cost(
+                r["response"]["metadata"]["input_tokens"],
+                r["response"]["metadata"]["output_tokens"],
+                r["response"]["metadata"]["cache_creation_input_tokens"],
+                r["response"]["metadata"]["cache_read_input_tokens"],
+            )
+            for r in results
+            if r["success"]
+        ),
+        default=Decimal(0),
+    )
+    assert spent <= Decimal(str(cap)) + largest
+    assert spent == Decimal(job["saving_usd"])  # half price
+
+
+def test_a_provider_batch_that_never_ends_is_given_up_past_its_expiry(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    # The provider ends every batch by its expiry; here its batches stay in progress past
+    # it (a fault), until the lane gives each up BATCH_LANE_GIVE_UP_SECONDS later.
+    simulator.configure(
+        batch_processing_seconds=1.0,
+        batch_stall=True,
+        batch_stall_past_expiry=True,
+        batch_expiry_seconds=2.0,
+    )
+    service = start(batch_lane_max_requests=100, batch_lane_give_up_seconds=1, **LANE)
+    lines = texts(20, " stuck")
+    with service.client() as client:
+        job_id = submit_job(client, lines, lane="batch")
+        with logs_on_failure(service):
+            job = wait_completed(client, job_id, timeout=180)
+        results = all_results(client, job_id)
+    assert sorted(r["index"] for r in results) == list(range(20))
+    assert job["completed_count"] == 20 and job["failed_count"] == 0
+    stats = simulator.stats()
+    # Given up twice (a later batch, then the live lane), nothing paid in a batch.
+    assert len(stats["batches"]) == 2 and all(b["canceled"] for b in stats["batches"])
+    assert [b["requests"] for b in stats["batches"]] == [20, 20]
+    assert stats["batch_items_billed"] == 0
+    live = sorted(r["text"] for r in stats["requests"] if r["status"] == 200)
+    assert live == sorted(lines)  # each record answered once, on the live lane
+
+
+def test_the_live_lane_keeps_its_budget_while_a_batch_lane_job_runs(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    rpm, window = 240, 30.0
+    # Provider batches of 500 processed one at a time, 15 s each: the batch job runs
+    # throughout the measured window.
+    simulator.configure(latency_ms=100, batch_processing_seconds=15.0, batch_concurrency=1)
+    service = start(
+        claude_requests_per_minute=rpm,
+        batch_lane_max_requests=500,
+        **LANE,
+    )
+    with service.client() as client:
+        live_job = submit_job(client, texts(400, " live"), lane="live")
+        batch_job = submit_job(client, texts(3000, " batch"), lane="batch")
+        # The window opens once the live lane is at pace and the batch lane is working.
+        wait_until(
+            lambda: (
+                status(client, live_job, params={"limit": "0"})["completed_count"] >= 20
+                and simulator.stats()["batches_created"] >= 1
+            ),
+            timeout=90,
+            interval=0.2,
+            what="both lanes at work",
+        )
+        opened = time.time()
+        wait_until(lambda: time.time() >= opened + window, timeout=window + 5, interval=0.5)
+        batch_now = status(client, batch_job, params={"limit": "0"})
+        live_now = status(client, live_job, params={"limit": "0"})
+        client.post(f"/api/v1/batch/{batch_job}/cancel")
+        client.post(f"/api/v1/batch/{live_job}/cancel")
+    calls = [
+        r
+        for r in simulator.stats()["requests"]
+        if r["status"] == 200 and opened <= r["t"] < opened + window
+    ]
+    use = len(calls) / (rpm * window / 60)
+    print(f"live lane: {len(calls)} calls in {window:g} s at {rpm} requests/minute: {use:.3f}")
+    # Both lanes were busy throughout: the live job had records left, the batch job too.
+    assert live_now["status"] == "running" and batch_now["status"] == "running"
+    assert batch_now["completed_count"] < 3000
+    assert all(" live:" in r["text"] for r in calls)
+    assert use >= 0.95, use

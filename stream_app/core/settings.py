@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     batch_lane_window_seconds: float = Field(5.0, gt=0)
     batch_lane_max_wait_seconds: float = Field(60.0, gt=0)
     batch_lane_poll_seconds: float = Field(5.0, gt=0)
+    # A provider batch still not ended this long past its expiry (the provider ends every
+    # batch by then) is cancelled, and its unanswered requests go again.
+    batch_lane_give_up_seconds: float = Field(3600.0, gt=0)
     # Cost: None means "the model's price in genai-prices" (stream_app.provider.pricing).
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None

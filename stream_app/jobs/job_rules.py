@@ -232,6 +232,11 @@ class JobRules:
             task = self._task(record.job_id, terms)
         except InsightStreamError as exc:
             return _outcome(record, f"the job's task cannot be used: {exc}")
+        if terms.lane == "batch" and record.lane != "live":
+            # The batch lane reserves it at the batch rates before its provider batch is
+            # created (`reserve_batch_request`): a live reservation here would count it
+            # twice, and wait on batches that settle only when they end.
+            return task
         # A retry round is asked for by the job's owner after the job ended: its records are
         # not held to the job's own cap (cap-skipped records could never run again), only
         # to the tenant's budget (docs/lifecycle.md).
@@ -326,7 +331,8 @@ class JobRules:
         settle, and the batch lane creates its provider batch without it. Never waits: a
         provider batch's requests settle only once it ends."""
         terms = self._terms.get(record.job_id, DEFAULT_TERMS)
-        limits = self._limits(record.job_id, terms)
+        # A retry round is held to the tenant's budget only, as on the live lane.
+        limits = self._limits(record.job_id, terms, job_cap=not record.retry)
         if not limits:
             return Verdict.ADMIT
         verdict, _ = await self._reserve(record, task, limits, factor=BATCH_DISCOUNT, wait=False)

@@ -28,8 +28,9 @@ How a record travels:
 Cancelling a job cancels its provider batches (requests already answered are recorded and
 paid, the rest skipped) and skips its records not yet in one. A job with a spending cap
 reserves each record's expected cost at batch rates before its batch is created; records
-that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended an
-hour past the provider's expiry is cancelled and its unanswered items go again.
+that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended
+BATCH_LANE_GIVE_UP_SECONDS (an hour) past the provider's expiry is cancelled and its
+unanswered items go again.
 """
 
 from __future__ import annotations
@@ -79,8 +80,6 @@ LANE_TABLE = "provider-batches"
 # How long before its intent a provider batch may have been created and still be adopted
 # (clocks of the worker and the provider differ a little).
 ADOPT_SLACK_SECONDS = 60.0
-# A batch not ended this long past the provider's expiry is given up.
-GIVE_UP_AFTER_EXPIRY_SECONDS = 3600.0
 # How long a batch found after a restart waits for its records to come again.
 REJOIN_SECONDS = 30.0
 
@@ -193,7 +192,10 @@ class BatchLane:
 
     async def hand_over(self, record: RecordEvent) -> None:
         """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
-        process agent may acknowledge it then)."""
+        process agent may acknowledge it then). A reservation the process agent made for
+        it (a job whose lane came from BATCH_DEFAULT_LANE) is released: the lane reserves
+        at the batch rates when it cuts the record's provider batch."""
+        self._rules.release(record)
         await self._send_item(LaneItem(record=record))
         self.handed_over += 1
 
@@ -600,7 +602,7 @@ class BatchLane:
                 log.info("batch lane: cancelling the provider batch of a cancelled job")
                 await self._client.cancel(batch_id)
             elif not cancel_sent and time.time() > (
-                found.expires_at.timestamp() + GIVE_UP_AFTER_EXPIRY_SECONDS
+                found.expires_at.timestamp() + self._s.batch_lane_give_up_seconds
             ):
                 cancel_sent = given_up = True
                 log.warning("batch lane: provider batch past its expiry: given up", batch=batch_id)
