@@ -257,10 +257,16 @@ class JobRules:
         self._chars[key] = (task.fingerprint, task.request_chars(record.record.text))
         return task
 
-    def settle(self, result: ResultEvent) -> None:
+    def settle(self, result: ResultEvent, *, batch_lane: bool = False) -> None:
         """This worker produced the record's outcome: count its cost in the ledgers it
-        reserved in, and learn from it."""
-        key = result_key(result.job_id, result.index)
+        reserved in, and learn from it. `batch_lane`: the batch lane produced it (its
+        reservations are kept apart from the process agent's, which releases its own
+        when it hands a record over)."""
+        key = (
+            _lane_key_of(result.job_id, result.index)
+            if batch_lane
+            else result_key(result.job_id, result.index)
+        )
         usage = Usage.of(result)
         reserved = self._reserved.pop(key, None)
         if reserved is not None:
@@ -274,9 +280,10 @@ class JobRules:
                 sent[0], sent[1], usage, result.response.metadata.latency_ms, time.time()
             )
 
-    def release(self, record: RecordEvent) -> None:
-        """The record is done here, with or without an outcome: no reservation stays."""
-        key = result_key(record.job_id, record.index)
+    def release(self, record: RecordEvent, *, batch_lane: bool = False) -> None:
+        """The record is done here, with or without an outcome: no reservation stays
+        (`batch_lane`: the batch lane's reservation of it)."""
+        key = _lane_key(record) if batch_lane else result_key(record.job_id, record.index)
         self._chars.pop(key, None)
         reserved = self._reserved.pop(key, None)
         if reserved is not None:
@@ -335,7 +342,9 @@ class JobRules:
         limits = self._limits(record.job_id, terms, job_cap=not record.retry)
         if not limits:
             return Verdict.ADMIT
-        verdict, _ = await self._reserve(record, task, limits, factor=BATCH_DISCOUNT, wait=False)
+        verdict, _ = await self._reserve(
+            record, task, limits, factor=BATCH_DISCOUNT, wait=False, key=_lane_key(record)
+        )
         return verdict
 
     async def _reserve(
@@ -346,13 +355,14 @@ class JobRules:
         *,
         factor: Decimal = Decimal(1),
         wait: bool = True,
+        key: str | None = None,
     ) -> tuple[Verdict, str | None]:
         """Reserve the record's call (its estimate and its most, times `factor`) in every
         ledger of `limits`: (ADMIT, None) when all admitted it, else the verdict and the
         ledger that gave it (the reservations made are released). Each reservation has an
         id of its own: a record run twice (by two workers around a rebalance) is two calls
         the provider bills, and the ledgers count both."""
-        key = result_key(record.job_id, record.index)
+        key = key or result_key(record.job_id, record.index)
         reservation = f"{key}:{uuid.uuid4().hex[:12]}"
         expected = self.call_estimate(task, record) * factor
         most = self.call_most(task, record) * factor
@@ -466,6 +476,16 @@ class JobRules:
                 self._prepared.popitem(last=False)
         self._prepared.move_to_end(job_id)
         return task
+
+
+def _lane_key(record: RecordEvent) -> str:
+    return _lane_key_of(record.job_id, record.index)
+
+
+def _lane_key_of(job_id: str, index: int) -> str:
+    """Where the batch lane's reservation of a record is kept (apart from the process
+    agent's, under `result_key`)."""
+    return f"lane:{result_key(job_id, index)}"
 
 
 def _outcome(

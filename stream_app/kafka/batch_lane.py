@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -82,6 +82,11 @@ LANE_TABLE = "provider-batches"
 ADOPT_SLACK_SECONDS = 60.0
 # How long a batch found after a restart waits for its records to come again.
 REJOIN_SECONDS = 30.0
+# Records of batch-lane jobs handed over at once by the process agent's reader, beside
+# the call slots (a hand-over is one produce, awaited).
+HAND_OVER_CONCURRENCY = 8
+# The pace at which one provider batch's results are produced to batch.results.
+RESULTS_PER_SECOND = 250.0
 
 
 def lane_topic_name(settings: Settings) -> str:
@@ -183,19 +188,62 @@ class BatchLane:
     # -- the process agent's side -----------------------------------------------------
 
     def takes(self, record: RecordEvent) -> bool:
-        """Whether the record goes to the batch lane (its job's lane is `batch`, or the
-        job named none and BATCH_DEFAULT_LANE is `batch`; not one sent back to live)."""
-        if record.lane == "live":
-            return False
+        """Whether the record goes to the batch lane: it says so (`lane`), or its job's lane
+        is `batch`, or the job named none and BATCH_DEFAULT_LANE is `batch`; never one sent
+        back to the live lane."""
+        if record.lane is not None:
+            return record.lane == "batch"
         lane = self._rules.lane_of(record.job_id)
         return lane == "batch" or (lane is None and self._s.batch_default_lane == "batch")
 
+    async def divert(
+        self, events: AsyncIterator[EventT], handle: Callable[[EventT], Awaitable[None]]
+    ) -> AsyncIterator[EventT]:
+        """The process agent's records with those of known batch-lane jobs taken out:
+        each of those is handled (`handle`: the process agent's own handling, which hands
+        it over here and acknowledges it) at once, HAND_OVER_CONCURRENCY at a time, instead
+        of waiting for a call slot: slots held by live records waiting for the request
+        budget would otherwise let batch-lane records through only at the live lane's
+        pace. The rest (and records of jobs whose lane is not known yet) are yielded."""
+        pool = asyncio.Semaphore(HAND_OVER_CONCURRENCY)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(event: EventT) -> None:
+            try:
+                await handle(event)
+            finally:
+                pool.release()
+
+        try:
+            async for event in events:
+                value = event.message.value
+                if not (isinstance(value, bytes) and self._diverted(value)):
+                    yield event
+                    continue
+                await pool.acquire()
+                task = asyncio.create_task(one(event))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    def _diverted(self, value: bytes) -> bool:
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(data, dict) or data.get("lane") == "live":
+            return False
+        if data.get("lane") == "batch":
+            return True
+        job_id = data.get("job_id")
+        return isinstance(job_id, str) and self._rules.lane_of(job_id) == "batch"
+
     async def hand_over(self, record: RecordEvent) -> None:
         """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
-        process agent may acknowledge it then). A reservation the process agent made for
-        it (a job whose lane came from BATCH_DEFAULT_LANE) is released: the lane reserves
-        at the batch rates when it cuts the record's provider batch."""
-        self._rules.release(record)
+        process agent may acknowledge it then). The lane reserves its cost at the batch
+        rates when it cuts the record's provider batch."""
         await self._send_item(LaneItem(record=record))
         self.handed_over += 1
 
@@ -474,7 +522,11 @@ class BatchLane:
         chosen: list[_Waiting] = []
         requests: list[dict[str, Any]] = []
         size = 0
-        for index in sorted(job.buffer):
+        for count, index in enumerate(sorted(job.buffer)):
+            if count % 50 == 49:
+                await asyncio.sleep(0)  # the others' turn, while a big batch is built
+            if index not in job.buffer:
+                continue
             waiting = job.buffer[index]
             request = batch_request(task, waiting.item.record.record.text, _cid(job, index))
             grown = size + request_bytes(request)
@@ -527,7 +579,7 @@ class BatchLane:
                 del job.batches[key]
                 for waiting in chosen:
                     job.buffer[waiting.item.record.index] = waiting
-                    self._rules.release(waiting.item.record)
+                    self._rules.release(waiting.item.record, batch_lane=True)
                 await asyncio.sleep(self._s.batch_lane_poll_seconds)
                 return
             batch.batch_id, batch.created_at = adopted
@@ -653,6 +705,10 @@ class BatchLane:
                 started=waiting.since,
             )
             await self._apply(job, waiting, step)
+            # A batch's results arrive all at once: produced at most RESULTS_PER_SECOND,
+            # so that their handling here and by the aggregate agent does not hold back
+            # the live lane's calls on this worker (a 1,000-request batch: 4 s).
+            await asyncio.sleep(1 / RESULTS_PER_SECOND)
         for index, waiting in batch.members.items():
             if index not in seen:
                 await self._again(job, waiting, "batch", "no result for this request")
@@ -679,7 +735,7 @@ class BatchLane:
     ) -> None:
         item = item or waiting.item
         record = item.record
-        self._rules.release(record)
+        self._rules.release(record, batch_lane=True)
         log.info("batch lane: record goes again", job=job.job_id, index=record.index, lane=lane)
         if lane == "batch":
             # A try of its own (told apart from this one when it comes back), awaited.
@@ -714,7 +770,7 @@ class BatchLane:
     ) -> None:
         outcome = result.model_dump(mode="json", exclude_none=True)
         await self._results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
-        self._rules.settle(result)
+        self._rules.settle(result, batch_lane=True)
         self._metrics.outcome(result, self._rules.cost_of(result))
         self.outcomes_sent += 1
         if ack:
