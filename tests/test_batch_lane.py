@@ -428,3 +428,43 @@ def test_the_live_lane_keeps_its_budget_while_a_batch_lane_job_runs(
     # The batch lane takes nothing from the live lane's budget: within 5 % of the live
     # lane alone, which reaches its budget (>= 0.95) on a machine with a core to spare.
     assert together >= 0.95 * alone, (together, alone)
+
+
+def test_a_deadline_moves_the_records_of_a_slow_provider_batch_to_the_live_lane(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    # The provider batch would take 100 s; the job must be done in 25 s. At 6,000
+    # requests/minute the live lane needs under a second for its 40 records: the batch is
+    # kept until about 6 s before the deadline, then cancelled; what it answered by then
+    # is kept (and paid once), the rest goes live.
+    simulator.configure(batch_processing_seconds=100.0)
+    service = start(batch_lane_max_requests=100, **LANE)
+    lines = texts(40, " due")
+    deadline = time.time() + 25
+    with service.client() as client:
+        job_id = submit_job(
+            client,
+            lines,
+            lane="batch",
+            deadline=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
+        )
+        with logs_on_failure(service):
+            job = wait_completed(client, job_id, timeout=90)
+        done_at = time.time()
+        results = all_results(client, job_id)
+    stats = simulator.stats()
+    answered = stats["batch_items_billed"]
+    live = [r["text"] for r in stats["requests"] if r["status"] == 200]
+    print(
+        f"deadline in 25 s: {answered} records answered in the provider batch before it was "
+        f"cancelled, {len(live)} on the live lane; done {deadline - done_at:.1f} s early"
+    )
+    assert sorted(r["index"] for r in results) == list(range(40))
+    assert job["completed_count"] == 40 and job["failed_count"] == 0
+    assert [b["canceled"] for b in stats["batches"]] == [True]
+    # Every record answered once: in the batch before its cancel, or live after it.
+    assert answered > 0 and len(live) == len(set(live)) == 40 - answered
+    assert job["input_tokens"] == stats["batch_input_tokens_billed"] + sum(
+        r["input_tokens"] for r in stats["requests"] if r["status"] == 200
+    )
+    assert done_at <= deadline + 1.0  # (the deadline is given to the second)

@@ -41,6 +41,7 @@ from stream_app.core.exceptions import InsightStreamError, JobNeverAnnounced
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
 from stream_app.jobs.estimate import UsageHistory, expected_output_tokens
+from stream_app.jobs.lanes import parse_deadline
 from stream_app.jobs.spend_ledger import (
     LocalSpend,
     SpendGrants,
@@ -106,6 +107,8 @@ class JobRules:
         # Each announced job's record count (the batch lane cuts a provider batch when a
         # job's last record has reached it).
         self._totals: dict[str, int] = {}
+        # Each announced job's deadline (Unix time), when it gave one.
+        self._deadlines: dict[str, float] = {}
         self._announced: dict[str, asyncio.Event] = {}
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._chars: dict[str, tuple[str, int]] = {}
@@ -130,6 +133,8 @@ class JobRules:
         if created.job_id in self._terms:
             return
         self._totals[created.job_id] = created.total_records
+        if created.deadline is not None:
+            self._deadlines[created.job_id] = parse_deadline(created.deadline)
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
             JobTerms(
@@ -410,6 +415,10 @@ class JobRules:
         """The lane the job's `created` event named (None: not known, or none named)."""
         terms = self._terms.get(job_id)
         return terms.lane if terms is not None else None
+
+    def deadline_of(self, job_id: str) -> float | None:
+        """The job's deadline (Unix time), None when it gave none (or is not read yet)."""
+        return self._deadlines.get(job_id)
 
     def total_of(self, job_id: str) -> int | None:
         """How many records the job's `created` event announced (None: not read yet)."""

@@ -59,6 +59,7 @@ from stream_app.jobs.batch_grouping import Gathered, GroupingRule
 from stream_app.jobs.batch_outcomes import LaneItem, Produce, TryAgain, next_step
 from stream_app.jobs.cancellation import CancelledJobs, skipped_outcome
 from stream_app.jobs.job_rules import BUDGET_SKIPPED_ERROR, JobRules
+from stream_app.jobs.lanes import must_go_live
 from stream_app.jobs.spend_ledger import Verdict
 from stream_app.kafka.faust_app import make_table, raw_topic
 from stream_app.kafka.messages import DeadLetters, dump, payload, validation_summary
@@ -66,6 +67,7 @@ from stream_app.provider.batches import (
     MAX_BATCH_BYTES,
     MAX_BATCH_REQUESTS,
     BatchClient,
+    ItemSkipped,
     batch_request,
     custom_id,
     read_item,
@@ -446,14 +448,48 @@ class BatchLane:
             b.batch_id for job in self._jobs.values() for b in job.batches.values() if b.batch_id
         }
 
+    def _deadline_near(self, job: _Job) -> bool:
+        """Whether the job's unfinished records must go to the live lane now to make its
+        deadline (stream_app.jobs.lanes.must_go_live)."""
+        deadline = self._rules.deadline_of(job.job_id)
+        if deadline is None:
+            return False
+        unfinished = len(job.buffer) + sum(
+            len(b.indexes) for b in job.batches.values() if not b.closing
+        )
+        return unfinished > 0 and must_go_live(
+            unfinished,
+            deadline=deadline,
+            now=time.time(),
+            requests_per_minute=self._s.claude_requests_per_minute,
+            margin_seconds=self._deadline_margin(),
+        )
+
+    def _deadline_margin(self) -> float:
+        # Two polls of a provider batch, its cancel and the results read (seconds).
+        return 2 * self._s.batch_lane_poll_seconds + 5.0
+
+    def _poll_delay(self, job: _Job, polls: int) -> float:
+        """The wait before the next poll: the backoff, but short enough that a job with a
+        deadline is looked at again before it must go live."""
+        delay = self._client.policy.delay(polls)
+        deadline = self._rules.deadline_of(job.job_id)
+        if deadline is None:
+            return delay
+        slack = deadline - time.time() - self._deadline_margin()
+        return max(self._s.batch_lane_poll_seconds, min(delay, slack / 4))
+
     def _gathered(self, job: _Job) -> Gathered:
         total = self._rules.total_of(job.job_id)
         return Gathered(
             waiting=len(job.buffer),
             first_at=min((w.since for w in job.buffer.values()), default=job.last_added),
             last_at=job.last_added,
-            # A cancelled job's gathered records are skipped at once (in `_cut_one`).
-            last_arrived=job.last_arrived or job.job_id in self._cancelled,
+            # A cancelled job's gathered records are skipped at once, a job whose deadline
+            # is near sends them live at once (in `_cut_one`).
+            last_arrived=job.last_arrived
+            or job.job_id in self._cancelled
+            or self._deadline_near(job),
             more_expected=bool(
                 (total is not None and len(job.seen) < total) or job.expected or job.resending
             ),
@@ -508,6 +544,19 @@ class BatchLane:
             for waiting in list(job.buffer.values()):
                 await self._produce(job, [waiting], skipped_outcome(waiting.item.record))
             job.buffer.clear()
+            return False
+        if self._deadline_near(job):
+            waiting_now = list(job.buffer.values())
+            job.buffer.clear()
+            for waiting in waiting_now:
+                await self._again(job, waiting, "live", "moved to make the job's deadline")
+            await self._flush_producer()
+            await self._ack([e for w in waiting_now for e in w.events])
+            log.info(
+                "batch lane: the job's deadline is near: its records go to the live lane",
+                job=job.job_id,
+                records=len(waiting_now),
+            )
             return False
         try:
             task = self._rules.task_of(job.job_id)
@@ -628,7 +677,7 @@ class BatchLane:
     async def _follow_inner(self, job: _Job, batch: _Batch, *, rejoin: bool) -> None:
         assert batch.batch_id is not None
         batch_id = batch.batch_id
-        cancel_sent = given_up = False
+        cancel_sent = given_up = moved = False
         polls = 0
         last: tuple[str, Any] | None = None
         while True:
@@ -659,14 +708,23 @@ class BatchLane:
                 cancel_sent = given_up = True
                 log.warning("batch lane: provider batch past its expiry: given up", batch=batch_id)
                 await self._client.cancel(batch_id)
-            await asyncio.sleep(self._client.policy.delay(polls))
+            elif not cancel_sent and self._deadline_near(job):
+                cancel_sent = moved = True
+                log.info(
+                    "batch lane: the job's deadline is near: its provider batch is cancelled "
+                    "and its unanswered records go to the live lane",
+                    job=job.job_id,
+                    batch=batch_id,
+                )
+                await self._client.cancel(batch_id)
+            await asyncio.sleep(self._poll_delay(job, polls))
             polls += 1
         if rejoin:
             await self._rejoin(batch)
         task = self._rules.task_of(job.job_id)
         job.resending += 1
         try:
-            await self._read_results(job, batch, task, given_up=given_up)
+            await self._read_results(job, batch, task, given_up=given_up, moved=moved)
         finally:
             job.resending -= 1
             self._check_complete(job)
@@ -681,10 +739,11 @@ class BatchLane:
             self._jobs.pop(job.job_id, None)
 
     async def _read_results(
-        self, job: _Job, batch: _Batch, task: PreparedTask, *, given_up: bool
+        self, job: _Job, batch: _Batch, task: PreparedTask, *, given_up: bool, moved: bool
     ) -> None:
         """Each item's result read by the live lane's rules: its outcome, or another try;
-        an item the results leave out goes again."""
+        an item the results leave out goes again. `moved`: the batch was cancelled to make
+        the job's deadline: its cancelled items go to the live lane."""
         assert batch.batch_id is not None
         seen: set[int] = set()
         async for answer in self._client.results(batch.batch_id, batch.created_at):
@@ -696,9 +755,13 @@ class BatchLane:
             if waiting is None or index in seen:
                 continue
             seen.add(index)
+            outcome = read_item(answer.result, task)
+            if moved and isinstance(outcome, ItemSkipped):
+                await self._again(job, waiting, "live", "moved to make the job's deadline")
+                continue
             step = next_step(
                 waiting.item,
-                read_item(answer.result, task),
+                outcome,
                 task,
                 retries=self._s.batch_record_retry_count,
                 given_up=given_up,

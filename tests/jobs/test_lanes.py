@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stream_app.jobs.lanes import LivePace, choose_lane, parse_deadline
+from stream_app.jobs.lanes import LivePace, choose_lane, must_go_live, parse_deadline
 
 PACE = LivePace(requests_per_minute=50)
 NOW = 1_000_000.0
@@ -52,3 +52,17 @@ def test_parse_deadline_reads_iso_8601() -> None:
     for bad in ("tomorrow", "", "2026-13-01T00:00:00Z"):
         with pytest.raises(ValueError):
             parse_deadline(bad)
+
+
+def test_a_batch_job_goes_live_at_the_last_moment_the_live_lane_can_make_its_deadline() -> None:
+    # 100 records at 600 requests/minute: 10 s live, 12.5 s with the safety share, plus
+    # a 5 s margin: they wait for their provider batch until 17.5 s before the deadline.
+    def go(now: float) -> bool:
+        return must_go_live(
+            100, deadline=1000.0, now=now, requests_per_minute=600, margin_seconds=5.0
+        )
+
+    assert not go(900.0) and not go(982.0)
+    assert go(982.5) and go(1000.0) and go(1100.0)
+    # Nothing left to do: only a deadline already reached (less the margin) moves it.
+    assert not must_go_live(0, deadline=1000.0, now=990.0, requests_per_minute=50, margin_seconds=5)
