@@ -86,9 +86,9 @@ ADOPT_SLACK_SECONDS = 60.0
 REJOIN_SECONDS = 30.0
 # Records of batch-lane jobs handed over at once by the process agent's reader, beside
 # the call slots (a hand-over is one produce, awaited).
-HAND_OVER_CONCURRENCY = 8
+HAND_OVER_CONCURRENCY = 4
 # The pace at which one provider batch's results are produced to batch.results.
-RESULTS_PER_SECOND = 250.0
+RESULTS_PER_SECOND = 100.0
 
 
 def lane_topic_name(settings: Settings) -> str:
@@ -770,7 +770,7 @@ class BatchLane:
             await self._apply(job, waiting, step)
             # A batch's results arrive all at once: produced at most RESULTS_PER_SECOND,
             # so that their handling here and by the aggregate agent does not hold back
-            # the live lane's calls on this worker (a 1,000-request batch: 4 s).
+            # the live lane's calls on this worker (a 1,000-request batch: 10 s).
             await asyncio.sleep(1 / RESULTS_PER_SECOND)
         for index, waiting in batch.members.items():
             if index not in seen:
