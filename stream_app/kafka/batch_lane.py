@@ -5,7 +5,10 @@ ordinary result events, as each provider batch ends.
 How a record travels:
 1. The process agent does not call Claude for it: it hands the record over to the lane
    topic (`<batch.records>.lane`, keyed by job_id, so every record of a job reaches one
-   worker) and acknowledges it (`BatchLane.hand_over`).
+   worker) and acknowledges it (`BatchLane.hand_over`). Records that say they are of a
+   batch-lane job (`lane: "batch"`, set at submit) or whose job is known to be one do not
+   wait for a call slot: the reader hands them over at once (`BatchLane.divert`), so the
+   live lane's pace does not hold them back.
 2. The lane agent gathers a job's records and cuts a provider batch when
    BATCH_LANE_MAX_REQUESTS wait (or the provider's 100,000 / 256 MB), when the job's last
    record has arrived, when none joined for BATCH_LANE_WINDOW_SECONDS, or when the oldest
@@ -24,6 +27,11 @@ How a record travels:
    batch_outcomes): a result, or another try (a later batch through the lane topic, or the
    live lane through `batch.records`). Then the batch is marked done and its records
    acknowledged.
+
+A job with a `deadline` keeps its records in provider batches (the cheaper lane) until the
+live lane would need all the time left to do them (stream_app.jobs.lanes.must_go_live):
+then its provider batches are cancelled, what they answered is kept (and paid once), and
+the rest, with the records not yet batched, go to the live lane.
 
 Cancelling a job cancels its provider batches (requests already answered are recorded and
 paid, the rest skipped) and skips its records not yet in one. A job with a spending cap
