@@ -20,7 +20,8 @@ from api.streams import spool_records
 from stream_app.core.exceptions import first_line
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import JobStatus
-from stream_app.jobs.estimate import CountedPrompts, Pace, estimate_job
+from stream_app.jobs.estimate import CountedPrompts, Estimate, Pace, estimate_job
+from stream_app.jobs.lanes import BATCH_TYPICAL_SECONDS
 from stream_app.jobs.tasks import DEFAULT_TASK_NAME, PRESETS
 from stream_app.provider.request import PreparedTask
 from stream_app.running.service import Service
@@ -33,9 +34,14 @@ async def estimate_batch(request: Request) -> Response:
     "input_tokens", "output_tokens", "cache_creation_input_tokens",
     "cache_read_input_tokens", "cost_usd", "cost_usd_low", "cost_usd_high",
     "cost_usd_without_caching", "max_cost_usd", "duration_seconds", "input_basis",
-    "output_basis", "task", "model"}` (tokens; USD; seconds). Nothing is produced and no
-    model is called: the provider's token counting (free) counts the prompts of the records,
-    or of a sample of ESTIMATE_SAMPLE of them; see `stream_app.jobs.estimate` for the rest.
+    "output_basis", "task", "model", "lane", "lane_reason", "live_cost_usd",
+    "saving_usd"}` (tokens; USD; seconds). Nothing is produced and no model is called: the
+    provider's token counting (free) counts the prompts of the records, or of a sample of
+    ESTIMATE_SAMPLE of them; see `stream_app.jobs.estimate` for the rest. The body's `lane`
+    (`auto` resolved as a submit of the same body would be, now) says which lane is priced:
+    `lane` and `lane_reason` name it; on the batch lane the cost is at the Message Batches
+    rates (half) and the duration the provider's typical batch time (1 h); `live_cost_usd`
+    is the same job on the live lane and `saving_usd` the difference (0 on the live lane).
     Errors as for POST /api/v1/batch (400, 413, 422 `validation_error` /
     `unsupported_schema` / `unknown_task`)."""
     caller_of(request)
@@ -133,30 +139,43 @@ def _estimate(
         latency_seconds=rules.history.latency_seconds(),
         backlog_records=round(_backlog(service.pipeline.jobs()) * workers),
     )
-    estimate = estimate_job(
-        task,
-        records=count,
-        text_chars=chars,
-        price=rules.price_of(task.model),
-        history=rules.history,
-        pace=pace,
-        now=time.time(),
-        counted=counted,
-    )
+    now = time.time()
+    choice = options.lane_choice(count, now)
+
+    def priced(batch_seconds: float | None) -> Estimate:
+        return estimate_job(
+            task,
+            records=count,
+            text_chars=chars,
+            price=rules.price_of(task.model),
+            history=rules.history,
+            pace=pace,
+            now=now,
+            counted=counted,
+            batch_seconds=batch_seconds,
+        )
+
+    live = priced(None)
+    estimate = priced(BATCH_TYPICAL_SECONDS) if choice.lane == "batch" else live
     return {
         **estimate.as_json(),
         "max_cost_usd": options.max_cost_usd,
         "task": task.name,
         "model": task.model,
+        "lane": choice.lane,
+        "lane_reason": choice.reason,
+        "live_cost_usd": float(round(live.cost_usd, 6)),
+        "saving_usd": float(round(live.cost_usd - estimate.cost_usd, 6)),
     }
 
 
 def _backlog(jobs: list[JobStatus]) -> int:
-    """Records of this worker's unfinished jobs that have no outcome yet."""
+    """Records of this worker's unfinished live-lane jobs that have no outcome yet (the
+    batch lane's do not wait for the live budget)."""
     return sum(
         max(0, (job.total_records or 0) - job.outcomes)
         for job in jobs
-        if job.status in ("pending", "running")
+        if job.status in ("pending", "running") and job.lane != "batch"
     )
 
 

@@ -13,7 +13,7 @@ from api.errors import ApiError
 from schemas import BatchRequest, JobCreated, TaskSpec
 from schemas.http import LaneRequest, Priority
 from stream_app.core.settings import Settings
-from stream_app.jobs.lanes import LivePace, choose_lane, parse_deadline
+from stream_app.jobs.lanes import LaneChoice, LivePace, choose_lane, parse_deadline
 from stream_app.jobs.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
 from stream_app.provider.task_schema import UnsupportedSchema
 from stream_app.running.service import Service
@@ -33,18 +33,23 @@ class JobOptions:
     auto_minutes: float = 30.0
     pace: LivePace | None = None
 
-    def created(
-        self, job_id: str, total_records: int, created_at: float, owner: str | None
-    ) -> JobCreated:
-        """The job's `created` event; an `auto` lane is resolved here, by its size."""
-        choice = choose_lane(
+    def lane_choice(self, total_records: int, now: float) -> LaneChoice:
+        """The lane a job of `total_records` records with these options runs in, and why
+        (`now`: Unix time): what its `created` event says, and what an estimate prices."""
+        return choose_lane(
             self.lane,
             total_records,
             self.pace or LivePace(requests_per_minute=50),
             auto_minutes=self.auto_minutes,
             deadline=parse_deadline(self.deadline) if self.deadline is not None else None,
-            now=created_at,
+            now=now,
         )
+
+    def created(
+        self, job_id: str, total_records: int, created_at: float, owner: str | None
+    ) -> JobCreated:
+        """The job's `created` event; an `auto` lane is resolved here, by its size."""
+        choice = self.lane_choice(total_records, created_at)
         return JobCreated(
             job_id=job_id,
             total_records=total_records,

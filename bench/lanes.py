@@ -4,9 +4,10 @@ The live lane is projected (its duration is set by the request budget, not by th
 machine): `records / CLAUDE_REQUESTS_PER_MINUTE` minutes at the list price. The batch lane
 is measured: one worker on Apache Kafka runs the job through the simulator's Message
 Batches API, whose batches take `--provider-seconds` (default 3.6 s: the provider's typical
-hour scaled by 1/1000). Reported: time to the first partial result and to the last, measured
-and with the provider's hour put back (every provider batch runs in parallel, so each time
-is what the service spent plus one hour), the job's cost at batch rates and at live prices.
+hour scaled by 1/1000). Reported: the provider batches created and their sizes, time to the
+first partial result and to the last, measured and with the provider's hour put back (every
+provider batch runs in parallel, so each time is what the service spent plus one hour), the
+job's cost at batch rates and at live prices.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Figures:
     live_projected_seconds: float
     provider_seconds: float
     batches: int
+    batch_sizes: list[int]
     first_result_seconds: float
     last_result_seconds: float
     cost_usd: str
@@ -70,7 +72,6 @@ def run(records: int, rpm: int, provider_seconds: float, max_requests: int) -> F
             **namespace_env("lanes", broker, simulator),
             "CLAUDE_REQUESTS_PER_MINUTE": str(rpm),
             "BATCH_LANE_MAX_REQUESTS": str(max_requests),
-            "BATCH_LANE_WINDOW_SECONDS": "5",
             "BATCH_LANE_POLL_SECONDS": "0.5",
         }
         worker = start_worker(env, workdir / "w0")
@@ -103,12 +104,14 @@ def run(records: int, rpm: int, provider_seconds: float, max_requests: int) -> F
         job = wait_until(done, timeout=3600, interval=0.5, what="the batch-lane job")
         last = time.monotonic() - began
         cost = Decimal(job["estimated_cost_usd"])
+        stats = simulator.stats()
         return Figures(
             records=records,
             requests_per_minute=rpm,
             live_projected_seconds=records * 60 / rpm,
             provider_seconds=provider_seconds,
-            batches=simulator.stats()["batches_created"],
+            batches=stats["batches_created"],
+            batch_sizes=[b["requests"] for b in stats["batches"]],
             first_result_seconds=round(first[0] if first else last, 1),
             last_result_seconds=round(last, 1),
             cost_usd=format(cost, "f"),
@@ -121,7 +124,8 @@ def to_text(f: Figures, host: dict[str, Any]) -> str:
         [
             f"{f.records} records; live lane at {f.requests_per_minute} requests/minute "
             f"(projected): {f.live_projected_seconds / 3600:.1f} h, ${f.live_cost_usd}",
-            f"batch lane (measured, {f.batches} provider batches of {f.provider_seconds:g} s): "
+            f"batch lane (measured, {f.batches} provider batches of {f.provider_seconds:g} s, "
+            f"{min(f.batch_sizes, default=0)}-{max(f.batch_sizes, default=0)} requests each): "
             f"first result {f.first_result_seconds:.1f} s, last {f.last_result_seconds:.1f} s, "
             f"${f.cost_usd} ({Decimal(f.cost_usd) / Decimal(f.live_cost_usd):.2f} of live)",
             f"batch lane with the provider's typical hour: first result "

@@ -246,13 +246,20 @@ def _checked_records(
 
 def _estimate_line(est: dict[str, Any]) -> str:
     cap = f", cap ${est['max_cost_usd']:g}" if est.get("max_cost_usd") else ""
+    lane = est.get("lane", "live")
+    saving = (
+        f", ${est['saving_usd']:.4f} less than live"
+        if lane == "batch" and "saving_usd" in est
+        else ""
+    )
     return (
         f"estimate: {est['records']} records, {est['input_tokens']:,} input + "
         f"{est['output_tokens']:,} output tokens, ${est['cost_usd']:.4f} "
         f"(${est.get('cost_usd_low', est['cost_usd']):.4f}-"
         f"${est.get('cost_usd_high', est['cost_usd']):.4f}; "
         f"${est['cost_usd_without_caching']:.4f} without caching){cap}, "
-        f"~{est['duration_seconds']:.0f} s; task {est['task']} on {est['model']}"
+        f"~{est['duration_seconds']:.0f} s on the {lane} lane{saving}; "
+        f"task {est['task']} on {est['model']}"
     )
 
 
@@ -268,12 +275,18 @@ def estimate(
     ] = None,
     task: Annotated[str | None, TASK_OPTION] = None,
     max_cost: Annotated[float | None, MAX_COST_OPTION] = None,
+    lane: Annotated[Lane | None, LANE_OPTION] = None,
+    deadline: Annotated[str | None, DEADLINE_OPTION] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The estimate as JSON.")] = False,
 ) -> None:
-    """What FILE would cost and take as a batch; nothing runs, no model is called."""
+    """What FILE would cost and take as a batch; nothing runs, no model is called. The
+    lane priced is --lane (auto: as a submit would choose now); the line names it."""
     client = _client(ctx)
     records, _ = _checked_records(file, fmt, text_column, id_column)
-    options = {**file_options(file, detect_format(file, fmt)), **_job_options(task, max_cost)}
+    options = {
+        **file_options(file, detect_format(file, fmt)),
+        **_job_options(task, max_cost, lane=lane, deadline=deadline),
+    }
     est = _submitted(client, _ndjson_chunks(records(), options), options, task, estimate=True)
     if as_json:
         out.print(json.dumps(est), markup=False)
@@ -530,7 +543,7 @@ def _status_value(value: Any) -> str:
 def jobs(ctx: typer.Context) -> None:
     """Every job the service holds (that your key may see)."""
     body = _client(ctx).jobs()
-    header = ("job", "status", "done", "failed", "skipped", "tokens", "cost $", "created")
+    header = ("job", "status", "lane", "done", "failed", "skipped", "tokens", "cost $", "created")
     rows = []
     for job in body["jobs"]:
         done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
@@ -538,6 +551,7 @@ def jobs(ctx: typer.Context) -> None:
             (
                 job["job_id"],
                 job["status"],
+                job.get("lane") or "live",
                 f"{done}/{job['total_records']}",
                 str(job["failed_count"]),
                 str(job["skipped_count"]),

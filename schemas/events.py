@@ -65,7 +65,9 @@ class RecordEvent(BaseModel):
     retry: int | None = Field(None, ge=1)
     # "live": the batch lane sent this record back to the live lane (its provider batches
     # kept expiring or failing): the process agent calls Claude for it whatever its job's lane.
-    lane: Literal["live"] | None = None
+    # "batch": its job runs on the batch lane (set at submit): handed over to the lane as
+    # soon as it is read, before the job's `created` event is.
+    lane: Literal["live", "batch"] | None = None
 
 
 class ResultEvent(BaseModel):

@@ -190,10 +190,22 @@ class Estimate(BaseModel):
     cost_usd_without_caching: float = Field(ge=0)
     max_cost_usd: float | None = Field(description="The job's spending cap, if any.")
     duration_seconds: float = Field(
-        ge=0, description="Backlog ahead plus the job, at the budget's and concurrency's pace."
+        ge=0,
+        description="Live lane: backlog ahead plus the job, at the budget's and concurrency's "
+        "pace. Batch lane: the provider's typical time for a batch (3600).",
     )
     output_basis: str = Field(
         description="`history of N` (records of the same task) or `schema` (a guess)."
+    )
+    lane: Literal["live", "batch"] = Field(
+        "live",
+        description="The lane priced: the body's `lane`, `auto` resolved as a submit of the "
+        "same body would be now. The batch lane costs the Message Batches rates (half).",
+    )
+    lane_reason: str = Field("", description="Why that lane (as the job's status would say).")
+    live_cost_usd: float = Field(0, ge=0, description="USD: the same job on the live lane.")
+    saving_usd: float = Field(
+        0, ge=0, description="USD: live_cost_usd minus cost_usd (0 on the live lane)."
     )
     input_basis: str = Field(
         "characters",

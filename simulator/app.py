@@ -321,6 +321,7 @@ class Simulator:
                 processing_seconds=self.config.batch_processing_seconds,
                 expiry_seconds=self.config.batch_expiry_seconds,
                 stall=self.config.batch_stall,
+                stuck=self.config.batch_stall and self.config.batch_stall_past_expiry,
                 results_base=str(request.base_url).rstrip("/"),
                 concurrency=self.config.batch_concurrency,
             )

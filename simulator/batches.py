@@ -15,6 +15,8 @@ What the config can make happen (simulator/config.py):
 - ``batch_stall``: batches created while it is set never end before their expiry.
 - ``batch_expiry_seconds``: a batch that has not ended by then ends with its unfinished
   requests ``expired`` (the provider's 24 h).
+- ``batch_stall_past_expiry`` (with ``batch_stall``): the stalled batches do not end at
+  their expiry either, only when cancelled (a provider fault a client must survive).
 - ``batch_not_found_seconds``: a retrieve or results call this soon after the create answers
   404 not_found_error (the provider does this seconds after a create; anthropic-sdk-python
   #1432).
@@ -79,6 +81,8 @@ class Batch:
     expires: float
     items: list[_Item]
     stalled: bool
+    # Not even ended at its expiry (only a cancel ends it).
+    stuck: bool = False
     # When its last request is due (the end it was scheduled for at create).
     scheduled_end: float = 0.0
     cancel_initiated: float | None = None
@@ -146,6 +150,7 @@ class BatchStore:
         stall: bool,
         results_base: str,
         concurrency: int | None = None,
+        stuck: bool = False,
     ) -> Batch:
         """Validate and store a new batch (raises InvalidRequest as the provider's 400)."""
         if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
@@ -181,6 +186,7 @@ class BatchStore:
             expires=now + expiry_seconds,
             items=items,
             stalled=stall,
+            stuck=stuck,
             scheduled_end=start + processing_seconds,
             results_base=results_base,
         )
@@ -224,7 +230,7 @@ class BatchStore:
                 if item.outcome is None:
                     item.outcome = ItemOutcome({"type": "canceled"})
             batch.ended = max(now, batch.cancel_initiated)
-        elif now >= batch.expires:
+        elif now >= batch.expires and not batch.stuck:
             for item in batch.items:
                 if item.outcome is None:
                     item.outcome = ItemOutcome({"type": "expired"})

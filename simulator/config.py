@@ -49,6 +49,9 @@ class SimulatorConfig(BaseModel):
     batch_concurrency: int | None = Field(default=None, ge=1)
     batch_expiry_seconds: float = Field(default=86_400.0, gt=0)
     batch_stall: bool = False
+    # With batch_stall: the stalled batches do not even end at their expiry (a provider
+    # fault: only a cancel ends them).
+    batch_stall_past_expiry: bool = False
     batch_not_found_seconds: float = Field(default=0.0, ge=0)
     batch_create_delay_ms: float = Field(default=0.0, ge=0)
 

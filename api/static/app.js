@@ -143,6 +143,7 @@ function drawJobs(jobs) {
         id,
         cell((job.created_at || "").replace("T", " ").slice(0, 19)),
         status,
+        cell(job.lane || "live", "lane"),
         progressCell(job),
         cell(`${job.completed_count}/${job.total_records ?? "?"}`, "succeeded"),
         cell(job.failed_count),

@@ -78,14 +78,20 @@ class Settings(BaseSettings):
     # The batch lane (the provider's Message Batches API, half the price; docs/lanes.md):
     # the lane of a job that names none, and when `auto` takes the batch lane (the job's
     # projected live duration, minutes). Records of batch-lane jobs are grouped into
-    # provider batches of at most BATCH_LANE_MAX_REQUESTS requests, gathered for at most
-    # BATCH_LANE_WINDOW_SECONDS (smaller batches end sooner: results keep coming), polled
-    # every BATCH_LANE_POLL_SECONDS at first (doubling up to 60 s).
+    # provider batches (stream_app.jobs.batch_grouping): one is cut when
+    # BATCH_LANE_MAX_REQUESTS records wait, when the job's last record arrived, when none
+    # joined for BATCH_LANE_WINDOW_SECONDS, or when the oldest waited
+    # BATCH_LANE_MAX_WAIT_SECONDS; batches are polled every BATCH_LANE_POLL_SECONDS at
+    # first (doubling up to 60 s).
     batch_default_lane: Literal["live", "batch", "auto"] = "auto"
     batch_lane_auto_minutes: float = Field(30.0, gt=0)
     batch_lane_max_requests: int = Field(1000, ge=1, le=100_000)
     batch_lane_window_seconds: float = Field(5.0, gt=0)
+    batch_lane_max_wait_seconds: float = Field(60.0, gt=0)
     batch_lane_poll_seconds: float = Field(5.0, gt=0)
+    # A provider batch still not ended this long past its expiry (the provider ends every
+    # batch by then) is cancelled, and its unanswered requests go again.
+    batch_lane_give_up_seconds: float = Field(3600.0, gt=0)
     # Cost: None means "the model's price in genai-prices" (stream_app.provider.pricing).
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None

@@ -48,6 +48,9 @@ class LaneItem(BaseModel):
     attempts: int = Field(0, ge=0)
     retries_used: int = Field(0, ge=0)
     later_batches: int = Field(0, ge=0)
+    # How many times the lane sent it again to a later batch (each try is told apart from
+    # the one before by this, whatever it was answered).
+    tries: int = Field(0, ge=0)
 
     @property
     def billed(self) -> Usage:

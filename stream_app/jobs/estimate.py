@@ -15,6 +15,11 @@ point and a range (`cost_usd_low`, `cost_usd_high`): the output guess from the s
 widest part of it; a history narrows it to the spread of what records of the task billed.
 The duration is the backlog ahead of the job plus its records, at the request budget's
 pace or at the pace concurrency and the observed latency allow, whichever is slower.
+
+A job on the batch lane (the provider's Message Batches API) is priced at the batch rates
+(half of every price; its prefix is cached for an hour, so cache writes are priced as
+1-hour writes) and takes the provider's time for a batch (most end within the hour),
+whatever the live lane's budget and backlog.
 """
 
 from __future__ import annotations
@@ -320,11 +325,16 @@ def estimate_job(
     pace: Pace,
     now: float = 0.0,
     counted: CountedPrompts | None = None,
+    batch_seconds: float | None = None,
 ) -> Estimate:
     """The expected tokens, cost (USD) and duration (seconds) of `records` records whose
     texts hold `text_chars` characters in all; `now` in Unix seconds (a prefix this worker
     used within the cache's lifetime is assumed still cached: no writes). `counted`: the
-    provider's token counts for the records or a sample of them (None: from characters)."""
+    provider's token counts for the records or a sample of them (None: from characters).
+    `batch_seconds`: the job runs on the batch lane, whose provider batches are expected to
+    take this long (None: the live lane)."""
+    if batch_seconds is not None:
+        price = price.at_batch_rates()
     per_token = history.chars_per_token(task.fingerprint) or CHARS_PER_TOKEN
     if counted is not None and counted.sampled:
         prompt = counted.total(records, text_chars)
@@ -364,12 +374,15 @@ def estimate_job(
         writing_calls = 0 if warm else min(records, pace.concurrent_calls)
         writes = writing_calls * prefix
         reads = (records - writing_calls) * prefix
+    # The batch lane caches its prefix for an hour: its writes are 1-hour writes.
+    writes_1h = writes if batch_seconds is not None else 0
     cached = price.cost_of(
         Usage(
             input_tokens=prompt - writes - reads,
             output_tokens=output,
             cache_creation_input_tokens=writes,
             cache_read_input_tokens=reads,
+            cache_creation_1h_input_tokens=writes_1h,
         )
     )
     uncached = price.cost_of(Usage(input_tokens=prompt, output_tokens=output))
@@ -382,11 +395,18 @@ def estimate_job(
                 output_tokens=math.ceil(output * output_factor),
                 cache_creation_input_tokens=writes,
                 cache_read_input_tokens=reads,
+                cache_creation_1h_input_tokens=writes_1h,
             )
         )
 
     latency = pace.latency_seconds or _DEFAULT_LATENCY_SECONDS
     per_second = min(pace.requests_per_minute / 60, pace.concurrent_calls / latency)
+    if not records:
+        duration = 0.0
+    elif batch_seconds is not None:
+        duration = batch_seconds
+    else:
+        duration = (pace.backlog_records + records) / per_second
     return Estimate(
         records=records,
         input_tokens=prompt,
@@ -395,7 +415,7 @@ def estimate_job(
         cache_read_input_tokens=reads,
         cost_usd=cached,
         cost_usd_without_caching=uncached,
-        duration_seconds=(pace.backlog_records + records) / per_second if records else 0.0,
+        duration_seconds=duration,
         output_basis=basis,
         cost_usd_low=min(cached, cost_at(1 - input_margin, low_out)),
         cost_usd_high=max(cached, cost_at(1 + input_margin, high_out)),

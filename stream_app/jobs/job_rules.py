@@ -41,6 +41,7 @@ from stream_app.core.exceptions import InsightStreamError, JobNeverAnnounced
 from stream_app.core.logs import get_logger
 from stream_app.jobs.aggregation import result_key
 from stream_app.jobs.estimate import UsageHistory, expected_output_tokens
+from stream_app.jobs.lanes import parse_deadline
 from stream_app.jobs.spend_ledger import (
     LocalSpend,
     SpendGrants,
@@ -103,6 +104,11 @@ class JobRules:
         self._announce_wait = announce_wait_seconds
         self._created_follows_wait = created_follows_wait_seconds
         self._terms: dict[str, JobTerms] = {}
+        # Each announced job's record count (the batch lane cuts a provider batch when a
+        # job's last record has reached it).
+        self._totals: dict[str, int] = {}
+        # Each announced job's deadline (Unix time), when it gave one.
+        self._deadlines: dict[str, float] = {}
         self._announced: dict[str, asyncio.Event] = {}
         self._prepared: OrderedDict[str, PreparedTask] = OrderedDict()
         self._chars: dict[str, tuple[str, int]] = {}
@@ -126,6 +132,9 @@ class JobRules:
         """A job announced itself; the first announcement wins."""
         if created.job_id in self._terms:
             return
+        self._totals[created.job_id] = created.total_records
+        if created.deadline is not None:
+            self._deadlines[created.job_id] = parse_deadline(created.deadline)
         cap = Decimal(str(created.max_cost_usd)) if created.max_cost_usd is not None else None
         terms = (
             JobTerms(
@@ -228,6 +237,11 @@ class JobRules:
             task = self._task(record.job_id, terms)
         except InsightStreamError as exc:
             return _outcome(record, f"the job's task cannot be used: {exc}")
+        if terms.lane == "batch" and record.lane != "live":
+            # The batch lane reserves it at the batch rates before its provider batch is
+            # created (`reserve_batch_request`): a live reservation here would count it
+            # twice, and wait on batches that settle only when they end.
+            return task
         # A retry round is asked for by the job's owner after the job ended: its records are
         # not held to the job's own cap (cap-skipped records could never run again), only
         # to the tenant's budget (docs/lifecycle.md).
@@ -248,10 +262,16 @@ class JobRules:
         self._chars[key] = (task.fingerprint, task.request_chars(record.record.text))
         return task
 
-    def settle(self, result: ResultEvent) -> None:
+    def settle(self, result: ResultEvent, *, batch_lane: bool = False) -> None:
         """This worker produced the record's outcome: count its cost in the ledgers it
-        reserved in, and learn from it."""
-        key = result_key(result.job_id, result.index)
+        reserved in, and learn from it. `batch_lane`: the batch lane produced it (its
+        reservations are kept apart from the process agent's, which releases its own
+        when it hands a record over)."""
+        key = (
+            _lane_key_of(result.job_id, result.index)
+            if batch_lane
+            else result_key(result.job_id, result.index)
+        )
         usage = Usage.of(result)
         reserved = self._reserved.pop(key, None)
         if reserved is not None:
@@ -265,9 +285,10 @@ class JobRules:
                 sent[0], sent[1], usage, result.response.metadata.latency_ms, time.time()
             )
 
-    def release(self, record: RecordEvent) -> None:
-        """The record is done here, with or without an outcome: no reservation stays."""
-        key = result_key(record.job_id, record.index)
+    def release(self, record: RecordEvent, *, batch_lane: bool = False) -> None:
+        """The record is done here, with or without an outcome: no reservation stays
+        (`batch_lane`: the batch lane's reservation of it)."""
+        key = _lane_key(record) if batch_lane else result_key(record.job_id, record.index)
         self._chars.pop(key, None)
         reserved = self._reserved.pop(key, None)
         if reserved is not None:
@@ -322,10 +343,13 @@ class JobRules:
         settle, and the batch lane creates its provider batch without it. Never waits: a
         provider batch's requests settle only once it ends."""
         terms = self._terms.get(record.job_id, DEFAULT_TERMS)
-        limits = self._limits(record.job_id, terms)
+        # A retry round is held to the tenant's budget only, as on the live lane.
+        limits = self._limits(record.job_id, terms, job_cap=not record.retry)
         if not limits:
             return Verdict.ADMIT
-        verdict, _ = await self._reserve(record, task, limits, factor=BATCH_DISCOUNT, wait=False)
+        verdict, _ = await self._reserve(
+            record, task, limits, factor=BATCH_DISCOUNT, wait=False, key=_lane_key(record)
+        )
         return verdict
 
     async def _reserve(
@@ -336,13 +360,14 @@ class JobRules:
         *,
         factor: Decimal = Decimal(1),
         wait: bool = True,
+        key: str | None = None,
     ) -> tuple[Verdict, str | None]:
         """Reserve the record's call (its estimate and its most, times `factor`) in every
         ledger of `limits`: (ADMIT, None) when all admitted it, else the verdict and the
         ledger that gave it (the reservations made are released). Each reservation has an
         id of its own: a record run twice (by two workers around a rebalance) is two calls
         the provider bills, and the ledgers count both."""
-        key = result_key(record.job_id, record.index)
+        key = key or result_key(record.job_id, record.index)
         reservation = f"{key}:{uuid.uuid4().hex[:12]}"
         expected = self.call_estimate(task, record) * factor
         most = self.call_most(task, record) * factor
@@ -390,6 +415,14 @@ class JobRules:
         """The lane the job's `created` event named (None: not known, or none named)."""
         terms = self._terms.get(job_id)
         return terms.lane if terms is not None else None
+
+    def deadline_of(self, job_id: str) -> float | None:
+        """The job's deadline (Unix time), None when it gave none (or is not read yet)."""
+        return self._deadlines.get(job_id)
+
+    def total_of(self, job_id: str) -> int | None:
+        """How many records the job's `created` event announced (None: not read yet)."""
+        return self._totals.get(job_id)
 
     async def terms_known(self, job_id: str) -> None:
         """Return once the job's terms are known (or taken as the defaults)."""
@@ -452,6 +485,16 @@ class JobRules:
                 self._prepared.popitem(last=False)
         self._prepared.move_to_end(job_id)
         return task
+
+
+def _lane_key(record: RecordEvent) -> str:
+    return _lane_key_of(record.job_id, record.index)
+
+
+def _lane_key_of(job_id: str, index: int) -> str:
+    """Where the batch lane's reservation of a record is kept (apart from the process
+    agent's, under `result_key`)."""
+    return f"lane:{result_key(job_id, index)}"
 
 
 def _outcome(

@@ -110,3 +110,26 @@ def _minutes(seconds: float) -> str:
     if seconds >= 5400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.0f} min"
+
+
+# How much longer than its plain pace the live lane is given for records moved to it to
+# make a deadline (its pace is shared, calls may be retried).
+MOVE_SAFETY = 1.25
+
+
+def must_go_live(
+    unfinished: int,
+    *,
+    deadline: float,
+    now: float,
+    requests_per_minute: float,
+    margin_seconds: float,
+) -> bool:
+    """Whether a batch-lane job's `unfinished` records (in provider batches or waiting for
+    one) must go to the live lane now to make `deadline` (Unix time; `now` too): the live
+    lane needs `unfinished` x 60 / `requests_per_minute` seconds for them (CLAUDE_REQUESTS_
+    PER_MINUTE; the live backlog is not counted), times MOVE_SAFETY, plus `margin_seconds`
+    (a poll of the provider batch and its cancel). Until then the records wait for the
+    cheaper provider batch: they move at the last moment the live lane can still make it."""
+    needed = unfinished * 60.0 / requests_per_minute * MOVE_SAFETY + margin_seconds
+    return now + needed >= deadline

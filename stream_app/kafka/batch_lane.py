@@ -5,10 +5,15 @@ ordinary result events, as each provider batch ends.
 How a record travels:
 1. The process agent does not call Claude for it: it hands the record over to the lane
    topic (`<batch.records>.lane`, keyed by job_id, so every record of a job reaches one
-   worker) and acknowledges it (`BatchLane.hand_over`).
-2. The lane agent gathers a job's records and cuts a provider batch at
-   BATCH_LANE_MAX_REQUESTS (and the provider's 100,000 / 256 MB), or BATCH_LANE_WINDOW_SECONDS
-   after the first one waited, so results keep coming (smaller batches end sooner).
+   worker) and acknowledges it (`BatchLane.hand_over`). Records that say they are of a
+   batch-lane job (`lane: "batch"`, set at submit) or whose job is known to be one do not
+   wait for a call slot: the reader hands them over at once (`BatchLane.divert`), so the
+   live lane's pace does not hold them back.
+2. The lane agent gathers a job's records and cuts a provider batch when
+   BATCH_LANE_MAX_REQUESTS wait (or the provider's 100,000 / 256 MB), when the job's last
+   record has arrived, when none joined for BATCH_LANE_WINDOW_SECONDS, or when the oldest
+   waited BATCH_LANE_MAX_WAIT_SECONDS (stream_app.jobs.batch_grouping): a few large batches
+   for a big job, a small job's records in one batch at once.
 3. Paid once through crashes: before the create, the batch's intent (its record indexes,
    when it was asked for) is written to the changelog-backed `provider-batches` table and
    flushed; after the create, its id. The lane's records stay unacknowledged until their
@@ -23,11 +28,17 @@ How a record travels:
    live lane through `batch.records`). Then the batch is marked done and its records
    acknowledged.
 
+A job with a `deadline` keeps its records in provider batches (the cheaper lane) until the
+live lane would need all the time left to do them (stream_app.jobs.lanes.must_go_live):
+then its provider batches are cancelled, what they answered is kept (and paid once), and
+the rest, with the records not yet batched, go to the live lane.
+
 Cancelling a job cancels its provider batches (requests already answered are recorded and
 paid, the rest skipped) and skips its records not yet in one. A job with a spending cap
 reserves each record's expected cost at batch rates before its batch is created; records
-that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended an
-hour past the provider's expiry is cancelled and its unanswered items go again.
+that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended
+BATCH_LANE_GIVE_UP_SECONDS (an hour) past the provider's expiry is cancelled and its
+unanswered items go again.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,9 +63,11 @@ from stream_app.core.logs import get_logger
 from stream_app.core.metrics import WorkerMetrics
 from stream_app.core.settings import Settings
 from stream_app.jobs.aggregation import JobLedger, result_key
+from stream_app.jobs.batch_grouping import Gathered, GroupingRule
 from stream_app.jobs.batch_outcomes import LaneItem, Produce, TryAgain, next_step
 from stream_app.jobs.cancellation import CancelledJobs, skipped_outcome
 from stream_app.jobs.job_rules import BUDGET_SKIPPED_ERROR, JobRules
+from stream_app.jobs.lanes import must_go_live
 from stream_app.jobs.spend_ledger import Verdict
 from stream_app.kafka.faust_app import make_table, raw_topic
 from stream_app.kafka.messages import DeadLetters, dump, payload, validation_summary
@@ -62,6 +75,7 @@ from stream_app.provider.batches import (
     MAX_BATCH_BYTES,
     MAX_BATCH_REQUESTS,
     BatchClient,
+    ItemSkipped,
     batch_request,
     custom_id,
     read_item,
@@ -76,10 +90,13 @@ LANE_TABLE = "provider-batches"
 # How long before its intent a provider batch may have been created and still be adopted
 # (clocks of the worker and the provider differ a little).
 ADOPT_SLACK_SECONDS = 60.0
-# A batch not ended this long past the provider's expiry is given up.
-GIVE_UP_AFTER_EXPIRY_SECONDS = 3600.0
 # How long a batch found after a restart waits for its records to come again.
 REJOIN_SECONDS = 30.0
+# Records of batch-lane jobs handed over at once by the process agent's reader, beside
+# the call slots (a hand-over is one produce, awaited).
+HAND_OVER_CONCURRENCY = 4
+# The pace at which one provider batch's results are produced to batch.results.
+RESULTS_PER_SECOND = 100.0
 
 
 def lane_topic_name(settings: Settings) -> str:
@@ -116,6 +133,23 @@ class _Job:
     batches: dict[str, _Batch] = field(default_factory=dict)
     flusher: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when a record joins the buffer that makes the gathered records due at once.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # When the newest record joined the buffer (Unix seconds).
+    last_added: float = 0.0
+    # Indexes of the job's first-round records that reached the lane (a retry round's do
+    # not count), and items this worker sent to a later batch that have not come back
+    # ((index, tries)); `resending`: batches whose items are being sent again now.
+    seen: set[int] = field(default_factory=set)
+    expected: set[tuple[int, int]] = field(default_factory=set)
+    resending: int = 0
+    # The job's last record arrived: what waits now is cut without waiting for a window
+    # (until the buffer is empty); `fired`: that moment was acted on.
+    last_arrived: bool = False
+    fired: bool = False
+    # The try of each index whose batch is done (the table's, kept here: reading the
+    # job's table value for every record would decode all its batches each time).
+    done_tries: dict[int, int] = field(default_factory=dict)
 
 
 class BatchLane:
@@ -151,6 +185,11 @@ class BatchLane:
         self._flush_producer = flush
         self._jobs: dict[str, _Job] = {}
         self._stream: Any = None
+        self._grouping = GroupingRule(
+            max_requests=min(settings.batch_lane_max_requests, MAX_BATCH_REQUESTS),
+            quiet_seconds=settings.batch_lane_window_seconds,
+            max_wait_seconds=settings.batch_lane_max_wait_seconds,
+        )
         # Outcomes this lane produced, and records handed over to it: the worker's progress
         # (the stall watch reads it: a batch-lane record makes no call in the process agent).
         self.outcomes_sent = 0
@@ -159,16 +198,62 @@ class BatchLane:
     # -- the process agent's side -----------------------------------------------------
 
     def takes(self, record: RecordEvent) -> bool:
-        """Whether the record goes to the batch lane (its job's lane is `batch`, or the
-        job named none and BATCH_DEFAULT_LANE is `batch`; not one sent back to live)."""
-        if record.lane == "live":
-            return False
+        """Whether the record goes to the batch lane: it says so (`lane`), or its job's lane
+        is `batch`, or the job named none and BATCH_DEFAULT_LANE is `batch`; never one sent
+        back to the live lane."""
+        if record.lane is not None:
+            return record.lane == "batch"
         lane = self._rules.lane_of(record.job_id)
         return lane == "batch" or (lane is None and self._s.batch_default_lane == "batch")
 
+    async def divert(
+        self, events: AsyncIterator[EventT], handle: Callable[[EventT], Awaitable[None]]
+    ) -> AsyncIterator[EventT]:
+        """The process agent's records with those of known batch-lane jobs taken out:
+        each of those is handled (`handle`: the process agent's own handling, which hands
+        it over here and acknowledges it) at once, HAND_OVER_CONCURRENCY at a time, instead
+        of waiting for a call slot: slots held by live records waiting for the request
+        budget would otherwise let batch-lane records through only at the live lane's
+        pace. The rest (and records of jobs whose lane is not known yet) are yielded."""
+        pool = asyncio.Semaphore(HAND_OVER_CONCURRENCY)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(event: EventT) -> None:
+            try:
+                await handle(event)
+            finally:
+                pool.release()
+
+        try:
+            async for event in events:
+                value = event.message.value
+                if not (isinstance(value, bytes) and self._diverted(value)):
+                    yield event
+                    continue
+                await pool.acquire()
+                task = asyncio.create_task(one(event))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    def _diverted(self, value: bytes) -> bool:
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(data, dict) or data.get("lane") == "live":
+            return False
+        if data.get("lane") == "batch":
+            return True
+        job_id = data.get("job_id")
+        return isinstance(job_id, str) and self._rules.lane_of(job_id) == "batch"
+
     async def hand_over(self, record: RecordEvent) -> None:
         """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
-        process agent may acknowledge it then)."""
+        process agent may acknowledge it then). The lane reserves its cost at the batch
+        rates when it cuts the record's provider batch."""
         await self._send_item(LaneItem(record=record))
         self.handed_over += 1
 
@@ -226,18 +311,52 @@ class BatchLane:
             return
         record = item.record
         job = await self._job(record.job_id, event)
+        self._arrived(job, item)
+        try:
+            await self._place(job, event, item)
+        finally:
+            if job.last_arrived and job.buffer:
+                job.wake.set()
+            if job.buffer and (job.flusher is None or job.flusher.done()):
+                job.flusher = asyncio.create_task(self._flush_loop(job))
+
+    def _arrived(self, job: _Job, item: LaneItem) -> None:
+        """Count the item in; note the moment the job's last record has arrived (every
+        first-round record seen, every item sent again back)."""
+        record = item.record
+        if not record.retry:
+            job.seen.add(record.index)
+        job.expected.discard((record.index, item.tries))
+        self._check_complete(job)
+
+    def _check_complete(self, job: _Job) -> None:
+        total = self._rules.total_of(job.job_id)
+        complete = (
+            total is not None and len(job.seen) >= total and not job.expected and not job.resending
+        )
+        if complete and not job.fired:
+            job.fired = job.last_arrived = True
+            if job.buffer:
+                job.wake.set()
+        elif not complete:
+            job.fired = False
+
+    async def _place(self, job: _Job, event: EventT, item: LaneItem) -> None:
+        """The item joins its provider batch (one found again after a restart), the
+        job's buffer, or is acknowledged at once (its outcome is already out)."""
+        record = item.record
         index = record.index
         for batch in job.batches.values():
             if index in batch.indexes:
                 waiting = batch.members.get(index)
                 if batch.closing:
-                    if waiting is not None and item.attempts > waiting.item.attempts:
+                    if waiting is not None and item.tries > waiting.item.tries:
                         break  # its next try: batched below
                     await self._ack([event])
                     return
                 if waiting is None:
                     batch.members[index] = _Waiting(item, [event], time.time())
-                elif item.attempts > waiting.item.attempts:
+                elif item.tries > waiting.item.tries:
                     # A later try of a record this batch already answered: wait for it.
                     break
                 else:
@@ -249,27 +368,27 @@ class BatchLane:
         waiting = job.buffer.get(index)
         if waiting is not None:
             waiting.events.append(event)
-            if item.attempts > waiting.item.attempts:
+            if item.tries > waiting.item.tries:
                 waiting.item = item
             return
-        job.buffer[index] = _Waiting(item, [event], time.time())
-        full = len(job.buffer) >= self._s.batch_lane_max_requests
-        if job.flusher is None or job.flusher.done():
-            job.flusher = asyncio.create_task(self._cut_later(job, 0.0 if full else None))
-        elif full and not job.lock.locked():
-            job.flusher.cancel()
-            job.flusher = asyncio.create_task(self._cut_later(job, 0.0))
+        job.last_added = time.time()
+        job.buffer[index] = _Waiting(item, [event], job.last_added)
+        if len(job.buffer) >= self._grouping.max_requests:
+            job.wake.set()
 
     def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
         """Whether this delivery's outcome (or its next try) was already produced: a done
         batch of the table holds the index at this try or a later one."""
+        done = job.done_tries.get(index)
+        return done is not None and done >= item.tries
+
+    def _mark_done(self, job: _Job, batch: _Batch) -> None:
+        """The batch's entry is done (its outcomes and next tries are produced)."""
+        self._write(job, batch.key, {"state": "done"}, merge=True)
         stored = self._table.get(job.job_id) or {}
-        for entry in (stored.get("batches") or {}).values():
-            if entry.get("state") == "done":
-                tries = entry.get("tries", {})
-                if str(index) in tries and tries[str(index)] >= item.attempts:
-                    return True
-        return False
+        entry = (stored.get("batches") or {}).get(batch.key) or {}
+        for index, tries in (entry.get("tries") or {}).items():
+            job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
 
     async def _job(self, job_id: str, event: EventT) -> _Job:
         job = self._jobs.get(job_id)
@@ -286,6 +405,11 @@ class BatchLane:
         stored = self._table.get(job.job_id) or {}
         for key, entry in sorted((stored.get("batches") or {}).items()):
             state = entry.get("state")
+            if state == "done":
+                # Their records do not come again (or come as later tries).
+                job.seen.update(int(i) for i in entry.get("indexes", []))
+                for index, tries in (entry.get("tries") or {}).items():
+                    job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
             if state not in ("intent", "created"):
                 continue
             batch = _Batch(key, list(entry.get("indexes", [])))
@@ -332,33 +456,115 @@ class BatchLane:
             b.batch_id for job in self._jobs.values() for b in job.batches.values() if b.batch_id
         }
 
-    async def _cut_later(self, job: _Job, after: float | None = None) -> None:
-        """Cut the job's provider batches after `after` seconds (BATCH_LANE_WINDOW_SECONDS)."""
-        await asyncio.sleep(self._s.batch_lane_window_seconds if after is None else after)
-        try:
-            await self._cut(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
-        # Records left (a capped job waiting for its spend to settle, a failed create): later.
-        if job.buffer and job.flusher is asyncio.current_task():
-            job.flusher = asyncio.create_task(self._cut_later(job))
+    def _deadline_near(self, job: _Job) -> bool:
+        """Whether the job's unfinished records must go to the live lane now to make its
+        deadline (stream_app.jobs.lanes.must_go_live)."""
+        deadline = self._rules.deadline_of(job.job_id)
+        if deadline is None:
+            return False
+        unfinished = len(job.buffer) + sum(
+            len(b.indexes) for b in job.batches.values() if not b.closing
+        )
+        return unfinished > 0 and must_go_live(
+            unfinished,
+            deadline=deadline,
+            now=time.time(),
+            requests_per_minute=self._s.claude_requests_per_minute,
+            margin_seconds=self._deadline_margin(),
+        )
 
-    async def _cut(self, job: _Job) -> None:
-        """Make provider batches of what the job has gathered."""
+    def _deadline_margin(self) -> float:
+        # Two polls of a provider batch, its cancel and the results read (seconds).
+        return 2 * self._s.batch_lane_poll_seconds + 5.0
+
+    def _poll_delay(self, job: _Job, polls: int) -> float:
+        """The wait before the next poll: the backoff, but short enough that a job with a
+        deadline is looked at again before it must go live."""
+        delay = self._client.policy.delay(polls)
+        deadline = self._rules.deadline_of(job.job_id)
+        if deadline is None:
+            return delay
+        slack = deadline - time.time() - self._deadline_margin()
+        return max(self._s.batch_lane_poll_seconds, min(delay, slack / 4))
+
+    def _gathered(self, job: _Job) -> Gathered:
+        total = self._rules.total_of(job.job_id)
+        return Gathered(
+            waiting=len(job.buffer),
+            first_at=min((w.since for w in job.buffer.values()), default=job.last_added),
+            last_at=job.last_added,
+            # A cancelled job's gathered records are skipped at once, a job whose deadline
+            # is near sends them live at once (in `_cut_one`).
+            last_arrived=job.last_arrived
+            or job.job_id in self._cancelled
+            or self._deadline_near(job),
+            more_expected=bool(
+                (total is not None and len(job.seen) < total) or job.expected or job.resending
+            ),
+        )
+
+    async def _flush_loop(self, job: _Job) -> None:
+        """Cut the job's gathered records into provider batches whenever the grouping rule
+        says they are due, until none wait."""
+        while job.buffer:
+            job.wake.clear()
+            wait = self._grouping.due_in(self._gathered(job), time.time())
+            if wait > 0:
+                try:
+                    # Looked at again at least every window (a cancel is not announced here).
+                    await asyncio.wait_for(
+                        job.wake.wait(), min(wait, self._s.batch_lane_window_seconds)
+                    )
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                made = await self._cut(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch lane: cutting a provider batch failed; again", job=job.job_id)
+                made = False
+            if not made and job.buffer:
+                # A capped job waiting for its spend to settle, a failed create: later.
+                await asyncio.sleep(self._s.batch_lane_window_seconds)
+        job.last_arrived = False
+
+    async def _cut(self, job: _Job) -> bool:
+        """Make provider batches of what the job has gathered while the grouping rule says
+        they are due; whether one was made."""
+        made = False
         async with job.lock:
             while job.buffer:
-                if not await self._cut_one(job):
+                gathered = self._gathered(job)
+                why = self._grouping.why(gathered, time.time())
+                if not why:
                     break
+                if not await self._cut_one(job, why):
+                    break
+                made = True
+        return made
 
-    async def _cut_one(self, job: _Job) -> bool:
+    async def _cut_one(self, job: _Job, why: str = "") -> bool:
         """One provider batch of the gathered records; False when none could be made now."""
         await self._rules.terms_known(job.job_id)
         if await self._cancelled.should_skip(job.job_id):
             for waiting in list(job.buffer.values()):
                 await self._produce(job, [waiting], skipped_outcome(waiting.item.record))
             job.buffer.clear()
+            return False
+        if self._deadline_near(job):
+            waiting_now = list(job.buffer.values())
+            job.buffer.clear()
+            for waiting in waiting_now:
+                await self._again(job, waiting, "live", "moved to make the job's deadline")
+            await self._flush_producer()
+            await self._ack([e for w in waiting_now for e in w.events])
+            log.info(
+                "batch lane: the job's deadline is near: its records go to the live lane",
+                job=job.job_id,
+                records=len(waiting_now),
+            )
             return False
         try:
             task = self._rules.task_of(job.job_id)
@@ -373,7 +579,11 @@ class BatchLane:
         chosen: list[_Waiting] = []
         requests: list[dict[str, Any]] = []
         size = 0
-        for index in sorted(job.buffer):
+        for count, index in enumerate(sorted(job.buffer)):
+            if count % 50 == 49:
+                await asyncio.sleep(0)  # the others' turn, while a big batch is built
+            if index not in job.buffer:
+                continue
             waiting = job.buffer[index]
             request = batch_request(task, waiting.item.record.record.text, _cid(job, index))
             grown = size + request_bytes(request)
@@ -390,16 +600,14 @@ class BatchLane:
             requests.append(request)
             size = grown
         if not chosen:
-            if job.buffer and (job.flusher is None or job.flusher.done()):
-                job.flusher = asyncio.create_task(self._cut_later(job))
             return False
         for waiting in chosen:
             del job.buffer[waiting.item.record.index]
-        await self._create(job, chosen, requests)
+        await self._create(job, chosen, requests, why)
         return True
 
     async def _create(
-        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]]
+        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]], why: str = ""
     ) -> None:
         stored = self._table.get(job.job_id) or {}
         seq = int(stored.get("seq", 0)) + 1
@@ -408,7 +616,7 @@ class BatchLane:
         intent = {
             "state": "intent",
             "indexes": indexes,
-            "tries": {str(w.item.record.index): w.item.attempts for w in chosen},
+            "tries": {str(w.item.record.index): w.item.tries for w in chosen},
             "requested_at": time.time(),
         }
         # The intent is on the broker before the create: a crash after it is found again.
@@ -428,10 +636,8 @@ class BatchLane:
                 del job.batches[key]
                 for waiting in chosen:
                     job.buffer[waiting.item.record.index] = waiting
-                    self._rules.release(waiting.item.record)
+                    self._rules.release(waiting.item.record, batch_lane=True)
                 await asyncio.sleep(self._s.batch_lane_poll_seconds)
-                if job.flusher is None or job.flusher.done():
-                    job.flusher = asyncio.create_task(self._cut_later(job))
                 return
             batch.batch_id, batch.created_at = adopted
         self._write(
@@ -452,6 +658,7 @@ class BatchLane:
             job=job.job_id,
             batch=batch.batch_id,
             requests=len(indexes),
+            cut=why,
         )
         batch.task = asyncio.create_task(self._follow(job, batch))
 
@@ -478,7 +685,7 @@ class BatchLane:
     async def _follow_inner(self, job: _Job, batch: _Batch, *, rejoin: bool) -> None:
         assert batch.batch_id is not None
         batch_id = batch.batch_id
-        cancel_sent = given_up = False
+        cancel_sent = given_up = moved = False
         polls = 0
         last: tuple[str, Any] | None = None
         while True:
@@ -504,18 +711,50 @@ class BatchLane:
                 log.info("batch lane: cancelling the provider batch of a cancelled job")
                 await self._client.cancel(batch_id)
             elif not cancel_sent and time.time() > (
-                found.expires_at.timestamp() + GIVE_UP_AFTER_EXPIRY_SECONDS
+                found.expires_at.timestamp() + self._s.batch_lane_give_up_seconds
             ):
                 cancel_sent = given_up = True
                 log.warning("batch lane: provider batch past its expiry: given up", batch=batch_id)
                 await self._client.cancel(batch_id)
-            await asyncio.sleep(self._client.policy.delay(polls))
+            elif not cancel_sent and self._deadline_near(job):
+                cancel_sent = moved = True
+                log.info(
+                    "batch lane: the job's deadline is near: its provider batch is cancelled "
+                    "and its unanswered records go to the live lane",
+                    job=job.job_id,
+                    batch=batch_id,
+                )
+                await self._client.cancel(batch_id)
+            await asyncio.sleep(self._poll_delay(job, polls))
             polls += 1
         if rejoin:
             await self._rejoin(batch)
         task = self._rules.task_of(job.job_id)
+        job.resending += 1
+        try:
+            await self._read_results(job, batch, task, given_up=given_up, moved=moved)
+        finally:
+            job.resending -= 1
+            self._check_complete(job)
+        await self._flush_producer()
+        batch.closing = True
+        self._mark_done(job, batch)
+        await self._durable()
+        await self._ack([e for w in batch.members.values() for e in w.events])
+        del job.batches[batch.key]
+        log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
+        if not job.batches and not job.buffer:
+            self._jobs.pop(job.job_id, None)
+
+    async def _read_results(
+        self, job: _Job, batch: _Batch, task: PreparedTask, *, given_up: bool, moved: bool
+    ) -> None:
+        """Each item's result read by the live lane's rules: its outcome, or another try;
+        an item the results leave out goes again. `moved`: the batch was cancelled to make
+        the job's deadline: its cancelled items go to the live lane."""
+        assert batch.batch_id is not None
         seen: set[int] = set()
-        async for answer in self._client.results(batch_id, batch.created_at):
+        async for answer in self._client.results(batch.batch_id, batch.created_at):
             try:
                 index = record_index(answer.custom_id)
             except ValueError:
@@ -524,27 +763,26 @@ class BatchLane:
             if waiting is None or index in seen:
                 continue
             seen.add(index)
+            outcome = read_item(answer.result, task)
+            if moved and isinstance(outcome, ItemSkipped):
+                await self._again(job, waiting, "live", "moved to make the job's deadline")
+                continue
             step = next_step(
                 waiting.item,
-                read_item(answer.result, task),
+                outcome,
                 task,
                 retries=self._s.batch_record_retry_count,
                 given_up=given_up,
                 started=waiting.since,
             )
             await self._apply(job, waiting, step)
+            # A batch's results arrive all at once: produced at most RESULTS_PER_SECOND,
+            # so that their handling here and by the aggregate agent does not hold back
+            # the live lane's calls on this worker (a 1,000-request batch: 10 s).
+            await asyncio.sleep(1 / RESULTS_PER_SECOND)
         for index, waiting in batch.members.items():
             if index not in seen:
                 await self._again(job, waiting, "batch", "no result for this request")
-        await self._flush_producer()
-        batch.closing = True
-        self._write(job, batch.key, {"state": "done"}, merge=True)
-        await self._durable()
-        await self._ack([e for w in batch.members.values() for e in w.events])
-        del job.batches[batch.key]
-        log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
-        if not job.batches and not job.buffer:
-            self._jobs.pop(job.job_id, None)
 
     async def _rejoin(self, batch: _Batch) -> None:
         """After a restart, wait (a little) for the batch's records to come again."""
@@ -568,9 +806,13 @@ class BatchLane:
     ) -> None:
         item = item or waiting.item
         record = item.record
-        self._rules.release(record)
+        self._rules.release(record, batch_lane=True)
         log.info("batch lane: record goes again", job=job.job_id, index=record.index, lane=lane)
         if lane == "batch":
+            # A try of its own (told apart from this one when it comes back), awaited.
+            item = item.model_copy(update={"tries": waiting.item.tries + 1})
+            job.expected.add((record.index, item.tries))
+            job.fired = False
             await self._send_item(item)
         else:
             live = record.model_copy(update={"lane": "live"})
@@ -580,11 +822,16 @@ class BatchLane:
 
     async def _all_again(self, job: _Job, batch: _Batch, reason: str) -> None:
         await self._rejoin(batch)
-        for waiting in batch.members.values():
-            await self._again(job, waiting, "batch", reason)
+        job.resending += 1
+        try:
+            for waiting in batch.members.values():
+                await self._again(job, waiting, "batch", reason)
+        finally:
+            job.resending -= 1
+            self._check_complete(job)
         await self._flush_producer()
         batch.closing = True
-        self._write(job, batch.key, {"state": "done"}, merge=True)
+        self._mark_done(job, batch)
         await self._durable()
         await self._ack([e for w in batch.members.values() for e in w.events])
         del job.batches[batch.key]
@@ -594,7 +841,7 @@ class BatchLane:
     ) -> None:
         outcome = result.model_dump(mode="json", exclude_none=True)
         await self._results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
-        self._rules.settle(result)
+        self._rules.settle(result, batch_lane=True)
         self._metrics.outcome(result, self._rules.cost_of(result))
         self.outcomes_sent += 1
         if ack:

@@ -212,9 +212,12 @@ class Pipeline:
         """
         job_id = created.job_id
         # Each record carries its job's owner and priority, for the scheduler of whichever
-        # worker reads it.
+        # worker reads it, and a batch-lane job's lane (handed over before the job's
+        # `created` event is read: stream_app.kafka.batch_lane).
         scheduling = created.model_dump(include={"owner", "priority"}, exclude_none=True)
         scheduling["created_follows"] = True
+        if created.lane == "batch":
+            scheduling["lane"] = "batch"
 
         async def send_all() -> None:
             # Straight to aiokafka, in record batches built per partition (the bytes are

@@ -128,6 +128,9 @@ class RecordHandler:
         manual = cast(faust.Stream[bytes], stream).noack()
         for topic in cast(faust.TopicT, stream.channel).topics:
             self._streams[topic] = manual
+        if self.lane is not None:
+            # Records of batch-lane jobs are handed over beside the call slots.
+            return self.lane.divert(manual.events(), self.handle_event)
         return manual.events()
 
     async def handle_event(self, event: EventT) -> None:

@@ -95,6 +95,7 @@ def test_upload_watch_download_filter_and_cancel(
     page.click("text=all jobs")
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     expect(row.locator(".status")).to_have_text("completed")
+    expect(row.locator(".lane")).to_have_text("live")
     expect(row.locator(".succeeded")).to_have_text("18/20")
     assert row.locator(".bar").get_attribute("style") == "width: 100%;"
 

@@ -126,11 +126,11 @@ def test_submit_jsonl_csv_and_text_follow_export_and_cancel(
     assert rows["stale"] == "no"
     assert "cancelled_at" not in rows and "max_cost_usd" not in rows
     listed = insight("jobs", url=url).stdout.splitlines()  # piped: tab-separated
-    assert listed[0].split("\t")[:3] == ["job", "status", "done"]
+    assert listed[0].split("\t")[:4] == ["job", "status", "lane", "done"]
     by_job = {line.split("\t")[0]: line.split("\t") for line in listed[1:]}
     assert len(by_job) == 3
-    assert by_job[job_id][1:5] == ["completed", "12/12", "0", "0"]
-    assert by_job[csv_job][1:3] == ["completed", "2/2"]
+    assert by_job[job_id][1:6] == ["completed", "live", "12/12", "0", "0"]
+    assert by_job[csv_job][1:4] == ["completed", "live", "2/2"]
 
     # Cancel a running job, then again (idempotent); a finished job cannot be cancelled.
     # 600 records at 400 ms each, 5 at a time: about 48 s, far longer than the cancel takes
@@ -264,3 +264,45 @@ def test_a_job_cut_short_by_its_cap_exits_2_then_retry_and_delete(
     assert after.returncode == 1
     assert after.stderr.startswith("error: "), after.stderr
     client.close()
+
+
+def test_estimate_prices_the_lane_asked_for_and_jobs_shows_each_lane(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    simulator.configure(batch_processing_seconds=30.0)
+    service = start(claude_model="claude-sonnet-4-5")
+    url = service.base_url
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps({"text": ticket(i)}) + "\n" for i in range(8)))
+
+    def estimated(*flags: str) -> dict[str, Any]:
+        done = insight("estimate", str(data), "--json", *flags, url=url)
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, Any] = json.loads(done.stdout)
+        return answer
+
+    live, batch = estimated("--lane", "live"), estimated("--lane", "batch")
+    assert (live["lane"], batch["lane"]) == ("live", "batch")
+    assert batch["live_cost_usd"] == live["cost_usd"]
+    assert 0 < batch["cost_usd"] < live["cost_usd"] * 0.6
+    # A small job on `auto` (the default) is priced on the live lane, as it would run.
+    assert estimated()["lane"] == "live"
+    # The line says which lane it priced, and the saving.
+    line = insight("estimate", str(data), "--lane", "batch", url=url)
+    assert line.returncode == 0, line.stderr
+    assert f"${batch['cost_usd']:.4f}" in line.stdout and "on the batch lane" in line.stdout
+    assert f"${batch['saving_usd']:.4f} less than live" in line.stdout
+    assert "on the live lane" in insight("estimate", str(data), url=url).stdout
+    wrong = insight("estimate", str(data), "--lane", "cheap", url=url)
+    assert wrong.returncode == 2 and "cheap" in wrong.stderr
+
+    # `insight jobs` names each job's lane.
+    sent = insight("submit", str(data), "--lane", "batch", "--no-wait", url=url)
+    assert sent.returncode == 0, sent.stderr
+    batch_job = sent.stdout.strip()
+    done = insight("submit", str(data), "--lane", "live", url=url)
+    assert done.returncode == 0, done.stderr
+    live_job = job_id_from(done.stdout)
+    listed = insight("jobs", url=url).stdout.splitlines()
+    by_job = {line.split("\t")[0]: line.split("\t") for line in listed[1:]}
+    assert by_job[batch_job][2] == "batch" and by_job[live_job][2] == "live"

@@ -223,3 +223,55 @@ def test_every_workers_results_feed_the_history_once_their_job_is_known() -> Non
     rules.learn(JobCreated(job_id="d", total_records=1))
     rules.observe_result("d", result("d", 0, 120))
     assert rules.history.output_tokens(client.default_task.fingerprint) == 120
+
+
+def test_the_batch_lane_is_priced_at_half_and_takes_the_providers_hour() -> None:
+    plain = task()
+    backlog = Pace(
+        requests_per_minute=60, concurrent_calls=5, latency_seconds=1.0, backlog_records=5000
+    )
+    live = estimate_job(
+        plain, records=100, text_chars=20_000, price=PRICE, history=UsageHistory(), pace=backlog
+    )
+    batch = estimate_job(
+        plain,
+        records=100,
+        text_chars=20_000,
+        price=PRICE,
+        history=UsageHistory(),
+        pace=backlog,
+        batch_seconds=3600.0,
+    )
+    # Same tokens, every price halved; the live backlog and budget do not count.
+    assert (batch.input_tokens, batch.output_tokens) == (live.input_tokens, live.output_tokens)
+    assert batch.cost_usd == live.cost_usd / 2
+    assert (batch.cost_usd_low, batch.cost_usd_high) == (
+        live.cost_usd_low / 2,
+        live.cost_usd_high / 2,
+    )
+    assert live.duration_seconds == 5100.0 and batch.duration_seconds == 3600.0
+    # A cached prefix: the batch lane writes it to the 1-hour cache (2x input, not 1.25x),
+    # at half the price.
+    cached = task("Triage the ticket with care. " * 200)
+    batch = estimate_job(
+        cached,
+        records=100,
+        text_chars=20_000,
+        price=PRICE,
+        history=UsageHistory(),
+        pace=PACE,
+        batch_seconds=3600.0,
+    )
+    half = PRICE.at_batch_rates()
+    assert batch.cost_usd == half.cost_of(
+        Usage(
+            input_tokens=batch.input_tokens
+            - batch.cache_creation_input_tokens
+            - batch.cache_read_input_tokens,
+            output_tokens=batch.output_tokens,
+            cache_creation_input_tokens=batch.cache_creation_input_tokens,
+            cache_read_input_tokens=batch.cache_read_input_tokens,
+            cache_creation_1h_input_tokens=batch.cache_creation_input_tokens,
+        )
+    )
+    assert batch.cache_creation_input_tokens > 0

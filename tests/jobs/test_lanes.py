@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stream_app.jobs.lanes import LivePace, choose_lane, parse_deadline
+from stream_app.jobs.lanes import LivePace, choose_lane, must_go_live, parse_deadline
 
 PACE = LivePace(requests_per_minute=50)
 NOW = 1_000_000.0
@@ -59,3 +59,17 @@ def test_a_short_projection_is_said_in_seconds() -> None:
         "projected live duration 30 s"
         in choose_lane("auto", 300, LivePace(requests_per_minute=600), auto_minutes=30).reason
     )
+
+
+def test_a_batch_job_goes_live_at_the_last_moment_the_live_lane_can_make_its_deadline() -> None:
+    # 100 records at 600 requests/minute: 10 s live, 12.5 s with the safety share, plus
+    # a 5 s margin: they wait for their provider batch until 17.5 s before the deadline.
+    def go(now: float) -> bool:
+        return must_go_live(
+            100, deadline=1000.0, now=now, requests_per_minute=600, margin_seconds=5.0
+        )
+
+    assert not go(900.0) and not go(982.0)
+    assert go(982.5) and go(1000.0) and go(1100.0)
+    # Nothing left to do: only a deadline already reached (less the margin) moves it.
+    assert not must_go_live(0, deadline=1000.0, now=990.0, requests_per_minute=50, margin_seconds=5)
