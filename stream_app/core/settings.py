@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # A provider batch still not ended this long past its expiry (the provider ends every
     # batch by then) is cancelled, and its unanswered requests go again.
     batch_lane_give_up_seconds: float = Field(3600.0, gt=0)
+    # A spend reservation not settled, released or renewed for this long (log time of
+    # batch.spend) is dropped: its worker died. Every worker must use the same value.
+    batch_spend_reservation_ttl_seconds: float = Field(900.0, gt=0)
     # Cost: None means "the model's price in genai-prices" (stream_app.provider.pricing).
     batch_cost_per_1k_input_tokens: Decimal | None = None
     batch_cost_per_1k_output_tokens: Decimal | None = None

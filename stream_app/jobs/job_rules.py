@@ -336,21 +336,70 @@ class JobRules:
             "exhausted": self.tenant_exhausted(tenant),
         }
 
-    async def reserve_batch_request(self, record: RecordEvent, task: PreparedTask) -> Verdict:
+    async def reserve_batch_request(
+        self, record: RecordEvent, task: PreparedTask, token: str | None = None
+    ) -> Verdict:
         """Reserve a Message Batches request of `record` at the batch rates in the ledgers
         of its job (its cap, its tenant's budget). ADMIT (also when the job has no limit),
         REFUSE (skip the record), or WAIT: a ledger cannot take it before calls in flight
         settle, and the batch lane creates its provider batch without it. Never waits: a
-        provider batch's requests settle only once it ends."""
+        provider batch's requests settle only once it ends. `token`: the provider batch's
+        (the reservation's id ends with it, so `renew_batch` keeps them all)."""
         terms = self._terms.get(record.job_id, DEFAULT_TERMS)
         # A retry round is held to the tenant's budget only, as on the live lane.
         limits = self._limits(record.job_id, terms, job_cap=not record.retry)
         if not limits:
             return Verdict.ADMIT
         verdict, _ = await self._reserve(
-            record, task, limits, factor=BATCH_DISCOUNT, wait=False, key=_lane_key(record)
+            record,
+            task,
+            limits,
+            factor=BATCH_DISCOUNT,
+            wait=False,
+            key=_lane_key(record),
+            token=token,
         )
         return verdict
+
+    def batch_reservations(self, job_id: str, indexes: list[int]) -> dict[str, list[int]]:
+        """The ledgers the batch lane's reservations of these records of the job are in:
+        {ledger: [index, ...]} (what a provider batch's intent keeps, so a worker that
+        takes the batch over keeps them: `adopt_batch_reservations`)."""
+        found: dict[str, list[int]] = {}
+        for index in indexes:
+            reserved = self._reserved.get(_lane_key_of(job_id, index))
+            for ledger in reserved[1] if reserved is not None else []:
+                found.setdefault(ledger, []).append(index)
+        return found
+
+    def adopt_batch_reservations(
+        self, job_id: str, token: str, ledgers: dict[str, list[int]]
+    ) -> None:
+        """Take over the reservations of a provider batch another worker made (its
+        `token`, `batch_reservations`' answer): this worker settles, releases and renews
+        them from now on."""
+        by_index: dict[int, list[str]] = {}
+        for ledger, indexes in ledgers.items():
+            for index in indexes:
+                by_index.setdefault(int(index), []).append(ledger)
+        for index, held in by_index.items():
+            key = _lane_key_of(job_id, index)
+            self._reserved.setdefault(key, (f"{key}:{token}", held))
+
+    def release_batch_request(self, job_id: str, index: int) -> None:
+        """The batch lane's reservation of the job's record `index` made no call after all
+        (its provider batch was never created): released."""
+        reserved = self._reserved.pop(_lane_key_of(job_id, index), None)
+        if reserved is not None:
+            reservation, ledgers = reserved
+            for ledger in ledgers:
+                self.spend.release(ledger, reservation)
+
+    def renew_batch(self, token: str, ledgers: list[str]) -> None:
+        """A provider batch is still in flight: every reservation of it (ids ending with
+        `token`) in `ledgers` is kept for another reservation TTL (spend_ledger's `renew`)."""
+        for ledger in ledgers:
+            self.spend.renew(ledger, f"*:{token}")
 
     async def _reserve(
         self,
@@ -361,14 +410,16 @@ class JobRules:
         factor: Decimal = Decimal(1),
         wait: bool = True,
         key: str | None = None,
+        token: str | None = None,
     ) -> tuple[Verdict, str | None]:
         """Reserve the record's call (its estimate and its most, times `factor`) in every
         ledger of `limits`: (ADMIT, None) when all admitted it, else the verdict and the
         ledger that gave it (the reservations made are released). Each reservation has an
         id of its own: a record run twice (by two workers around a rebalance) is two calls
-        the provider bills, and the ledgers count both."""
+        the provider bills, and the ledgers count both (`token`: the id's end, a fresh one
+        when None)."""
         key = key or result_key(record.job_id, record.index)
-        reservation = f"{key}:{uuid.uuid4().hex[:12]}"
+        reservation = f"{key}:{token or uuid.uuid4().hex[:12]}"
         expected = self.call_estimate(task, record) * factor
         most = self.call_most(task, record) * factor
         granted: list[str] = []

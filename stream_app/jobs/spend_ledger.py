@@ -62,7 +62,7 @@ def tenant_ledger(tenant: str, when: datetime | None = None) -> str:
 class Entry:
     """One entry of the `batch.spend` topic (plain JSON, key: the ledger)."""
 
-    kind: str  # "reserve" | "settle" | "release"
+    kind: str  # "reserve" | "settle" | "release" | "renew"
     ledger: str
     # The reservation: "<job_id>:<index>:<id>", one per call of a record (a record run
     # twice around a rebalance is two reservations: the provider bills both calls).
@@ -87,7 +87,7 @@ class Entry:
     def from_json(cls, data: dict[str, Any]) -> Entry:
         """Raises KeyError / ValueError / ArithmeticError on an entry that is not one."""
         kind = data["type"]
-        if kind not in ("reserve", "settle", "release"):
+        if kind not in ("reserve", "settle", "release", "renew"):
             raise ValueError(f"unknown spend entry type {kind!r}")
         return cls(
             kind=kind,
@@ -136,6 +136,15 @@ class SpendLedgers:
             return None
         if entry.kind == "release":
             ledger.outstanding.pop(entry.record, None)
+            return None
+        if entry.kind == "renew":
+            # One reservation, or (`*:<token>`) every reservation whose id ends `:<token>`
+            # (a provider batch's: one entry renews its thousand requests). Expired,
+            # settled or released ones stay so.
+            suffix = entry.record[1:] if entry.record.startswith("*:") else None
+            for record, (most, _) in list(ledger.outstanding.items()):
+                if record == entry.record or (suffix is not None and record.endswith(suffix)):
+                    ledger.outstanding[record] = (most, log_time)
             return None
         return self._reserve(ledger, entry, log_time)
 
@@ -203,6 +212,11 @@ class SpendGrants(Protocol):
 
     def release(self, ledger: str, record: str) -> None: ...
 
+    def renew(self, ledger: str, record: str) -> None:
+        """The reservation's call is still in flight: its TTL starts again. `record`: a
+        reservation's id, or `*:<token>` for every reservation whose id ends `:<token>`."""
+        ...
+
 
 class LocalSpend:
     """The ledgers of one process, entries folded as they are made (no Kafka): for tests
@@ -236,6 +250,9 @@ class LocalSpend:
     def release(self, ledger: str, record: str) -> None:
         self.ledgers.apply(Entry("release", ledger, record), time.time())
         self._wake(ledger)
+
+    def renew(self, ledger: str, record: str) -> None:
+        self.ledgers.apply(Entry("renew", ledger, record), time.time())
 
     def _wake(self, ledger: str) -> None:
         event = self._changed.pop(ledger, None)

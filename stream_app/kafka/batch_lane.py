@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,10 @@ class _Batch:
     task: asyncio.Task[None] | None = None
     # Its outcomes are produced and its records being acknowledged.
     closing: bool = False
+    # Its requests' spend reservations: their ids end with `spend_token`; {ledger:
+    # [index, ...]} (none for a job without a cap or budget). Renewed while it runs.
+    spend_token: str = ""
+    spend_ledgers: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,12 +267,35 @@ class BatchLane:
     async def serve(self, stream: faust.StreamT[bytes]) -> None:
         manual = cast(faust.Stream[bytes], stream).noack()
         self._stream = manual
-        async for event in manual.events():
+        renewer = asyncio.create_task(self._renew_loop(), name="batch-lane-spend-renewals")
+        try:
+            async for event in manual.events():
+                try:
+                    await self._take(event)
+                except Exception:
+                    log.exception("batch lane: internal error taking a record")
+                    await self._ack([event])
+        finally:
+            renewer.cancel()
+
+    async def _renew_loop(self) -> None:
+        """Keep the spend reservations of the provider batches in flight here: one `renew`
+        entry per batch and ledger every third of BATCH_SPEND_RESERVATION_TTL_SECONDS (a
+        provider batch runs for up to 24 hours; a reservation lapses one TTL after its
+        last renewal, so a dead worker's does not hold its ledger for good)."""
+        interval = self._s.batch_spend_reservation_ttl_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
             try:
-                await self._take(event)
+                self._renew_all()
             except Exception:
-                log.exception("batch lane: internal error taking a record")
-                await self._ack([event])
+                log.exception("batch lane: renewing spend reservations failed")
+
+    def _renew_all(self) -> None:
+        for job in list(self._jobs.values()):
+            for batch in list(job.batches.values()):
+                if batch.spend_token and batch.spend_ledgers:
+                    self._rules.renew_batch(batch.spend_token, list(batch.spend_ledgers))
 
     def assigned(self, partitions: set[int]) -> None:
         """A rebalance ended; `partitions`: the lane topic's partitions this worker owns now.
@@ -384,7 +412,7 @@ class BatchLane:
 
     def _mark_done(self, job: _Job, batch: _Batch) -> None:
         """The batch's entry is done (its outcomes and next tries are produced)."""
-        self._write(job, batch.key, {"state": "done"}, merge=True)
+        self._write(job, batch.key, {"state": "done", "spend": None}, merge=True)
         stored = self._table.get(job.job_id) or {}
         entry = (stored.get("batches") or {}).get(batch.key) or {}
         for index, tries in (entry.get("tries") or {}).items():
@@ -413,10 +441,25 @@ class BatchLane:
             if state not in ("intent", "created"):
                 continue
             batch = _Batch(key, list(entry.get("indexes", [])))
+            spend = entry.get("spend") or {}
+            batch.spend_token = str(spend.get("token") or "")
+            batch.spend_ledgers = {
+                str(ledger): list(batch.indexes) if held == "all" else [int(i) for i in held]
+                for ledger, held in (spend.get("ledgers") or {}).items()
+            }
+            if batch.spend_token:
+                # Its requests' reservations are this worker's now: kept (renewed at once:
+                # the worker that made them may have died a while ago), settled here.
+                self._rules.adopt_batch_reservations(
+                    job.job_id, batch.spend_token, batch.spend_ledgers
+                )
+                self._rules.renew_batch(batch.spend_token, list(batch.spend_ledgers))
             if state == "intent":
                 adopted = await self._adopt(job, entry)
                 if adopted is None:
                     self._write(job, key, {**entry, "state": "abandoned"})
+                    for index in batch.indexes:  # no call was made: the reservations go
+                        self._rules.release_batch_request(job.job_id, index)
                     log.info("batch lane: no provider batch behind an intent", job=job.job_id)
                     continue
                 batch.batch_id, batch.created_at = adopted
@@ -576,6 +619,8 @@ class BatchLane:
             job.buffer.clear()
             return False
         limit = min(self._s.batch_lane_max_requests, MAX_BATCH_REQUESTS)
+        # The batch's reservations end with it (renewed by it while it runs).
+        token = uuid.uuid4().hex[:12]
         chosen: list[_Waiting] = []
         requests: list[dict[str, Any]] = []
         size = 0
@@ -589,7 +634,7 @@ class BatchLane:
             grown = size + request_bytes(request)
             if len(chosen) >= limit or grown > MAX_BATCH_BYTES - 1024:
                 break
-            verdict = await self._rules.reserve_batch_request(waiting.item.record, task)
+            verdict = await self._rules.reserve_batch_request(waiting.item.record, task, token)
             if verdict is Verdict.REFUSE:
                 del job.buffer[index]
                 await self._produce(job, [waiting], _capped(waiting.item, task))
@@ -603,26 +648,42 @@ class BatchLane:
             return False
         for waiting in chosen:
             del job.buffer[waiting.item.record.index]
-        await self._create(job, chosen, requests, why)
+        await self._create(job, chosen, requests, why, token)
         return True
 
     async def _create(
-        self, job: _Job, chosen: list[_Waiting], requests: list[dict[str, Any]], why: str = ""
+        self,
+        job: _Job,
+        chosen: list[_Waiting],
+        requests: list[dict[str, Any]],
+        why: str = "",
+        token: str = "",
     ) -> None:
         stored = self._table.get(job.job_id) or {}
         seq = int(stored.get("seq", 0)) + 1
         key = f"b{seq:06d}"
         indexes = [w.item.record.index for w in chosen]
-        intent = {
+        ledgers = self._rules.batch_reservations(job.job_id, indexes) if token else {}
+        intent: dict[str, Any] = {
             "state": "intent",
             "indexes": indexes,
             "tries": {str(w.item.record.index): w.item.tries for w in chosen},
             "requested_at": time.time(),
         }
+        if ledgers:
+            # Whoever follows the batch after a crash keeps (renews) and settles these
+            # ("all": every index of the batch, the usual case, kept short).
+            intent["spend"] = {
+                "token": token,
+                "ledgers": {
+                    ledger: "all" if held == indexes else held for ledger, held in ledgers.items()
+                },
+            }
         # The intent is on the broker before the create: a crash after it is found again.
         self._write(job, key, intent, seq=seq)
         await self._durable()
         batch = _Batch(key, indexes, {w.item.record.index: w for w in chosen})
+        batch.spend_token, batch.spend_ledgers = token, ledgers
         job.batches[key] = batch
         try:
             created = await self._client.create(requests)

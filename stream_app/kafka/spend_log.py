@@ -112,6 +112,12 @@ class SpendLog:
         """The record made no call after all (appended in the background)."""
         self._append(Entry("release", ledger, record))
 
+    def renew(self, ledger: str, record: str) -> None:
+        """The reservation's call is still in flight (a provider batch): its TTL starts
+        again at this entry's log time (appended in the background). `record`: its id, or
+        `*:<token>` for every reservation whose id ends `:<token>`."""
+        self._append(Entry("renew", ledger, record))
+
     async def _ask(self, entry: Entry) -> Verdict:
         request = uuid.uuid4().hex
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
@@ -183,7 +189,7 @@ class SpendLog:
             future = self._pending.get(entry.request)
             if future is not None and not future.done():
                 future.set_result(verdict)
-        else:
+        elif entry.kind != "renew":  # a renewal frees nothing: no one asks again
             changed = self._changed.pop(entry.ledger, None)
             if changed is not None:
                 changed.set()

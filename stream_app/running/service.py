@@ -373,7 +373,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 settings.kafka_bootstrap_servers,
                 settings.topic_spend,
                 settings.kafka_partitions,
-                SpendLedgers(),
+                SpendLedgers(settings.batch_spend_reservation_ttl_seconds),
             )
         ),
         tenant_budgets=settings.tenant_budget_table(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -100,3 +101,102 @@ async def test_local_grants_wait_for_a_settlement() -> None:
     assert not waiting.done()
     spend.settle("job:j", "j:0", D("0.1"))
     assert await asyncio.wait_for(waiting, 1) is Verdict.ADMIT
+
+
+def renew(record: str, ledger: str = "job:j") -> Entry:
+    return Entry("renew", ledger, record)
+
+
+def test_a_renewed_reservation_outlives_the_ttl_and_lapses_one_ttl_after_its_last_renewal() -> None:
+    """A provider batch runs for an hour or more: its worker renews its reservations every
+    third of the TTL, and they hold the cap all along; once renewals stop (the worker
+    died), they lapse one TTL after the last one."""
+    ledgers = SpendLedgers(ttl_seconds=60)
+    assert ledgers.apply(reserve("j:0", "0.10", "0.90"), 0) is Verdict.ADMIT
+    for at in range(20, 121, 20):  # renewed for 2 x TTL
+        ledgers.apply(renew("j:0"), at)
+        assert ledgers.apply(reserve("j:1", "0.10", "0.90"), at + 1) is Verdict.WAIT
+    assert ledgers.outstanding("job:j") == 1
+    # No renewal since 120: held until 180 of log time, dropped after.
+    assert ledgers.apply(reserve("j:1", "0.10", "0.90"), 179) is Verdict.WAIT
+    assert ledgers.apply(reserve("j:1", "0.10", "0.90"), 181) is Verdict.ADMIT
+
+
+def test_an_unrenewed_reservation_is_dropped_after_the_ttl() -> None:
+    ledgers = SpendLedgers(ttl_seconds=60)
+    assert ledgers.apply(reserve("j:0", "0.10", "0.90"), 0) is Verdict.ADMIT
+    ledgers.apply(renew("j:other"), 30)  # someone else's renewal keeps only its own
+    assert ledgers.apply(reserve("j:1", "0.10", "0.90"), 59) is Verdict.WAIT
+    assert ledgers.apply(reserve("j:1", "0.10", "0.90"), 61) is Verdict.ADMIT
+
+
+def test_one_renewal_keeps_every_reservation_of_a_provider_batch() -> None:
+    ledgers = SpendLedgers(ttl_seconds=60)
+    for index in range(3):
+        record = f"lane:j:{index}:tok1"
+        assert ledgers.apply(reserve(record, "0.10", "0.20"), 0) is Verdict.ADMIT
+    assert ledgers.apply(reserve("lane:j:3:tok2", "0.10", "0.20"), 0) is Verdict.ADMIT
+    ledgers.apply(renew("*:tok1"), 50)
+    ledgers.apply(renew("*:tok1"), 100)
+    # tok2's batch was not renewed: dropped; tok1's three still hold 0.60 of the 1.00.
+    assert ledgers.outstanding("job:j") == 3
+    assert ledgers.apply(reserve("j:9", "0.10", "0.50"), 101) is Verdict.WAIT
+    assert ledgers.apply(reserve("j:9", "0.10", "0.40"), 101) is Verdict.ADMIT
+
+
+def test_a_renewal_does_not_bring_back_what_ended() -> None:
+    """Settled, released and expired reservations stay so when a renewal is read after
+    them (a renewal sent before the settlement, or by a worker that came back late)."""
+    ledgers = SpendLedgers(ttl_seconds=60)
+    for record in ("j:0", "j:1", "j:2"):
+        assert ledgers.apply(reserve(record, "0.10", "0.30"), 0) is Verdict.ADMIT
+    ledgers.apply(Entry("settle", "job:j", "j:0", D("0.12")), 10)
+    ledgers.apply(Entry("release", "job:j", "j:1"), 10)
+    for record in ("j:0", "j:1"):
+        ledgers.apply(renew(record), 11)
+    assert ledgers.outstanding("job:j") == 1
+    ledgers.apply(renew("j:2"), 70)  # read after j:2 lapsed (made at 0, TTL 60)
+    assert ledgers.outstanding("job:j") == 0
+    assert ledgers.spent("job:j") == D("0.12")
+
+
+def test_every_worker_folds_renewals_alike() -> None:
+    """The same entries in the same order (one ledger, one partition) give every worker
+    the same spend, reservations and verdicts."""
+    entries: list[tuple[Entry, float]] = [
+        (reserve("lane:j:0:t", "0.20", "0.45"), 0),
+        (reserve("lane:j:1:t", "0.20", "0.45"), 1),
+        (renew("*:t"), 40),
+        (reserve("j:2", "0.05", "0.20"), 41),
+        (renew("*:t"), 80),
+        (reserve("j:2", "0.05", "0.20"), 90),
+        (Entry("settle", "job:j", "lane:j:0:t", D("0.21")), 100),
+        (reserve("j:2", "0.05", "0.20"), 101),
+        (reserve("j:3", "0.05", "0.20"), 200),
+    ]
+    workers = [SpendLedgers(ttl_seconds=60) for _ in range(2)]
+    verdicts = [[w.apply(entry, at) for entry, at in entries] for w in workers]
+    assert verdicts[0] == verdicts[1]
+    assert [v for v in verdicts[0] if v is not None] == [
+        Verdict.ADMIT,
+        Verdict.ADMIT,
+        Verdict.WAIT,  # both batch requests still held at 41 (renewed at 40)
+        Verdict.WAIT,  # and at 90 (renewed at 80)
+        Verdict.ADMIT,  # one settled at 100: 0.21 + 0.45 + 0.20 fits
+        Verdict.ADMIT,  # 200: lane:j:1 lapsed (last renewed at 80), j:2 too
+    ]
+    assert {w.spent("job:j") for w in workers} == {D("0.21")}
+    assert {w.outstanding("job:j") for w in workers} == {1}
+
+
+def test_a_renewal_entry_reads_back() -> None:
+    entry = renew("*:tok", ledger="tenant:alpha:2026-12")
+    assert Entry.from_json(entry.to_json()) == entry
+
+
+def test_local_grants_renew() -> None:
+    ledgers = SpendLedgers(ttl_seconds=3600)
+    spend = LocalSpend(ledgers)
+    ledgers.apply(reserve("lane:j:0:t", "0.1", "0.2"), time.time() - 3000)
+    spend.renew("job:j", "*:t")  # at the wall clock's time: held an hour from now
+    assert ledgers.apply(reserve("j:1", "0.1", "0.9"), time.time() + 3000) is Verdict.WAIT
