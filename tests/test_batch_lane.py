@@ -333,6 +333,63 @@ def test_the_spending_cap_holds_on_the_batch_lane(
     assert spent == Decimal(job["saving_usd"])  # half price
 
 
+def test_the_cap_holds_while_provider_batches_outlive_the_reservation_ttl(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """Each provider batch runs three times the reservations' TTL (as an hour-long batch
+    does with the 15-minute default): the lane renews its batches' reservations, so the
+    records left waiting are not admitted when the TTL passes, and the spend stays under
+    the cap."""
+    simulator.configure(batch_processing_seconds=6.0)
+    service = start(
+        batch_lane_max_requests=100,
+        claude_max_tokens=300,
+        batch_spend_reservation_ttl_seconds="2",
+        **LANE,
+    )
+    lines = texts(40, " renewed")
+    with service.client() as client:
+        reply = client.post(
+            "/api/v1/batch/estimate",
+            json={"records": [{"text": t} for t in lines], "lane": "batch"},
+        )
+        assert reply.status_code == 200, reply.text
+        cap = round(reply.json()["cost_usd"] * 15 / 40, 6)
+        job_id = submit_job(client, lines, lane="batch", max_cost_usd=cap)
+
+        def over() -> dict[str, Any] | None:
+            job = status(client, job_id)
+            done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
+            return job if done == 40 else None
+
+        with logs_on_failure(service):
+            job = wait_until(over, timeout=180, interval=0.5, what="every record's outcome")
+        results = all_results(client, job_id)
+    stats = simulator.stats()
+    spent = Decimal(job["estimated_cost_usd"])
+    items = [b["requests"] for b in stats["batches"]]
+    print(f"cap ${cap}: spent ${spent} in batches of {items}; {job['skipped_count']} skipped")
+    assert job["status"] == "budget_exhausted", job["status"]
+    assert sorted(r["index"] for r in results) == list(range(40))
+    assert job["completed_count"] > 0 and job["skipped_count"] > 0 and job["failed_count"] == 0
+    assert sum(items) == stats["batch_items_billed"] == job["completed_count"]
+    half = price_for(MODEL).at_batch_rates()
+    largest = max(
+        (
+            half.cost(
+                r["response"]["metadata"]["input_tokens"],
+                r["response"]["metadata"]["output_tokens"],
+                r["response"]["metadata"]["cache_creation_input_tokens"],
+                r["response"]["metadata"]["cache_read_input_tokens"],
+            )
+            for r in results
+            if r["success"]
+        ),
+        default=Decimal(0),
+    )
+    assert spent <= Decimal(str(cap)) + largest
+
+
 def test_a_provider_batch_that_never_ends_is_given_up_past_its_expiry(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
