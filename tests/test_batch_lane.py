@@ -363,7 +363,7 @@ def test_the_cap_holds_while_provider_batches_outlive_the_reservation_ttl(
             return job if done == 40 else None
 
         with logs_on_failure(service):
-            job = wait_until(over, timeout=180, interval=0.5, what="every record's outcome")
+            job = wait_until(over, timeout=300, interval=0.5, what="every record's outcome")
         results = all_results(client, job_id)
     stats = simulator.stats()
     spent = Decimal(job["estimated_cost_usd"])

@@ -200,3 +200,31 @@ def test_local_grants_renew() -> None:
     ledgers.apply(reserve("lane:j:0:t", "0.1", "0.2"), time.time() - 3000)
     spend.renew("job:j", "*:t")  # at the wall clock's time: held an hour from now
     assert ledgers.apply(reserve("j:1", "0.1", "0.9"), time.time() + 3000) is Verdict.WAIT
+
+
+def test_a_worker_taking_a_provider_batch_over_keeps_and_settles_its_reservations() -> None:
+    """Worker A reserved two requests of a provider batch (token `tok`) and died; worker B
+    follows the batch from its intent: it renews them, settles what ends, and releases
+    what never ran, under the ids A reserved them with."""
+    from schemas import ResultEvent
+    from stream_app.jobs.aggregation import result_key
+    from stream_app.jobs.job_rules import JobRules
+    from stream_app.provider.pricing import price_for
+
+    ledgers = SpendLedgers(ttl_seconds=60)
+    now = time.time()
+    ids = [f"lane:{result_key('j', i)}:tok" for i in range(3)]
+    for record in ids:  # worker A's reservations, 100 s of log time ago
+        assert ledgers.apply(reserve(record, "0.10", "0.20"), now - 100) is Verdict.ADMIT
+    ledgers.apply(renew("*:tok"), now - 50)  # A's last renewal
+    worker_b = JobRules(None, price_for, spend=LocalSpend(ledgers))  # type: ignore[arg-type]
+    worker_b.adopt_batch_reservations("j", "tok", {"job:j": [0, 1, 2]})
+    worker_b.renew_batch("tok", ["job:j"])
+    assert ledgers.outstanding("job:j") == 3  # renewed before A's lapsed (at now + 10)
+    failed = ResultEvent(
+        job_id="j", index=0, success=False, error="x", lane="batch", model="claude-sonnet-4-5"
+    )
+    worker_b.settle(failed, batch_lane=True)
+    worker_b.release_batch_request("j", 1)
+    assert ledgers.outstanding("job:j") == 1
+    assert worker_b.batch_reservations("j", [0, 1, 2]) == {"job:j": [2]}
