@@ -36,7 +36,10 @@ the rest, with the records not yet batched, go to the live lane.
 Cancelling a job cancels its provider batches (requests already answered are recorded and
 paid, the rest skipped) and skips its records not yet in one. A job with a spending cap
 reserves each record's expected cost at batch rates before its batch is created; records
-that would pass the cap are skipped (`budget_exhausted`). A batch that has not ended
+that would pass the cap are skipped (`budget_exhausted`). The reservations are renewed while
+the batch runs (every third of BATCH_SPEND_RESERVATION_TTL_SECONDS), by whichever worker
+follows it: the intent names them, so a worker that takes a batch over keeps and settles
+them. A batch that has not ended
 BATCH_LANE_GIVE_UP_SECONDS (an hour) past the provider's expiry is cancelled and its
 unanswered items go again.
 """
