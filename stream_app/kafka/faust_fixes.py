@@ -85,20 +85,18 @@ def guard_stale_acks(app: faust.App) -> None:
     consumer: Any = app.consumer
     acknowledge = consumer.ack
     stale = _stale_offsets(consumer)
-    # The generation in which the last revoke began (aiokafka's rebalance listener calls
-    # `on_rebalance_start` first, in the consumer's thread, before Faust forgets anything).
-    revoked_in: list[int | None] = [None]
     rebalance_start = app.on_rebalance_start
 
     def on_rebalance_start() -> None:
-        revoked_in[0] = app.consumer_generation_id
+        # aiokafka's rebalance listener calls this first, in the consumer's thread, before
+        # Faust forgets anything of the revoked partitions.
+        consumer._insight_revoked_in = app.consumer_generation_id
         rebalance_start()
 
     app.on_rebalance_start = on_rebalance_start  # type: ignore[method-assign]
 
     def ack(message: Message) -> bool:
-        generation = message.generation_id
-        if generation != app.consumer_generation_id or generation == revoked_in[0]:
+        if not is_current(app, message):
             message.acked = True
             consumer._unacked_messages.discard(message)
             # Until its redelivered copy is acknowledged, no commit passes it
@@ -115,6 +113,15 @@ def guard_stale_acks(app: faust.App) -> None:
         return result
 
     consumer.ack = ack
+
+
+def is_current(app: faust.App, message: Message) -> bool:
+    """Whether `message` was fetched in the current ownership term of its partition: in the
+    consumer's current generation, with no revoke begun since (`guard_stale_acks` notes
+    the generation in which one begins). Such a message's partition is this worker's."""
+    generation = message.generation_id
+    revoked_in = getattr(app.consumer, "_insight_revoked_in", None)
+    return bool(generation == app.consumer_generation_id and generation != revoked_in)
 
 
 def guard_unacked_commits(app: faust.App) -> None:
