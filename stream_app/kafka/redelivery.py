@@ -43,7 +43,7 @@ import faust
 from faust.types import TP
 
 from stream_app.core.logs import get_logger
-from stream_app.kafka.faust_fixes import track_fetched_batches
+from stream_app.kafka.faust_fixes import is_current, track_fetched_batches
 
 log = get_logger(__name__)
 
@@ -327,7 +327,7 @@ def _quiet(app: faust.App, consumer: Any, tp: TP) -> bool:
     partition out of the fetches: stream_app.kafka.faust_fixes)."""
     if consumer._acked.get(tp):
         return False
-    if any(m.tp == tp for m in list(consumer._unacked_messages)):
+    if any(m.tp == tp and is_current(app, m) for m in list(consumer._unacked_messages)):
         return False
     conductor: Any = app.topics
     return all(not channel.queue.qsize() for channel in conductor._tp_index.get(tp, ()))
@@ -412,7 +412,8 @@ def _in_hand(app: faust.App, consumer: Any, tp: TP, offset: int) -> bool:
     """Whether the record at `offset` of `tp` is on its way to an outcome in this worker."""
     if offset in consumer._acked.get(tp, ()):
         return True
-    if any(m.tp == tp and m.offset == offset for m in list(consumer._unacked_messages)):
+    unacked = list(consumer._unacked_messages)
+    if any(m.tp == tp and m.offset == offset and is_current(app, m) for m in unacked):
         return True
     conductor: Any = app.topics
     for channel in conductor._tp_index.get(tp, ()):

@@ -227,6 +227,22 @@ def test_the_commit_stops_at_the_lowest_message_not_acknowledged() -> None:
     assert consumer._new_offset(tp) == 13  # type: ignore[attr-defined]
 
 
+def test_a_message_from_before_the_rebalance_left_unacknowledged_does_not_hold_the_commit() -> None:
+    """Offset 2 was fetched in generation 4 and never acknowledged (its event is garbage
+    nobody collected yet); after the rebalance its copy came in generation 5 and was
+    acknowledged with 3-4: the commit moves to 5."""
+    app, consumer = consumer_with_acks()
+    guard_unacked_commits(app)
+    tp = TP("records", 0)
+    consumer._committed_offset[tp] = 2  # type: ignore[attr-defined]
+    left_over = message(2, generation_id=4)
+    consumer.track_message(left_over)  # type: ignore[attr-defined]
+    for offset in (2, 3, 4):
+        consumer.ack(message(offset, generation_id=5))  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) == 5  # type: ignore[attr-defined]
+    assert left_over in consumer._unacked_messages  # type: ignore[attr-defined]
+
+
 def test_with_nothing_committed_yet_the_commit_still_waits_for_the_first_message() -> None:
     app, consumer = consumer_with_acks()
     guard_unacked_commits(app)
