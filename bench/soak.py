@@ -488,6 +488,37 @@ def outcomes_on_kafka(bootstrap: str, topic: str, job_ids: set[str]) -> dict[str
     return asyncio.run(read())
 
 
+def records_backlog(bootstrap: str, group: str, topic: str) -> list[str]:
+    """Each partition of `topic` with records the group has not committed:
+    "p<partition> committed <offset> end <offset>" (what a hung job's records wait on)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            tps = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(tps)
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+        lines = []
+        for tp in tps:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None else -1
+            if ends[tp] > max(offset, 0):
+                lines.append(f"p{tp.partition} committed {offset} end {ends[tp]}")
+        return lines
+
+    return asyncio.run(read())
+
+
 def handovers(workdir: Path) -> list[float]:
     """When a worker of the run got a new assignment (its `budget share` log line, epoch
     seconds): the partitions it lost, it lost within HANDOVER_SECONDS before."""
@@ -604,6 +635,11 @@ def run_soak(
             on_kafka = outcomes_on_kafka(
                 cluster.env["KAFKA_BOOTSTRAP_SERVERS"], cluster.env["TOPIC_RESULTS"], hung
             )
+            with contextlib.suppress(Exception):
+                waiting = records_backlog(
+                    cluster.env["KAFKA_BOOTSTRAP_SERVERS"], run, cluster.env["TOPIC_RECORDS"]
+                )
+                outcome.problems.append(f"records not committed: {'; '.join(waiting) or 'none'}")
             for job in outcome.jobs:
                 if job.job_id in on_kafka:
                     job.on_kafka = len(on_kafka[job.job_id])

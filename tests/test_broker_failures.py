@@ -4,6 +4,7 @@ by itself, or exits non-zero to be restarted. It never idles half-alive."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,28 @@ def test_state_built_from_another_kafka_cluster_is_dropped_not_mixed_in(
     with again.client() as client:
         assert status(client, job_id) == before
     assert "built from another Kafka cluster" in again.logs()
+
+
+def test_sigterm_while_starting_against_a_broker_that_is_down_stops_at_once(
+    start: StartService, tmp_path: Path
+) -> None:
+    """A worker's start waits for the broker; a SIGTERM then must not wait with it (a
+    supervisor stopping a worker that is restarting during broker maintenance)."""
+    # A broker that takes connections and never answers, as one still starting does (one
+    # that refuses connections fails the start at once: exit 3).
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+    port = silent.getsockname()[1]
+    service = start(
+        workdir=tmp_path / "node", wait=False, kafka_bootstrap_servers=f"127.0.0.1:{port}"
+    )
+    wait_until(
+        lambda: "Waiting for application startup" in service.logs(),
+        timeout=60,
+        what="the worker is starting",
+    )
+    signalled = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=STOP_BOUND_BROKER_DOWN_SECONDS) == 0
+    took = time.monotonic() - signalled
+    print(f"stop while starting with the broker down: {took:.1f} s")
+    assert "stopped while starting: exiting" in service.logs()
+    silent.close()

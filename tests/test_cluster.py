@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,35 @@ def test_a_status_read_whose_owner_does_not_answer_is_a_503(
     with workers[1].client() as client:
         owned_by_1 = [job for job in jobs if partition_of(job, PARTITIONS) in theirs]
         assert all(wait_completed(client, job)["completed_count"] == 1 for job in owned_by_1)
+
+
+def test_calls_in_flight_when_a_worker_joins_are_paid_once(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """A worker joining the group takes partitions with calls in flight on them. The revoke
+    lets the calls with Claude send their outcomes (and processed-records entries) first,
+    and leaves the records that have not called yet to the partitions' new owner: every
+    record is paid exactly once (docs/guarantees-faults.md)."""
+    simulator.configure(latency_ms=1500)
+    # Two calls at a time, 1.5 s each: the job runs 36 s on one worker, so the second
+    # worker joins while it runs, whatever its start takes on a loaded machine.
+    first = start(workdir=tmp_path / "w0", batch_max_concurrent_llm_calls=2)
+    with first.client() as client:
+        job_id = submit(client, TEXTS[:48])
+        wait_until(
+            lambda: len(simulator.stats()["requests"]) >= 2, timeout=60, what="first answers"
+        )
+        second = start(workdir=tmp_path / "w1", batch_max_concurrent_llm_calls=2)
+        joined = time.time()
+        body = wait_completed(client, job_id, timeout=240)
+    assert sorted(r["index"] for r in body["results"]) == list(range(48))
+    assert body["failed_count"] == 0
+    requests = simulator.stats()["requests"]
+    # The join came while the job ran: calls were in flight around it and after it.
+    assert any(r["t_done"] > joined for r in requests)
+    paid = Counter(r["text"] for r in requests if r["status"] == 200)
+    assert len(paid) == 48
+    assert {text[:14]: n for text, n in paid.items() if n > 1} == {}
+    assert 'budget share partitions="2/4"' in second.logs()
+    assert "look-ahead dropped records of revoked partitions" in first.logs()
+    assert "not finished before the revoke completed" not in first.logs()

@@ -47,6 +47,17 @@ class CancelledBeforeCall(BaseException):
         self.job_id = job_id
 
 
+class RevokedBeforeCall(BaseException):
+    """The record's partition was revoked from this worker (a rebalance began) before its
+    first call started: no call, no outcome, no acknowledgement. Kafka delivers the record
+    again to the partition's owner after the rebalance. A BaseException for the same reason
+    as CancelledBeforeCall."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 def is_finished(job: JobStatus) -> bool:
     """True when the job's status and counts will not change any more."""
     if job.status in FINAL_STATES:
@@ -131,22 +142,33 @@ class CancelledJobs:
         return job_id in self._cancelled
 
 
-@dataclass
-class _RecordScope:
+@dataclass(eq=False)
+class RecordScope:
+    """One record on its way to the provider: its job, the grants it took, the calls that
+    left the process and those waiting for their answer now (`sending`); `still_ours`
+    (None: always) says whether the worker still owns the record's partition."""
+
     job_id: str
+    still_ours: Callable[[], bool] | None = None
     grants: int = 0
     calls: int = 0
+    sending: int = 0
 
 
-_current_record: ContextVar[_RecordScope | None] = ContextVar("current_record", default=None)
+_current_record: ContextVar[RecordScope | None] = ContextVar("current_record", default=None)
 
 
 @contextmanager
-def record_scope(job_id: str) -> Iterator[None]:
-    """Rate-budget grants taken inside belong to a record of `job_id` (see CancellableBudget)."""
-    token = _current_record.set(_RecordScope(job_id))
+def record_scope(
+    job_id: str, still_ours: Callable[[], bool] | None = None
+) -> Iterator[RecordScope]:
+    """Rate-budget grants taken inside belong to a record of `job_id` (see CancellableBudget);
+    its first call does not leave the process once `still_ours()` is false
+    (SkipCancelledTransport raises RevokedBeforeCall). Yields the record's scope."""
+    scope = RecordScope(job_id, still_ours)
+    token = _current_record.set(scope)
     try:
-        yield
+        yield scope
     finally:
         _current_record.reset(token)
 
@@ -206,7 +228,8 @@ class CancellableBudget(RateBudget):
 
 class SkipCancelledTransport(httpx2.AsyncBaseTransport):
     """The provider client's transport: a record's first call does not leave the process
-    when its job was cancelled since it got its slot (CancelledBeforeCall instead)."""
+    when its job was cancelled since it got its slot (CancelledBeforeCall instead), or when
+    its partition was revoked from this worker meanwhile (RevokedBeforeCall)."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, cancelled: CancelledJobs) -> None:
         self._inner = inner
@@ -217,7 +240,14 @@ class SkipCancelledTransport(httpx2.AsyncBaseTransport):
         if scope is not None and request.url.path.endswith("/v1/messages"):
             if scope.calls == 0 and scope.job_id in self._cancelled:
                 raise CancelledBeforeCall(scope.job_id)
+            if scope.calls == 0 and scope.still_ours is not None and not scope.still_ours():
+                raise RevokedBeforeCall(scope.job_id)
             scope.calls += 1
+            scope.sending += 1
+            try:
+                return await self._inner.handle_async_request(request)
+            finally:
+                scope.sending -= 1
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -63,6 +63,21 @@ def guard_stale_acks(app: faust.App) -> None:
     stream's offsets skipped after a rebalance, open), names no cause. Canary:
     `test_canary_faust_counts_an_ack_from_before_the_rebalance`.
 
+    The same holds for an ack that comes while the rebalance revoking the message's
+    partition is under way: Faust's generation changes only with the new assignment, so
+    such a message still looks current. Faust has just forgotten the partition's committed
+    offset at the revoke (`Consumer.on_partitions_revoked`), so it takes the ack without
+    comparing it with anything, and its "gap at the head" check (`Consumer._new_offset`
+    commits nothing while the first acknowledged offset lies more than one past the
+    committed one) is skipped while it knows no committed offset: a commit after the new
+    assignment, before the table recovery seeks to the committed offsets, moves the
+    partition to just past that ack, over every record between that had no outcome. Seen
+    in the chaos soak: a call in flight at a revoke acknowledged offsets 14-16 of a
+    `batch.records` partition during the rebalance, and 10 ms after the assignment its
+    commit moved from 3 to 17; the 11 records in between never got an outcome and their
+    job stayed `running` with both workers idle. So an ack of a message of the generation
+    in which a revoke began is stale too.
+
     With this guard such an ack only marks the message done in memory: its offset stays
     uncommitted, so Kafka delivers the record again after the rebalance (at-least-once),
     and the processed-records table keeps that redelivery from paying twice.
@@ -70,9 +85,18 @@ def guard_stale_acks(app: faust.App) -> None:
     consumer: Any = app.consumer
     acknowledge = consumer.ack
     stale = _stale_offsets(consumer)
+    rebalance_start = app.on_rebalance_start
+
+    def on_rebalance_start() -> None:
+        # aiokafka's rebalance listener calls this first, in the consumer's thread, before
+        # Faust forgets anything of the revoked partitions.
+        consumer._insight_revoked_in = app.consumer_generation_id
+        rebalance_start()
+
+    app.on_rebalance_start = on_rebalance_start  # type: ignore[method-assign]
 
     def ack(message: Message) -> bool:
-        if message.generation_id != app.consumer_generation_id:
+        if not is_current(app, message):
             message.acked = True
             consumer._unacked_messages.discard(message)
             # Until its redelivered copy is acknowledged, no commit passes it
@@ -89,6 +113,15 @@ def guard_stale_acks(app: faust.App) -> None:
         return result
 
     consumer.ack = ack
+
+
+def is_current(app: faust.App, message: Message) -> bool:
+    """Whether `message` was fetched in the current ownership term of its partition: in the
+    consumer's current generation, with no revoke begun since (`guard_stale_acks` notes
+    the generation in which one begins). Such a message's partition is this worker's."""
+    generation = message.generation_id
+    revoked_in = getattr(app.consumer, "_insight_revoked_in", None)
+    return bool(generation == app.consumer_generation_id and generation != revoked_in)
 
 
 def guard_unacked_commits(app: faust.App) -> None:
@@ -108,6 +141,20 @@ def guard_unacked_commits(app: faust.App) -> None:
     they stay in that weak set) or skipped as stale by `guard_stale_acks` and not yet
     acknowledged again, as PR #707 does upstream.
 
+    And nothing is committed while a rebalance is under way (from the revoke until the
+    table recovery has sought the partitions to their committed offsets): Faust forgets a
+    partition's committed offset at the revoke and learns it again only then, and without
+    it its `_new_offset` commits acknowledged offsets however far past the committed one
+    they lie (see `guard_stale_acks`, which keeps such acks from being counted at all).
+
+    A message fetched before the current rebalance does not hold the commit: its ack would
+    be stale anyway (`guard_stale_acks`), and the assignment sought every partition back to
+    its committed offset, so its record comes again as a current message, which holds it.
+    Such a message can stay in Faust's weak set of unacknowledged messages long after
+    nothing uses it (its event and message refer to each other: only the cyclic garbage
+    collector frees them): seen in the chaos soak as a `batch.records` partition whose
+    commit stayed at offset 2 for 46 s while offsets 2-11 were acknowledged again.
+
     Upstream: faust-streaming #606 (open), fix proposed in PR #707 (open). Canary:
     `test_canary_faust_commits_past_the_one_message_still_in_flight`.
     """
@@ -115,7 +162,9 @@ def guard_unacked_commits(app: faust.App) -> None:
     new_offset = consumer._new_offset
 
     def capped_new_offset(tp: TP) -> int | None:
-        floor = _lowest_pending(consumer, tp)
+        if app.rebalancing:
+            return None  # the acknowledged offsets stay for the first commit after it
+        floor = _lowest_pending(consumer, tp, lambda message: is_current(app, message))
         if floor is None:
             result: int | None = new_offset(tp)
             return result
@@ -216,8 +265,14 @@ def _kept_on(consumer: Any, name: str, factory: Callable[[], Any]) -> Any:
     return kept
 
 
-def _lowest_pending(consumer: Any, tp: TP) -> int | None:
-    offsets = [m.offset for m in list(consumer._unacked_messages) if m.tp == tp]
+def _lowest_pending(
+    consumer: Any, tp: TP, current: Callable[[Message], bool] | None = None
+) -> int | None:
+    offsets = [
+        m.offset
+        for m in list(consumer._unacked_messages)
+        if m.tp == tp and (current is None or current(m))
+    ]
     committed = consumer._committed_offset.get(tp)
     acked_index = consumer._acked_index.get(tp, ())
     stale = _stale_offsets(consumer)

@@ -35,6 +35,7 @@ from stream_app.kafka.aggregator import Aggregator
 from stream_app.kafka.batch_lane import BatchLane, install_batch_lane, lane_topic_name
 from stream_app.kafka.bulk_publish import publish_keyed
 from stream_app.kafka.faust_app import build_app, install_repairs, make_table, raw_topic
+from stream_app.kafka.faust_fixes import is_current
 from stream_app.kafka.fencing import fence_table_writes
 from stream_app.kafka.job_audit import audit_quiet_jobs
 from stream_app.kafka.job_feed import JobFeed
@@ -57,6 +58,10 @@ RESULT_TABLE = "record-results"
 PROCESSED_TABLE = "processed-records"
 # Jobs published here and not yet in the job-status table that this instance remembers.
 ANNOUNCED_KEPT = 1024
+# How long a revoke waits for the calls already with Claude to send their outcomes (at
+# most a third of the rebalance timeout): what finishes within it is written while the
+# partition is still this worker's, and its next owner does not pay for it again.
+HANDOVER_WAIT_SECONDS = 10.0
 
 
 def record_key(job_id: str, index: int) -> bytes:
@@ -427,7 +432,7 @@ def build_pipeline(
         ledger=ledger,
         metrics=metrics,
         dead_letters=dead_letters,
-        current_generation=lambda: app.consumer_generation_id,
+        is_current=lambda message: is_current(app, message),
         deleted=deleted,
     )
     if batch_client is not None:
@@ -474,6 +479,25 @@ def build_pipeline(
             log.info("look-ahead dropped records of revoked partitions", records=dropped)
         # Until the new assignment, this worker owns no share of the provider budget.
         processor.budget.assign(())
+        # Calls already with Claude send their outcomes before the partitions are handed
+        # over (records that have not called yet are left to the partitions' owners), and
+        # what they wrote reaches the broker.
+        wait = min(HANDOVER_WAIT_SECONDS, s.kafka_rebalance_timeout_seconds / 3)
+        began = time.monotonic()
+        left = await records.finish_calls(wait)
+        try:
+            await asyncio.wait_for(
+                app.producer.flush(), max(0.1, wait - (time.monotonic() - began))
+            )
+        except TimeoutError:
+            left = left or -1
+        if left:
+            log.warning(
+                "calls in flight not finished before the revoke completed; their next owner "
+                "may call again",
+                calls=max(left, 0),
+                seconds=round(time.monotonic() - began, 1),
+            )
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 from faust.types import EventT, TableT
+from faust.types.tuples import Message
 from pydantic import ValidationError
 
 from schemas import RecordEvent, ResultEvent
@@ -31,6 +32,8 @@ from stream_app.jobs.aggregation import JobLedger, result_key
 from stream_app.jobs.cancellation import (
     CancelledBeforeCall,
     CancelledJobs,
+    RecordScope,
+    RevokedBeforeCall,
     record_scope,
     skipped_outcome,
 )
@@ -73,7 +76,7 @@ class RecordHandler:
         ledger: JobLedger,
         metrics: WorkerMetrics,
         dead_letters: DeadLetters,
-        current_generation: Callable[[], int],
+        is_current: Callable[[Message], bool],
         deleted: DeletedJobs | None = None,
     ) -> None:
         self._settings = settings
@@ -88,7 +91,14 @@ class RecordHandler:
         self._ledger = ledger
         self._metrics = metrics
         self._dead_letters = dead_letters
-        self._generation = current_generation
+        # Whether a message was fetched in its partition's current ownership term (no
+        # rebalance begun since): stream_app.kafka.faust_fixes.is_current.
+        self._is_current = is_current
+        # Records between their admission and their outcome's send (their scopes say
+        # whether a call is with the provider now), and those answered whose outcome is
+        # being sent: a revoke lets both finish first.
+        self._calling: set[RecordScope] = set()
+        self._answered: set[RecordScope] = set()
         self._deleted = deleted if deleted is not None else DeletedJobs()
         # Records this worker is processing now, by key. The consumer can deliver a record
         # again while its first copy is still with Claude (it re-reads from the last
@@ -135,15 +145,40 @@ class RecordHandler:
 
     async def handle_event(self, event: EventT) -> None:
         """One call slot's work on one record; acknowledges it once it has an outcome."""
-        if event.message.generation_id != self._generation():
-            # Read before a rebalance: Kafka delivers it again to its partition's owner.
+        if not self._is_current(event.message):
+            # Read before a rebalance began: Kafka delivers it again to its partition's owner.
             return
         # Table writes go to the changelog partition of the event being processed, which
         # Faust reads from a context variable that its stream sets in the reader's task
         # only; each call slot is a task of its own (faust/streams.py, current_event).
         _current_event.set(weakref.ref(event))
-        if await self.process_one(event):
+        try:
+            done = await self.process_one(event)
+        except RevokedBeforeCall:
+            # Its partition was revoked before its call started: no call, no outcome, no
+            # ack; Kafka delivers it again to the partition's owner.
+            log.debug(
+                "record of a revoked partition left for its owner",
+                partition=event.message.partition,
+                offset=event.message.offset,
+            )
+            return
+        if done:
             await self._streams[event.message.topic].ack(event)
+
+    async def finish_calls(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds until every record whose call is with the provider
+        now has sent its outcome (at a revoke: so that its outcome and its
+        processed-records entry are written while the partition is still this worker's,
+        and its next owner does not pay for it again). Records that have not called yet do
+        not hold it (their first call is refused once the revoke began: RevokedBeforeCall),
+        nor do records waiting to retry. Returns how many were still calling."""
+        deadline = time.monotonic() + timeout
+        while True:
+            calling = len(self._answered) + sum(1 for scope in self._calling if scope.sending > 0)
+            if not calling or time.monotonic() >= deadline:
+                return calling
+            await asyncio.sleep(0.05)
 
     def ticket(self, event: EventT) -> tuple[Ticket, int]:
         """Who the record belongs to for the scheduler, and its size in bytes."""
@@ -270,13 +305,24 @@ class RecordHandler:
             return
         await self._gate.admit()
         async with self._gate.in_flight():
+            scope: RecordScope | None = None
             try:
-                with record_scope(record.job_id):
-                    result = await self._processor.process(record, task)
-            except CancelledBeforeCall:
-                # Its job was cancelled while it waited for the rate budget.
-                result = skipped_outcome(record)
-            await self.send_outcome(key, stamped(result))
+                try:
+                    with record_scope(
+                        record.job_id, still_ours=lambda: self._is_current(event.message)
+                    ) as scope:
+                        self._calling.add(scope)
+                        result = await self._processor.process(record, task)
+                except CancelledBeforeCall:
+                    # Its job was cancelled while it waited for the rate budget.
+                    result = skipped_outcome(record)
+                if scope is not None:
+                    self._answered.add(scope)
+                await self.send_outcome(key, stamped(result))
+            finally:
+                if scope is not None:
+                    self._calling.discard(scope)
+                    self._answered.discard(scope)
 
     async def send_outcome(self, key: str, result: ResultEvent) -> None:
         """Remember the outcome (processed-records table), produce it to `batch.results`,

@@ -43,19 +43,25 @@ import faust
 from faust.types import TP
 
 from stream_app.core.logs import get_logger
-from stream_app.kafka.faust_fixes import track_fetched_batches
+from stream_app.kafka.faust_fixes import is_current, track_fetched_batches
 
 log = get_logger(__name__)
 
 K = TypeVar("K")
 
 CHECK_INTERVAL_SECONDS = 2.5
+# Checks in a row that must find a partition with records waiting quiet (nothing of it on
+# its way, its committed offset and its position unchanged) before it is read again.
+IDLE_CHECKS = 4
 # Checks in a row that must find the committed offset lost before the partition is sought
 # back: a record between the fetcher and a stream's queue is there for microseconds, so
 # two checks CHECK_INTERVAL_SECONDS apart never both miss a live one.
 CHECKS_BEFORE_SEEK = 2
 # The least time between two seeks of one partition.
 COOLDOWN_SECONDS = 30.0
+# How long a partition's committed offset may stay put with records behind it before its
+# state is logged (once, until it moves): what the consumer holds of it, for diagnosis.
+STUCK_LOG_SECONDS = 45.0
 # How long a partition's log start, once asked, is taken as known.
 LOG_START_TTL_SECONDS = 60.0
 
@@ -105,12 +111,63 @@ class LostOffsetWatch(Generic[K]):
             del self._suspects[partition]
 
 
+@dataclass(frozen=True)
+class IdleView:
+    """What one check sees of a partition for the idle rule (offsets are Kafka offsets)."""
+
+    committed: int  # the next offset to commit
+    position: int | None  # the consumer's position (None while unknown)
+    quiet: bool  # nothing of it queued, unacknowledged or acknowledged, no fetch handed out
+
+
+class IdlePartitionWatch(Generic[K]):
+    """Pure rule: which partitions have sat quiet for `checks` checks in a row (nothing of
+    them on its way, the committed offset and the position unchanged). The caller then
+    asks the partition's end offset: records waiting behind a quiet partition were never
+    fetched, and it is read again from its committed offset. Keys are partitions."""
+
+    def __init__(self, checks: int = IDLE_CHECKS, cooldown_seconds: float = COOLDOWN_SECONDS):
+        if checks < 1:
+            raise ValueError("at least one check must find the partition quiet")
+        self._checks = checks
+        self._cooldown = cooldown_seconds
+        self._quiet: dict[K, tuple[int, int | None, int]] = {}  # (committed, position, checks)
+        self._read_again: dict[K, float] = {}
+
+    def observe(self, partition: K, view: IdleView, now: float) -> bool:
+        """Whether `partition` has been quiet and unmoved for `checks` checks (and was not
+        read again within `cooldown_seconds`). `now`: seconds on a monotonic clock."""
+        if not view.quiet:
+            self._quiet.pop(partition, None)
+            return False
+        committed, position, seen = self._quiet.get(partition, (view.committed, view.position, 0))
+        moved = (committed, position) != (view.committed, view.position)
+        seen = 1 if moved else seen + 1
+        self._quiet[partition] = (view.committed, view.position, seen)
+        if seen < self._checks:
+            return False
+        return now - self._read_again.get(partition, -math.inf) >= self._cooldown
+
+    def read_again(self, partition: K, now: float) -> None:
+        """The partition was read again (sought back) at `now`: start counting anew."""
+        self._quiet.pop(partition, None)
+        self._read_again[partition] = now
+
+    def forget(self, keep: Iterable[K] = ()) -> None:
+        """Drop what was seen (a rebalance started, or partitions left this worker)."""
+        kept = set(keep)
+        for partition in [p for p in self._quiet if p not in kept]:
+            del self._quiet[partition]
+
+
 def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWatch[TP]:
     """Run the watch on `topics` (the agents' source topics) every CHECK_INTERVAL_SECONDS
     as a Faust timer; a seek is logged as a warning (`records fetched but never
     delivered`)."""
     watched = frozenset(topics)
     watch: LostOffsetWatch[TP] = LostOffsetWatch()
+    idle: IdlePartitionWatch[TP] = IdlePartitionWatch()
+    stuck = _StuckLog()
     delivering = track_fetched_batches(app.consumer)
     log_start = _LogStart(app.consumer)
 
@@ -119,7 +176,7 @@ def heal_lost_deliveries(app: faust.App, topics: Iterable[str]) -> LostOffsetWat
         # A failing check must not take the worker down with it (a Faust timer that raises
         # crashes the app): it is logged, and the next one tries again.
         try:
-            await _check(app, watched, watch, delivering, log_start)
+            await _check(app, watched, watch, delivering, log_start, idle, stuck)
         except Exception:
             log.exception("could not check for records fetched but never delivered")
 
@@ -133,8 +190,10 @@ async def _check(
     watch: LostOffsetWatch[TP],
     delivering: Callable[[], bool],
     log_start: Callable[[TP], Awaitable[int]],
+    idle: IdlePartitionWatch[TP] | None = None,
+    stuck: _StuckLog | None = None,
 ) -> None:
-    """One pass of the watch over the partitions of `watched` this worker consumes."""
+    """One pass of the watches over the partitions of `watched` this worker consumes."""
     consumer: Any = app.consumer
     now = time.monotonic()
     # While a fetched batch is being handed out (the fetch loop may wait minutes on a full
@@ -146,21 +205,30 @@ async def _check(
     busy = delivering() or consumer._commit_fut is not None
     if app.rebalancing or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
         watch.forget()
+        if idle is not None:
+            idle.forget()
         return
     positions = _positions(consumer)
     if positions is None:
         return
     assigned = [tp for tp in consumer.assignment() if tp.topic in watched]
     watch.forget(assigned)
+    quiet: list[tuple[TP, int, int | None]] = []
     for tp in assigned:
         position = positions(tp)
-        if not position:
-            continue  # nothing handed out yet (or the position is being reset)
         committed = consumer._committed_offset.get(tp)
         if committed is None:
             # Nothing committed yet by the group: its first record is at the log's start
             # (consumer_auto_offset_reset="earliest").
             committed = await log_start(tp)
+        if stuck is not None:
+            stuck.observe(app, consumer, tp, committed, position, now)
+        if idle is not None:
+            view = IdleView(committed, position, not busy and _quiet(app, consumer, tp))
+            if idle.observe(tp, view, now):
+                quiet.append((tp, committed, position))
+        if not position:
+            continue  # nothing handed out yet (or the position is being reset)
         # Looking for the record (every unacknowledged message, every queued event) only
         # matters once the consumer has passed it.
         in_hand = busy or (position > committed and _in_hand(app, consumer, tp, committed))
@@ -174,6 +242,38 @@ async def _check(
                 position=position,
             )
             await consumer.seek(tp, offset)
+    if quiet and idle is not None:
+        await _read_idle_again(app, consumer, idle, quiet, now)
+
+
+async def _read_idle_again(
+    app: faust.App,
+    consumer: Any,
+    idle: IdlePartitionWatch[TP],
+    quiet: list[tuple[TP, int, int | None]],
+    now: float,
+) -> None:
+    """Ask the end offsets of the partitions found quiet (one request); each with records
+    past its committed offset is resumed and sought back to that offset, logged with what
+    the consumer held of it; the others are caught up and are counted anew."""
+    ends = await consumer.highwaters(*(tp for tp, _, _ in quiet))
+    for tp, committed, position in quiet:
+        end = ends.get(tp)
+        idle.read_again(tp, now)
+        if end is None or end <= committed:
+            continue
+        log.warning(
+            "records wait on a partition nothing reads: reading them again",
+            topic=tp.topic,
+            partition=tp.partition,
+            committed=committed,
+            end=end,
+            position=position,
+            **_consumer_state(app, consumer, tp),
+        )
+        consumer.resume_partitions({tp})
+        consumer._buffered_partitions.discard(tp)
+        await consumer.seek(tp, committed)
 
 
 class _LogStart:
@@ -220,11 +320,100 @@ def _positions(consumer: Any) -> Any:
     return position
 
 
+def _quiet(app: faust.App, consumer: Any, tp: TP) -> bool:
+    """Whether nothing of `tp` is on its way in this worker: no message of it unacknowledged
+    (a stream's queue, the look-ahead, a call slot), none acknowledged and not committed,
+    and its streams' queues empty (a queue holding other partitions' records can keep a
+    partition out of the fetches: stream_app.kafka.faust_fixes)."""
+    if consumer._acked.get(tp):
+        return False
+    if any(m.tp == tp and is_current(app, m) for m in list(consumer._unacked_messages)):
+        return False
+    conductor: Any = app.topics
+    return all(not channel.queue.qsize() for channel in conductor._tp_index.get(tp, ()))
+
+
+class _StuckLog:
+    """Logs, once until it moves, a partition whose committed offset stayed put for
+    STUCK_LOG_SECONDS with records behind it (as the consumer last saw its end), with what
+    Faust and aiokafka hold of it: whatever keeps it there, the log line shows."""
+
+    def __init__(self) -> None:
+        self._since: dict[TP, tuple[int, float, bool]] = {}  # committed, since, logged
+
+    def observe(
+        self,
+        app: faust.App,
+        consumer: Any,
+        tp: TP,
+        committed: int,
+        position: int | None,
+        now: float,
+    ) -> None:
+        seen = self._since.get(tp)
+        if seen is None or seen[0] != committed:
+            self._since[tp] = (committed, now, False)
+            return
+        _, since, logged = seen
+        if logged or now - since < STUCK_LOG_SECONDS:
+            return
+        state = _consumer_state(app, consumer, tp)
+        end = state.get("aiokafka_highwater")
+        if end is None or end <= committed:
+            return
+        self._since[tp] = (committed, since, True)
+        unacked = sorted(m.offset for m in list(consumer._unacked_messages) if m.tp == tp)
+        log.warning(
+            "a partition's committed offset has not moved with records behind it",
+            topic=tp.topic,
+            partition=tp.partition,
+            committed=committed,
+            position=position,
+            seconds=round(now - since),
+            in_hand=_in_hand(app, consumer, tp, committed),
+            unacked=",".join(map(str, unacked[:10])),
+            unacked_count=len(unacked),
+            acked=",".join(map(str, sorted(consumer._acked.get(tp, ()))[:10])),
+            holes=str(dict(getattr(consumer, "_insight_holes", {}).get(tp, {}))),
+            stale=str(sorted(getattr(consumer, "_insight_stale_offsets", {}).get(tp, ()))[:10]),
+            queued=",".join(
+                f"{channel.queue.qsize()}/{channel.queue.maxsize}"
+                for channel in app.topics._tp_index.get(tp, ())  # type: ignore[attr-defined]
+            ),
+            **state,
+        )
+
+
+def _consumer_state(app: faust.App, consumer: Any, tp: TP) -> dict[str, Any]:
+    """What Faust and aiokafka hold of `tp`, for the log line of a partition read again."""
+    state: dict[str, Any] = {
+        "faust_paused": tp in consumer._paused_partitions,
+        "faust_active": tp in (consumer._active_partitions or ()),
+        "faust_buffered": tp in consumer._buffered_partitions,
+        "read_offset": consumer._read_offset.get(tp),
+        "flow_active": consumer.flow_active,
+        "generation": app.consumer_generation_id,
+    }
+    try:
+        aiokafka_consumer = consumer._thread._consumer
+        assignment = aiokafka_consumer._subscription.subscription.assignment
+        tp_state = assignment.state_value(tp) if assignment is not None else None
+        fetcher = aiokafka_consumer._fetcher
+        state["aiokafka_paused"] = tp_state.paused if tp_state is not None else None
+        state["aiokafka_highwater"] = tp_state.highwater if tp_state is not None else None
+        state["aiokafka_buffered"] = tp in fetcher._records
+        state["fetch_task_done"] = fetcher._fetch_task.done()
+    except AttributeError as exc:
+        state["aiokafka"] = f"unreadable: {exc}"
+    return state
+
+
 def _in_hand(app: faust.App, consumer: Any, tp: TP, offset: int) -> bool:
     """Whether the record at `offset` of `tp` is on its way to an outcome in this worker."""
     if offset in consumer._acked.get(tp, ()):
         return True
-    if any(m.tp == tp and m.offset == offset for m in list(consumer._unacked_messages)):
+    unacked = list(consumer._unacked_messages)
+    if any(m.tp == tp and m.offset == offset and is_current(app, m) for m in unacked):
         return True
     conductor: Any = app.topics
     for channel in conductor._tp_index.get(tp, ()):

@@ -29,6 +29,12 @@ log = get_logger(__name__)
 HTTP_GRACEFUL_SECONDS = 30
 # Asyncio tasks left over once the server has stopped get this long to end.
 LEFTOVER_SECONDS = 5
+# A stop signal that comes while the worker is still starting (its start can wait minutes
+# for a broker that is down) gives the start this long to finish; a worker still starting
+# then exits at once, as after a crash: it has committed nothing, so whatever it read is
+# read again by the partitions' next owner (at-least-once; known outcomes are not paid
+# again).
+STARTING_STOP_SECONDS = 2.0
 
 
 def stop_deadline(settings: Settings) -> float:
@@ -92,9 +98,25 @@ class _Server(uvicorn.Server):
         if not self._stopping:
             self._stopping = True
             exit_after(self._deadline, 1, before=_dump_threads)
+            if not self.started:
+                self._exit_if_still_starting()
         for hook in self._on_signal:
             hook()
         super().handle_exit(sig, frame)
+
+    def _exit_if_still_starting(self) -> None:
+        """uvicorn handles a signal only once the lifespan has started, and the start waits
+        for the broker without a bound of its own (seen: a worker started while the broker
+        restarted was SIGKILLed 15 s after its SIGTERM)."""
+
+        def expire() -> None:
+            if not self.started:
+                log.warning("stopped while starting: exiting", after_seconds=STARTING_STOP_SECONDS)
+                exit_now(0)
+
+        timer = threading.Timer(STARTING_STOP_SECONDS, expire)
+        timer.daemon = True
+        timer.start()
 
     def run(self, sockets: Any = None) -> None:
         """uvicorn's run, without waiting at the end for what the stop left behind.

@@ -19,6 +19,7 @@ from stream_app.jobs.cancellation import (
     CancellableBudget,
     CancelledBeforeCall,
     CancelledJobs,
+    RevokedBeforeCall,
     SkipCancelledTransport,
     can_cancel,
     is_finished,
@@ -124,6 +125,30 @@ async def test_transport_stops_a_first_call_granted_before_the_cancel() -> None:
             await client.post("/v1/messages")  # a retry of a call in flight: sent
         await client.post("/v1/messages/count_tokens")
     assert sent == ["/v1/messages", "/v1/messages", "/v1/messages/count_tokens"]
+
+
+async def test_the_transport_sends_no_first_call_for_a_record_of_a_revoked_partition() -> None:
+    sent: list[str] = []
+    ours = [True]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.url.path)
+        return httpx2.Response(200, json={})
+
+    transport = SkipCancelledTransport(httpx2.MockTransport(answer), CancelledJobs())
+    async with httpx2.AsyncClient(transport=transport, base_url="http://provider") as client:
+        with record_scope("j1", still_ours=lambda: ours[0]) as first:
+            ours[0] = False  # a rebalance began while it waited for its slot
+            with pytest.raises(RevokedBeforeCall):
+                await client.post("/v1/messages")
+        ours[0] = True
+        with record_scope("j2", still_ours=lambda: ours[0]) as second:
+            await client.post("/v1/messages")  # first call: sent
+            ours[0] = False
+            await client.post("/v1/messages")  # a retry of a call already made: sent
+    assert sent == ["/v1/messages", "/v1/messages"]
+    assert (first.calls, second.calls, second.sending) == (0, 2, 0)
+    assert not issubclass(RevokedBeforeCall, Exception)
 
 
 def test_cancelled_before_call_passes_an_exception_boundary() -> None:

@@ -138,6 +138,65 @@ def test_an_ack_of_the_current_generation_is_counted() -> None:
     assert dict(consumer._acked) == {TP("records", 0): [7]}  # type: ignore[attr-defined]
 
 
+def revoke_and_ack_during_the_rebalance(app: faust.App, consumer: Any) -> None:
+    """Offset 3 of `records` 0 is committed; a rebalance begins (aiokafka's listener calls
+    `on_rebalance_start`, then Faust's revoke forgets the partition's acks and committed
+    offset, `Consumer.on_partitions_revoked`); calls in flight at the revoke acknowledge
+    offsets 14-16 before the new assignment (generation 6) comes with the partition again."""
+    tp = TP("records", 0)
+    consumer._committed_offset[tp] = 3
+    app.on_rebalance_start()
+    for forget in (consumer._acked, consumer._acked_index, consumer._committed_offset):
+        forget.pop(tp, None)
+    for offset in (14, 15, 16):
+        consumer.ack(message(offset, generation_id=5))
+    app.consumer_generation_id = 6
+
+
+def test_canary_faust_commits_past_unprocessed_records_after_an_ack_during_a_revoke() -> None:
+    """What the chaos soak saw: the commit moved from 3 to 17 right after the assignment,
+    and records 3-13 never got an outcome."""
+    app, consumer = consumer_with_acks()
+    revoke_and_ack_during_the_rebalance(app, consumer)
+    committed = consumer._new_offset(TP("records", 0))  # type: ignore[attr-defined]
+    still_upstream(
+        committed == 17, guard_stale_acks, "and the rebalancing check of guard_unacked_commits"
+    )
+
+
+def test_an_ack_during_the_revoke_of_its_partition_commits_nothing() -> None:
+    app, consumer = consumer_with_acks()
+    guard_stale_acks(app)
+    guard_unacked_commits(app)
+    revoke_and_ack_during_the_rebalance(app, consumer)
+    tp = TP("records", 0)
+    assert dict(consumer._acked) == {}  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) is None  # type: ignore[attr-defined]
+    # The recovery seeks to the committed offset (3): 3-16 come again in generation 6
+    # (the processed-records table answers 14-16 without a call), and only then does the
+    # commit move, to 17.
+    consumer._committed_offset[tp] = 3  # type: ignore[attr-defined]
+    app.on_rebalance_end()
+    for offset in range(3, 16):
+        consumer.ack(message(offset, generation_id=6))  # type: ignore[attr-defined]
+    # 16 was acknowledged during the revoke only: the commit waits for its copy.
+    assert consumer._new_offset(tp) == 16  # type: ignore[attr-defined]
+    consumer._committed_offset[tp] = 16  # type: ignore[attr-defined]  # as the commit does
+    consumer.ack(message(16, generation_id=6))  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) == 17  # type: ignore[attr-defined]
+
+
+def test_nothing_is_committed_while_a_rebalance_is_under_way() -> None:
+    app, consumer = consumer_with_acks()
+    guard_unacked_commits(app)
+    tp = TP("records", 0)
+    consumer.ack(message(0, generation_id=5))  # type: ignore[attr-defined]
+    app.on_rebalance_start()
+    assert consumer._new_offset(tp) is None  # type: ignore[attr-defined]
+    app.on_rebalance_end()
+    assert consumer._new_offset(tp) == 1  # type: ignore[attr-defined]
+
+
 # guard_unacked_commits
 
 
@@ -166,6 +225,22 @@ def test_the_commit_stops_at_the_lowest_message_not_acknowledged() -> None:
     assert consumer._new_offset(tp) is None  # type: ignore[attr-defined]
     consumer.ack(in_flight)  # type: ignore[attr-defined]
     assert consumer._new_offset(tp) == 13  # type: ignore[attr-defined]
+
+
+def test_a_message_from_before_the_rebalance_left_unacknowledged_does_not_hold_the_commit() -> None:
+    """Offset 2 was fetched in generation 4 and never acknowledged (its event is garbage
+    nobody collected yet); after the rebalance its copy came in generation 5 and was
+    acknowledged with 3-4: the commit moves to 5."""
+    app, consumer = consumer_with_acks()
+    guard_unacked_commits(app)
+    tp = TP("records", 0)
+    consumer._committed_offset[tp] = 2  # type: ignore[attr-defined]
+    left_over = message(2, generation_id=4)
+    consumer.track_message(left_over)  # type: ignore[attr-defined]
+    for offset in (2, 3, 4):
+        consumer.ack(message(offset, generation_id=5))  # type: ignore[attr-defined]
+    assert consumer._new_offset(tp) == 5  # type: ignore[attr-defined]
+    assert left_over in consumer._unacked_messages  # type: ignore[attr-defined]
 
 
 def test_with_nothing_committed_yet_the_commit_still_waits_for_the_first_message() -> None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from faust.types import TP
 
-from stream_app.kafka.redelivery import LostOffsetWatch, PartitionView, _in_hand
+from stream_app.kafka.redelivery import (
+    IdlePartitionWatch,
+    IdleView,
+    LostOffsetWatch,
+    PartitionView,
+    _in_hand,
+)
 from tests.kafka.test_faust_fixes import consumer_with_acks, message
 
 
@@ -72,3 +78,47 @@ def test_a_record_is_in_hand_while_faust_holds_it_unacknowledged_or_acknowledged
     consumer._acked[tp].append(8)  # type: ignore[attr-defined]
     assert _in_hand(app, consumer, tp, 8) is True
     assert _in_hand(app, consumer, TP("records", 1), 8) is False
+
+
+# The idle rule: a partition with records waiting that nothing reads.
+
+
+def test_a_partition_quiet_and_unmoved_for_four_checks_is_a_suspect_once_per_cooldown() -> None:
+    idle: IdlePartitionWatch[str] = IdlePartitionWatch(checks=4, cooldown_seconds=30.0)
+    stuck = IdleView(committed=12, position=12, quiet=True)
+    assert [idle.observe("p0", stuck, t) for t in (0.0, 2.5, 5.0)] == [False] * 3
+    assert idle.observe("p0", stuck, 7.5) is True
+    # Its end offset is asked, and it is read again (or found caught up): counted anew,
+    # and not read again within the cooldown however long it stays quiet.
+    idle.read_again("p0", 7.5)
+    assert [idle.observe("p0", stuck, 7.5 + 2.5 * n) for n in range(1, 12)] == [False] * 11
+    assert idle.observe("p0", stuck, 40.0) is True
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        # Something of the partition is on its way (queued, unacknowledged, acknowledged).
+        [IdleView(12, 12, quiet=n != 2) for n in range(6)],
+        # The commit moves.
+        [IdleView(12 + n, 30, quiet=True) for n in range(6)],
+        # The position moves (records are being fetched).
+        [IdleView(12, 12 + n, quiet=True) for n in range(6)],
+    ],
+)
+def test_a_partition_that_moves_or_holds_records_is_never_a_suspect(
+    views: list[IdleView],
+) -> None:
+    idle: IdlePartitionWatch[str] = IdlePartitionWatch(checks=4)
+    assert [idle.observe("p0", view, 2.5 * n) for n, view in enumerate(views)] == [False] * 6
+
+
+def test_a_rebalance_forgets_the_quiet_partitions() -> None:
+    idle: IdlePartitionWatch[str] = IdlePartitionWatch(checks=2)
+    stuck = IdleView(committed=3, position=3, quiet=True)
+    assert idle.observe("p0", stuck, 0.0) is False
+    idle.forget()
+    assert idle.observe("p0", stuck, 2.5) is False
+    assert idle.observe("p0", stuck, 5.0) is True
+    with pytest.raises(ValueError):
+        IdlePartitionWatch(checks=0)
