@@ -63,7 +63,9 @@ def run(tiers: Sequence[tuple[int, int]], seconds: float, warmup: float) -> list
             progress(f"tier {rpm} rpm, {workers} worker(s): {opts.records} records")
             try:
                 result = run_scenario(workers, opts, broker, workdir / f"tier{n}")
-            except TimeoutError as exc:  # a worker not ready on a loaded machine: next tier
+            except (TimeoutError, RuntimeError) as exc:
+                # A worker not ready in time on a loaded machine, or one that exited during
+                # the row (RuntimeError from its liveness check): the other tiers still run.
                 progress(f"tier {rpm} rpm skipped: {exc}")
                 continue
             progress(

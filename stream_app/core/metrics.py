@@ -87,15 +87,25 @@ class WorkerMetrics:
             "Provider calls sent and not answered yet, on this worker.",
             registry=r,
         )
-        for outcome in ("succeeded", "failed", "skipped"):
-            self.records.labels(outcome)
-        for kind in _TOKEN_KINDS:
-            self.tokens.labels(kind)
+        # The labelled children, looked up once (`labels()` validates and locks at each
+        # call; these are counted for every record).
+        self._records_by = {
+            outcome: self.records.labels(outcome) for outcome in ("succeeded", "failed", "skipped")
+        }
+        self._tokens_by = {kind: self.tokens.labels(kind) for kind in _TOKEN_KINDS}
+        self._calls_by: dict[str, Counter] = {}
+
+    def provider_call(self, status: str) -> None:
+        """One Messages API call ended: its HTTP status code, or "error" without an answer."""
+        child = self._calls_by.get(status)
+        if child is None:
+            child = self._calls_by[status] = self.provider_calls.labels(status)
+        child.inc()
 
     def outcome(self, result: ResultEvent, cost: Decimal) -> None:
         """A record got its outcome here (once per record; not for re-sent known outcomes)."""
         kind = "skipped" if result.skipped else "succeeded" if result.success else "failed"
-        self.records.labels(kind).inc()
+        self._records_by[kind].inc()
         if result.attempts > 1:
             self.records_retried.inc()
             self.retry_calls.inc(result.attempts - 1)
@@ -103,7 +113,7 @@ class WorkerMetrics:
             # Cache token fields exist once the provider reports them.
             count = getattr(result, name, 0)
             if count:
-                self.tokens.labels(name).inc(count)
+                self._tokens_by[name].inc(count)
         if cost:
             self.cost.inc(float(cost))
 
@@ -128,12 +138,12 @@ class MeteredTransport(httpx2.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:
-            metrics.provider_calls.labels("error").inc()
+            metrics.provider_call("error")
             raise
         finally:
             metrics.calls_in_flight.dec()
         metrics.llm_latency.observe(time.monotonic() - started)
-        metrics.provider_calls.labels(str(response.status_code)).inc()
+        metrics.provider_call(str(response.status_code))
         return response
 
     async def aclose(self) -> None:

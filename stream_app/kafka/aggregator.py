@@ -132,6 +132,9 @@ class Aggregator:
         hold is judged only once the batch.jobs reader has read every earlier deletion."""
         if job_id in self._deleted:
             return True
-        if self._cancelled is not None and self._ledger.job(job_id) is None:
-            await self._cancelled.caught_up.wait()
+        # Once the reader has caught up there is nothing to wait for: the job's status is
+        # not read (a table read and its decoding per outcome).
+        caught_up = self._cancelled.caught_up if self._cancelled is not None else None
+        if caught_up is not None and not caught_up.is_set() and self._ledger.job(job_id) is None:
+            await caught_up.wait()
         return job_id in self._deleted

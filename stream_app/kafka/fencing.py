@@ -78,11 +78,16 @@ class WriteFence:
 
     def owns(self, changelog: str, partition: int) -> bool:
         """Whether this worker owns `partition` of the `changelog` topic now."""
+        # Asked twice for every table write (the changelog entry, the local write): the
+        # assignment's own topic -> partitions lists, not `assigned_actives()`, which
+        # builds a set of every owned partition at each call. Faust replaces the
+        # assignment object at each rebalance (PartitionAssignor.on_assignment).
         try:
-            actives = self.app.assignor.assigned_actives()
+            assignor: Any = self.app.assignor
+            partitions = assignor._assignment.actives.get(changelog)
         except Exception:  # no assignment yet
             return False
-        return TP(changelog, partition) in actives
+        return partitions is not None and partition in partitions
 
     def term(self) -> int:
         """Rebalances started so far (Faust increments it as a rebalance begins)."""

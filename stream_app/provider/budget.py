@@ -202,12 +202,32 @@ class RateBudget:
                 if wait > 0:
                     await self._sleep(wait)
                     continue
-                self._last_slot_start = start
-                self._last_grant = now
-                grant = Grant(now, input_tokens, output_tokens)
-                if self._input_limit is not None or self._output_limit is not None:
-                    self._spent.append(grant)
-                return grant
+                return self._take(start, now, input_tokens, output_tokens)
+
+    def grant_at_once(self, input_tokens: int = 0, output_tokens: int = 0) -> Grant | None:
+        """The grant `acquire` would give without waiting, when it would give one at once
+        (a slot has started, the tokens fit, no caller is waiting); else None, and nothing
+        is taken. For callers that would otherwise pay for setting up a wait they do not
+        need (`stream_app.jobs.cancellation.CancellableBudget`)."""
+        lock = self._lock
+        if lock.locked() or getattr(lock, "_waiters", None):
+            return None  # first come, first served: someone is waiting
+        now = self._clock()
+        k = self._next_slot(now)
+        if k is None:
+            return None
+        start = k * self.slot_seconds
+        if start > now or self._token_wait(now, input_tokens, output_tokens) > 0:
+            return None
+        return self._take(start, now, input_tokens, output_tokens)
+
+    def _take(self, start: float, now: float, input_tokens: int, output_tokens: int) -> Grant:
+        self._last_slot_start = start
+        self._last_grant = now
+        grant = Grant(now, input_tokens, output_tokens)
+        if self._input_limit is not None or self._output_limit is not None:
+            self._spent.append(grant)
+        return grant
 
     def throttled(self, retry_after: float | None, requests_limit: int | None = None) -> bool:
         """The provider answered 429. `retry_after`: the wait it asked for (s);

@@ -288,3 +288,30 @@ async def test_arrivals_late_by_up_to_the_spread_stay_inside_the_provider_window
 def max_in_half_open_window(times: list[float], window: float) -> int:
     """Most arrivals in any window (t - window, t]."""
     return max(i + 1 - bisect.bisect_right(times, t - window) for i, t in enumerate(times))
+
+
+async def test_a_grant_at_once_is_the_one_acquire_gives_and_never_jumps_a_wait(
+    clock: FakeClock,
+) -> None:
+    # Two budgets, one asked with grant_at_once first (acquire when it says no), the other
+    # with acquire alone: the same grants at the same times, and a refusal takes nothing.
+    fast, plain = budget(clock, 600), budget(clock, 600)
+    fast_times: list[float] = []
+    plain_times: list[float] = []
+    refused = 0
+    for _ in range(30):
+        grant = fast.grant_at_once()
+        if grant is None:
+            refused += 1
+            grant = await fast.acquire()
+        fast_times.append(grant.at)
+        plain_times.append((await plain.acquire()).at)
+    assert fast_times == plain_times
+    assert refused > 0  # 600 rpm paces: most asks must wait for their slot
+    # A pause after a 429 is a wait too; and a caller waiting holds everyone after it.
+    fast.throttled(1.0)
+    assert fast.grant_at_once() is None
+    waiting = asyncio.ensure_future(fast.acquire())
+    await asyncio.sleep(0)
+    assert fast.grant_at_once() is None
+    await waiting

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -54,8 +54,35 @@ class Provider:
         return None
 
 
+# Seconds from a grant (at `now`) to the request's arrival as the provider stamps it.
+Delay = Callable[[float, random.Random], float]
+
+
+def send_jitter(now: float, rng: random.Random) -> float:
+    """The send itself: 0-30 ms."""
+    return rng.uniform(0.0, 0.03)
+
+
+def provider_stalls(seconds: float, every: float) -> Delay:
+    """Send jitter, and a provider (or the path to it) that stalls for `seconds` every
+    `every` seconds: what arrives meanwhile is stamped when the stall ends, a burst of late
+    arrivals (what a simulator on a loaded machine does)."""
+
+    def delay(now: float, rng: random.Random) -> float:
+        sent = send_jitter(now, rng)
+        into = (now + sent) % every
+        return sent + (seconds - into if into < seconds else 0.0)
+
+    return delay
+
+
 async def worker(
-    clock: FakeClock, provider: Provider, budget: RateBudget, ceiling: int, rng: random.Random
+    clock: FakeClock,
+    provider: Provider,
+    budget: RateBudget,
+    ceiling: int,
+    rng: random.Random,
+    delay: Delay = send_jitter,
 ) -> CallSlots:
     slots = CallSlots(ceiling, rate=lambda: budget.requests_per_minute * budget.share / 60)
     limit = str(provider.config.requests_per_minute)
@@ -64,7 +91,7 @@ async def worker(
         while True:
             async with slots.hold():
                 await budget.acquire()
-                await clock.sleep(rng.uniform(0.0, 0.03))  # the send, to its arrival
+                await clock.sleep(delay(clock.now, rng))  # the send, to its arrival
                 refused = provider.arrive()
                 if refused is not None:
                     budget.throttled(float(refused), int(limit))
@@ -85,7 +112,7 @@ async def worker(
 
 
 async def run_tier(
-    clock: FakeClock, rpm: int, workers: int, stray_429s: float = 0.0
+    clock: FakeClock, rpm: int, workers: int, stray_429s: float = 0.0, delay: Delay = send_jitter
 ) -> tuple[float, Provider, list[CallSlots]]:
     rng = random.Random(rpm + workers)
     config = SimulatorConfig(requests_per_minute=rpm, requests_short_window_seconds=5)
@@ -96,7 +123,7 @@ async def run_tier(
         budget.assign(p for p in range(PARTITIONS) if p % workers == n)
         budgets.append(budget)
     start = clock.now
-    slots = await asyncio.gather(*(worker(clock, provider, b, 256, rng) for b in budgets))
+    slots = await asyncio.gather(*(worker(clock, provider, b, 256, rng, delay) for b in budgets))
     measured = [t for t in provider.served if start + 10.0 <= t < start + 10.0 + MEASURED]
     return len(measured) / (rpm * MEASURED / 60), provider, list(slots)
 
@@ -118,3 +145,16 @@ async def test_a_stray_429_now_and_then_costs_little(clock: FakeClock) -> None:
     utilization, provider, _ = await run_tier(clock, 3000, 1, stray_429s=0.002)
     assert provider.refused >= 3  # it did throttle
     assert utilization >= 0.9
+
+
+async def test_bursts_of_late_arrivals_meet_early_429s_that_cost_little(clock: FakeClock) -> None:
+    """What the suite's real-time high-tier test meets on a loaded machine: the provider's
+    side stalls for 100 ms now and then, so the requests sent meanwhile arrive together,
+    later than the 50 ms the pacing leaves room for, and the requests 5 s after them are on
+    time: a few 429s at the 5 s window's edge. The worker cannot see such a stall. A 429
+    whose limit header equals the limit in force costs a short pause (a third within 100
+    slots slows the pace for a while), so most of the budget is still used: 95 % here,
+    against 99 % without the stalls."""
+    utilization, provider, _ = await run_tier(clock, 3000, 1, delay=provider_stalls(0.1, 7.3))
+    assert provider.refused > 0  # the bursts do meet the provider's 5 s share
+    assert utilization >= 0.93
