@@ -207,6 +207,42 @@ def test_expired_and_errored_items_finish_by_the_live_rules(
     assert retried["success"] and retried["response"]["metadata"]["attempts"] == 2
 
 
+def test_a_retry_of_a_batch_lane_job_sends_its_failed_records_again(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """A batch-lane outcome says where its record sits on batch.records, so POST .../retry
+    reads it back and runs it again (in a later provider batch), counted once."""
+    simulator.configure(batch_processing_seconds=1.0)
+    service = start(batch_lane_max_requests=100, **LANE)
+    lines = texts(5) + ["Refused every time [[sim:fail-400]]"]
+    with service.client() as client:
+        job_id = submit_job(client, lines, lane="batch")
+        with logs_on_failure(service):
+            before = wait_completed(client, job_id, timeout=120)
+        assert (before["completed_count"], before["failed_count"]) == (5, 1)
+        batches_before = len(simulator.stats()["batches"])
+        reply = client.post(f"/api/v1/batch/{job_id}/retry", json={"failed": True})
+        assert reply.status_code == 202, reply.text
+        assert reply.json()["retry"] == 1 and reply.json()["records"] == 1
+        with logs_on_failure(service):
+            wait_until(
+                lambda: (
+                    status(client, job_id, params={"limit": "0"})["retries"] == 1
+                    and status(client, job_id, params={"limit": "0"})["status"] == "completed"
+                ),
+                timeout=120,
+                what="the retry round to end",
+            )
+        after = status(client, job_id, params={"limit": "0"})
+        results = {r["index"]: r for r in all_results(client, job_id)}
+    assert sorted(results) == list(range(6))
+    assert (after["completed_count"], after["failed_count"]) == (5, 1)
+    assert not results[5]["success"] and "fail-400" in results[5]["error"]
+    # Sent again in a provider batch of its own: one request more, nothing else.
+    stats = simulator.stats()
+    assert [b["requests"] for b in stats["batches"][batches_before:]] == [1]
+
+
 def test_auto_picks_the_lane_by_size_and_deadline(
     start: StartService, simulator: SimulatorHandle
 ) -> None:

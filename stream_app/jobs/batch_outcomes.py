@@ -51,6 +51,9 @@ class LaneItem(BaseModel):
     # How many times the lane sent it again to a later batch (each try is told apart from
     # the one before by this, whatever it was answered).
     tries: int = Field(0, ge=0)
+    # Where the record sits on batch.records (its outcome says so: a retry reads it back).
+    record_partition: int | None = Field(None, ge=0)
+    record_offset: int | None = Field(None, ge=0)
 
     @property
     def billed(self) -> Usage:

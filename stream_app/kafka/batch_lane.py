@@ -155,9 +155,9 @@ class _Job:
     # (until the buffer is empty); `fired`: that moment was acted on.
     last_arrived: bool = False
     fired: bool = False
-    # The try of each index whose batch is done (the table's, kept here: reading the
-    # job's table value for every record would decode all its batches each time).
-    done_tries: dict[int, int] = field(default_factory=dict)
+    # The (retry round, try) of each index whose batch is done (the table's, kept here:
+    # reading the job's table value for every record would decode all its batches each time).
+    done_tries: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class BatchLane:
@@ -258,11 +258,16 @@ class BatchLane:
         job_id = data.get("job_id")
         return isinstance(job_id, str) and self._rules.lane_of(job_id) == "batch"
 
-    async def hand_over(self, record: RecordEvent) -> None:
+    async def hand_over(
+        self, record: RecordEvent, partition: int | None = None, offset: int | None = None
+    ) -> None:
         """Put the record on the lane topic (awaiting the broker's acknowledgement, so the
-        process agent may acknowledge it then). The lane reserves its cost at the batch
-        rates when it cuts the record's provider batch."""
-        await self._send_item(LaneItem(record=record))
+        process agent may acknowledge it then), with where it sits on batch.records
+        (`partition`, `offset`: its outcome carries them, so a retry can read it back). The
+        lane reserves its cost at the batch rates when it cuts the record's provider batch."""
+        await self._send_item(
+            LaneItem(record=record, record_partition=partition, record_offset=offset)
+        )
         self.handed_over += 1
 
     # -- the lane agent -------------------------------------------------------------------
@@ -381,13 +386,13 @@ class BatchLane:
             if index in batch.indexes:
                 waiting = batch.members.get(index)
                 if batch.closing:
-                    if waiting is not None and item.tries > waiting.item.tries:
+                    if waiting is not None and _order(item) > _order(waiting.item):
                         break  # its next try: batched below
                     await self._ack([event])
                     return
                 if waiting is None:
                     batch.members[index] = _Waiting(item, [event], time.time())
-                elif item.tries > waiting.item.tries:
+                elif _order(item) > _order(waiting.item):
                     # A later try of a record this batch already answered: wait for it.
                     break
                 else:
@@ -399,7 +404,7 @@ class BatchLane:
         waiting = job.buffer.get(index)
         if waiting is not None:
             waiting.events.append(event)
-            if item.tries > waiting.item.tries:
+            if _order(item) > _order(waiting.item):
                 waiting.item = item
             return
         job.last_added = time.time()
@@ -409,17 +414,16 @@ class BatchLane:
 
     def _done(self, job: _Job, index: int, item: LaneItem) -> bool:
         """Whether this delivery's outcome (or its next try) was already produced: a done
-        batch of the table holds the index at this try or a later one."""
+        batch of the table holds the index at this retry round and try, or a later one."""
         done = job.done_tries.get(index)
-        return done is not None and done >= item.tries
+        return done is not None and done >= _order(item)
 
     def _mark_done(self, job: _Job, batch: _Batch) -> None:
         """The batch's entry is done (its outcomes and next tries are produced)."""
         self._write(job, batch.key, {"state": "done", "spend": None}, merge=True)
         stored = self._table.get(job.job_id) or {}
         entry = (stored.get("batches") or {}).get(batch.key) or {}
-        for index, tries in (entry.get("tries") or {}).items():
-            job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
+        _note_done(job, entry)
 
     async def _job(self, job_id: str, event: EventT) -> _Job:
         job = self._jobs.get(job_id)
@@ -439,8 +443,7 @@ class BatchLane:
             if state == "done":
                 # Their records do not come again (or come as later tries).
                 job.seen.update(int(i) for i in entry.get("indexes", []))
-                for index, tries in (entry.get("tries") or {}).items():
-                    job.done_tries[int(index)] = max(job.done_tries.get(int(index), 0), tries)
+                _note_done(job, entry)
             if state not in ("intent", "created"):
                 continue
             batch = _Batch(key, list(entry.get("indexes", [])))
@@ -671,6 +674,10 @@ class BatchLane:
             "state": "intent",
             "indexes": indexes,
             "tries": {str(w.item.record.index): w.item.tries for w in chosen},
+            # The retry round of each record sent again by POST .../retry (absent: the first).
+            "rounds": {
+                str(w.item.record.index): w.item.record.retry for w in chosen if w.item.record.retry
+            },
             "requested_at": time.time(),
         }
         if ledgers:
@@ -903,6 +910,16 @@ class BatchLane:
     async def _produce(
         self, job: _Job, waiting: list[_Waiting], result: ResultEvent, *, ack: bool = True
     ) -> None:
+        if len(waiting) == 1:
+            # The retry round it answers, and where the record sits, as the live lane says.
+            item = waiting[0].item
+            result = result.model_copy(
+                update={
+                    "retry": item.record.retry,
+                    "record_partition": item.record_partition,
+                    "record_offset": item.record_offset,
+                }
+            )
         outcome = result.model_dump(mode="json", exclude_none=True)
         await self._results_topic.send(key=result.job_id.encode(), value=orjson.dumps(outcome))
         self._rules.settle(result, batch_lane=True)
@@ -952,6 +969,20 @@ class BatchLane:
 
 def _cid(job: _Job, index: int) -> str:
     return custom_id(job.job_id, index)
+
+
+def _order(item: LaneItem) -> tuple[int, int]:
+    """Which delivery of a record is later: a later retry round (POST .../retry), then a
+    later try within the round (sent again to a later batch)."""
+    return (item.record.retry or 0, item.tries)
+
+
+def _note_done(job: _Job, entry: dict[str, Any]) -> None:
+    """Note the (retry round, try) of each index of a done batch's table entry."""
+    rounds = entry.get("rounds") or {}
+    for index, tries in (entry.get("tries") or {}).items():
+        order = (int(rounds.get(index, 0)), int(tries))
+        job.done_tries[int(index)] = max(job.done_tries.get(int(index), (0, 0)), order)
 
 
 def _maybe_created(exc: Exception) -> bool:

@@ -301,7 +301,7 @@ class RecordHandler:
             await self.send_outcome(key, stamped(task))
             return
         if self.lane is not None and self.lane.takes(record):
-            await self.lane.hand_over(record)
+            await self.lane.hand_over(record, event.message.partition, event.message.offset)
             return
         await self._gate.admit()
         async with self._gate.in_flight():
