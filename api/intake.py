@@ -23,7 +23,7 @@ from api.access import caller_of
 from api.bodies import STREAMED_TYPES, BodyType, body_type, parse_submission, read_json_body
 from api.errors import ApiError
 from api.forwarding import forward_headers
-from api.job_options import request_options
+from api.job_options import request_options, with_query_options
 from api.streams import spool_records
 from schemas import BatchAccepted, JobCreated
 from stream_app.core.logs import get_logger
@@ -54,7 +54,7 @@ async def submit_batch(request: Request) -> Response:
     body = await read_json_body(request, service.settings)
     batch, records = parse_submission(body, service.settings, kind)
     del body
-    options = request_options(batch, service)
+    options = request_options(with_query_options(batch, request.query_params), service)
     created = options.created(uuid.uuid4().hex, len(records), time.time(), owner)
     read = time.monotonic()
 

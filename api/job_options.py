@@ -9,6 +9,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from api.bodies import describe
 from api.errors import ApiError
 from schemas import BatchRequest, JobCreated, TaskSpec
 from schemas.http import LaneRequest, Priority
@@ -134,6 +137,32 @@ def live_pace(service: Service) -> LivePace:
         requests_per_minute=settings.claude_requests_per_minute,
         backlog_records=round(backlog * settings.kafka_partitions / owned),
     )
+
+
+def with_query_options(batch: BatchRequest, params: Any) -> BatchRequest:
+    """A JSON body's options with those given as query parameters (`?lane=batch`, as the
+    web page sends them) added: the body's own value stands; a query value that differs
+    from it is refused. Raises ApiError 422 `validation_error` (`query: ...`) for a bad
+    value or a conflict."""
+    query = query_options(params)
+    if not query:
+        return batch
+    given = batch.model_fields_set
+    for name, value in query.items():
+        if name in given and str(getattr(batch, name)) != str(value):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"query: {name}={value!r} differs from the body's {name}; give it once",
+            )
+    extra = {name: value for name, value in query.items() if name not in given}
+    if not extra:
+        return batch
+    try:
+        checked = BatchRequest.model_validate({**extra, "records": [{"text": "-"}]})
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"query: {describe(exc)}") from None
+    return batch.model_copy(update={name: getattr(checked, name) for name in extra})
 
 
 def query_options(params: Any) -> dict[str, Any]:

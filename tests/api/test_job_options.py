@@ -51,3 +51,23 @@ def test_the_created_event_round_trips_the_lane() -> None:
     again = JobCreated.model_validate_json(event.model_dump_json(exclude_none=True))
     assert (again.lane, again.lane_reason) == ("batch", "asked for the batch lane")
     assert BatchRequest.model_validate({"records": [{"text": "a"}], "lane": "auto"}).lane == "auto"
+
+
+def test_query_options_apply_to_a_json_body_and_never_silently() -> None:
+    """`?lane=batch` on a JSON body (the web page sends a .json file's lane that way) is
+    the job's lane; a bad value or one that differs from the body's is a 422."""
+    from api.job_options import with_query_options
+
+    plain = BatchRequest.model_validate({"records": [{"text": "a"}]})
+    merged = with_query_options(plain, {"lane": "batch", "priority": "low"})
+    assert (merged.lane, merged.priority) == ("batch", "low")
+    assert with_query_options(plain, {}) is plain
+    with pytest.raises(ApiError) as bad:
+        with_query_options(plain, {"lane": "zzz"})
+    assert (bad.value.status, bad.value.code) == (422, "validation_error")
+    assert bad.value.message.startswith("query: lane")
+    high = BatchRequest.model_validate({"records": [{"text": "a"}], "priority": "high"})
+    assert with_query_options(high, {"priority": "high"}).priority == "high"
+    with pytest.raises(ApiError) as conflict:
+        with_query_options(high, {"priority": "low"})
+    assert "differs from the body's priority" in conflict.value.message
