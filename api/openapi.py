@@ -317,8 +317,8 @@ def _paths() -> dict[str, Any]:
                     _OFFSET,
                     _query(
                         "limit",
-                        "Most results (default 100, at most 1000).",
-                        {"type": "integer", "minimum": 0, "maximum": 1000},
+                        "Most results (default 100, at most 1000; 0 is refused).",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
                     ),
                     _FAILED,
                 ],

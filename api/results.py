@@ -83,11 +83,14 @@ async def results_page(request: Request) -> Response:
     "total_records", "offset", "limit", "next_offset", "results", "stale"}`; `next_offset`
     is the index to ask for next, null once the end is reached; `stale` as in /status (read
     from a standby replica while the owner does not answer). Errors: 400
-    `invalid_parameter`, 401, 404 `job_not_found`, 503 `owner_unavailable`.
+    `invalid_parameter` (also `limit=0`), 401, 404 `job_not_found`, 503 `owner_unavailable`.
     """
     job_id = request.path_params["job_id"]
     offset = int_param(request, "offset", 0) or 0
     limit = min(int_param(request, "limit", DEFAULT_LIMIT) or 0, MAX_LIMIT)
+    if limit == 0:
+        # A page of nothing would answer next_offset == offset: a client would loop.
+        raise ApiError(400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}")
     failed_only = failed_param(request)
     found = await find_job(request, job_id, stale_ok=True)
     if isinstance(found, Response):

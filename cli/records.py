@@ -66,6 +66,11 @@ def file_options(path: Path, fmt: Format) -> dict[str, Any]:
     return options
 
 
+# Python's JSON reader gives up on values nested this deep (about 1,000 levels); the
+# service refuses such a record too (422).
+TOO_DEEP = "JSON nested too deeply to read (more than about 1,000 levels)"
+
+
 def _json_body(path: Path) -> tuple[list[Any], dict[str, Any]]:
     """A `.json` file: the API's body `{"records": [...], ...options}`, or a bare list of
     records; a file of one JSON object a line (JSONL named .json) is read as JSONL."""
@@ -73,6 +78,8 @@ def _json_body(path: Path) -> tuple[list[Any], dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise BadInput(path, None, "not UTF-8 text") from None
+    except RecursionError:
+        raise BadInput(path, None, TOO_DEEP) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several objects: JSONL
             return [record for record in _jsonl(path)], {}
@@ -117,6 +124,8 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BadInput(path, number, f"not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise BadInput(path, number, TOO_DEEP) from None
             if not isinstance(data, dict):
                 raise BadInput(path, number, "expected a JSON object with a 'text' field")
             yield _valid(path, number, data)

@@ -75,6 +75,9 @@ def test_results_pages_downloads_and_live_events_with_resume(
         ).json()
         assert [r["index"] for r in rest["results"]] == sorted(failing)[2:]
         assert all("HTTP 400" in r["error"] for r in failed["results"] + rest["results"])
+        empty = client.get(f"/api/v1/batch/{job_id}/results", params={"limit": 0})
+        assert empty.status_code == 400, empty.text  # a page of nothing never moves on
+        assert empty.json()["error"]["code"] == "invalid_parameter"
         bad = client.get(f"/api/v1/batch/{job_id}/results", params={"failed": "maybe"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_parameter"
 

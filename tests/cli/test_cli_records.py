@@ -181,3 +181,15 @@ def test_csv_row_flattens_a_result() -> None:
     skipped = {"index": 3, "success": False, "skipped": True, "error": "skipped", "attempts": 0}
     row = dict(zip(CSV_COLUMNS, csv_row(skipped), strict=True))
     assert (row["skipped"], row["summary"], row["tokens_used"]) == ("true", "", "")
+
+
+def test_json_nested_too_deeply_is_one_clear_error(tmp_path: Path) -> None:
+    deep = '{"text": "x", "metadata": ' + '{"a":' * 5000 + "1" + "}" * 5000 + "}"
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"text": "fine"}\n' + deep + "\n")
+    with pytest.raises(BadInput, match="line 2: JSON nested too deeply"):
+        list(read_records(lines, "jsonl"))
+    body = tmp_path / "deep.json"
+    body.write_text(deep)
+    with pytest.raises(BadInput, match="JSON nested too deeply"):
+        list(read_records(body, "json"))
