@@ -57,6 +57,9 @@ def job_summary(
     lane = service.pipeline.lane if service is not None else None
     if lane is not None and job.lane == "batch":
         summary["provider_batches"] = lane.provider_batches(job.job_id)
+        if summary.get("status") == "pending" and summary["provider_batches"]:
+            # Its records are with the provider already: it runs, before its first outcome.
+            summary["status"] = "running"
     if service is not None and job.status in ("pending", "running"):
         # What this worker's calls to Claude meet now, and whether the job moves at all.
         summary["provider"] = service.breaker.report()
