@@ -16,7 +16,7 @@ from api.errors import ApiError
 from schemas import BatchRequest, JobCreated, TaskSpec
 from schemas.http import LaneRequest, Priority
 from stream_app.core.settings import Settings
-from stream_app.jobs.lanes import LaneChoice, LivePace, choose_lane, parse_deadline
+from stream_app.jobs.lanes import LaneChoice, LivePace, choose_lane, parse_deadline, with_zone
 from stream_app.jobs.tasks import UnknownModel, UnknownTask, check_task_model, resolve_task
 from stream_app.provider.task_schema import UnsupportedSchema
 from stream_app.running.service import Service
@@ -94,8 +94,10 @@ def job_options(
     except UnknownModel as exc:
         raise ApiError(422, "unknown_model", str(exc)) from None
     cap = max_cost_usd if max_cost_usd is not None else settings.batch_max_cost_per_job_usd
-    if deadline is not None and parse_deadline(deadline) <= time.time():
-        raise ApiError(422, "validation_error", f"deadline: {deadline} is already past")
+    if deadline is not None:
+        if parse_deadline(deadline) <= time.time():
+            raise ApiError(422, "validation_error", f"deadline: {deadline} is already past")
+        deadline = with_zone(deadline)
     return JobOptions(
         spec,
         name,

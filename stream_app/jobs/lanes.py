@@ -104,6 +104,17 @@ def parse_deadline(text: str) -> float:
     return when.timestamp()
 
 
+def with_zone(text: str) -> str:
+    """A deadline as the status shows it: as given, with `Z` added when it names no time
+    zone (it is read as UTC, and says so)."""
+    text = text.strip()
+    try:
+        naive = datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
+    except ValueError:
+        return text
+    return f"{text}Z" if naive else text
+
+
 def _minutes(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"

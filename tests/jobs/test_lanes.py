@@ -73,3 +73,12 @@ def test_a_batch_job_goes_live_at_the_last_moment_the_live_lane_can_make_its_dea
     assert go(982.5) and go(1000.0) and go(1100.0)
     # Nothing left to do: only a deadline already reached (less the margin) moves it.
     assert not must_go_live(0, deadline=1000.0, now=990.0, requests_per_minute=50, margin_seconds=5)
+
+
+def test_a_deadline_without_a_zone_is_shown_as_utc() -> None:
+    from stream_app.jobs.lanes import with_zone
+
+    assert with_zone("2030-01-01T09:00:00") == "2030-01-01T09:00:00Z"
+    assert with_zone("2030-01-01T09:00:00Z") == "2030-01-01T09:00:00Z"
+    assert with_zone("2030-01-01T09:00:00+02:00") == "2030-01-01T09:00:00+02:00"
+    assert parse_deadline(with_zone("2030-01-01T09:00:00")) == parse_deadline("2030-01-01T09:00:00")
