@@ -121,7 +121,11 @@ def is_current(app: faust.App, message: Message) -> bool:
     the generation in which one begins). Such a message's partition is this worker's."""
     generation = message.generation_id
     revoked_in = getattr(app.consumer, "_insight_revoked_in", None)
-    return bool(generation == app.consumer_generation_id and generation != revoked_in)
+    # Once the rebalance is over, a message of an earlier term is told apart by its
+    # generation alone. (Tansu keeps generation 0 through every rebalance: a revoke's
+    # mark must not make every later message stale there.)
+    revoked = generation == revoked_in and app.rebalancing
+    return bool(generation == app.consumer_generation_id and not revoked)
 
 
 def guard_unacked_commits(app: faust.App) -> None:

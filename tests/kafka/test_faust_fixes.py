@@ -186,6 +186,18 @@ def test_an_ack_during_the_revoke_of_its_partition_commits_nothing() -> None:
     assert consumer._new_offset(tp) == 17  # type: ignore[attr-defined]
 
 
+def test_a_broker_that_keeps_one_generation_through_a_rebalance_still_delivers() -> None:
+    """Tansu answers generation 0 to every join: once its rebalance is over, acks of that
+    generation count again (the revoke's mark holds only while the rebalance runs)."""
+    app, consumer = consumer_with_acks()
+    app.consumer_generation_id = 0
+    guard_stale_acks(app)
+    app.on_rebalance_start()
+    assert consumer.ack(message(1, generation_id=0)) is False  # type: ignore[attr-defined]
+    app.on_rebalance_end()
+    assert consumer.ack(message(2, generation_id=0)) is True  # type: ignore[attr-defined]
+
+
 def test_nothing_is_committed_while_a_rebalance_is_under_way() -> None:
     app, consumer = consumer_with_acks()
     guard_unacked_commits(app)
