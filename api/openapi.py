@@ -174,19 +174,19 @@ def _paths() -> dict[str, Any]:
                     _query("id_column", "CSV: the record id's column.", {"type": "string"}),
                     _query(
                         "priority",
-                        "NDJSON and CSV: the job's priority (a first NDJSON line "
-                        '`{"job": {"priority": ...}}` wins).',
+                        "The job's priority (a first NDJSON line "
+                        '`{"job": {"priority": ...}}` wins; a JSON body\'s own that differs: 422).',
                         {"enum": ["high", "normal", "low"]},
                     ),
                     _query(
                         "lane",
-                        "NDJSON and CSV: the job's lane (`live`, `batch`, `auto`; docs/lanes.md).",
+                        "The job's lane (`live`, `batch`, `auto`; docs/lanes.md), as `priority`.",
                         {"enum": ["live", "batch", "auto"]},
                     ),
                     _query(
                         "deadline",
-                        "NDJSON and CSV: the job's deadline (ISO 8601 date-time).",
-                        {"type": "string"},
+                        "The job's deadline (ISO 8601 date-time, ahead), as `priority`.",
+                        {"type": "string", "format": "date-time"},
                     ),
                 ],
                 "requestBody": _batch_body(),

@@ -41,12 +41,18 @@ def test_requests_generated_from_the_document_get_no_5xx_and_answers_it_describe
             # JSON Schema cannot say what makes a CSV or NDJSON body valid (the document
             # declares them as strings), nor which of a custom task's output_schema keywords
             # structured outputs accept or which models are priced, nor that a `deadline`
-            # must lie in the future: such a request refused with a 4xx is no contradiction
-            # of the document (5xx and the answers' shapes are still checked).
+            # must lie in the future, nor that a query option must not contradict the body's:
+            # such a request refused with a 4xx is no contradiction of the document (5xx and
+            # the answers' shapes are still checked).
             streamed = case.media_type not in (None, "application/json")
             custom_task = isinstance(case.body, dict) and isinstance(case.body.get("task"), dict)
-            deadline = isinstance(case.body, dict) and case.body.get("deadline") is not None
-            excluded = [positive_data_acceptance] if streamed or custom_task or deadline else []
+            body = case.body if isinstance(case.body, dict) else {}
+            query = case.query or {}
+            deadline = body.get("deadline") is not None or query.get("deadline") is not None
+            # An option given both in the body and the query, differently, is a 422.
+            conflict = any(name in body and str(body[name]) != str(query[name]) for name in query)
+            refusable = streamed or custom_task or deadline or conflict
+            excluded = [positive_data_acceptance] if refusable else []
             if case.operation.path in ("/api/v1/ready", "/api/v1/health"):
                 # Their 503 is documented: not ready (e.g. during a rebalance), or stopping.
                 excluded.append(not_a_server_error)
