@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -63,3 +64,35 @@ EXCEPTION_HANDLERS = {
     ClientDisconnect: _client_disconnect,
     Exception: _unexpected,
 }
+
+
+_TASK_SHAPE = (
+    'a task is {"instructions": "...", "output_schema": {...}, "model"?, "max_tokens"?} or '
+    "the name of a preset (GET /api/v1/tasks)"
+)
+
+
+def describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line, `where: why; ...` (at most 5). The task union
+    (`task`: TaskSpec | preset name) reports only the alternative the input was meant as
+    (an object: the TaskSpec's errors; anything else: that it must be either), and an
+    error in a task says what a task is."""
+    errors = exc.errors()
+    task_object = any(e["loc"][:2] == ("task", "TaskSpec") and len(e["loc"]) > 2 for e in errors)
+    parts = []
+    for error in errors:
+        loc = list(error["loc"])
+        if loc[:1] == ["task"]:
+            if loc[1:2] == ["str"]:
+                continue  # the preset-name alternative; said below when it matters
+            if loc[1:2] == ["TaskSpec"]:
+                del loc[1]
+                if not task_object and len(loc) == 1:
+                    parts.append(f"task: must be an object or a preset name ({_TASK_SHAPE})")
+                    continue
+            where = ".".join(str(p) for p in loc)
+            parts.append(f"{where}: {error['msg']} ({_TASK_SHAPE})")
+            continue
+        where = ".".join(str(p) for p in loc) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts[:5])

@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.bodies import describe
-from api.errors import ApiError
+from api.errors import ApiError, describe
 from schemas import BatchRequest, JobCreated, TaskSpec
 from schemas.http import LaneRequest, Priority
 from stream_app.core.settings import Settings
