@@ -312,19 +312,18 @@ def test_a_cancel_cancels_the_provider_batches(
     assert stats["batch_items_billed"] == job["completed_count"]
 
 
-def test_the_spending_cap_holds_on_the_batch_lane(
-    start: StartService, simulator: SimulatorHandle
-) -> None:
-    simulator.configure(batch_processing_seconds=0.5)
-    service = start(batch_lane_max_requests=100, claude_max_tokens=300, **LANE)
-    lines = texts(40, " capped")
+def capped_batch_job(
+    service: Any, tag: str, *, timeout: float, interval: float
+) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
+    """A 40-record batch-lane job capped at about 15 records' worth (batch rates), followed
+    until every record has an outcome: (the cap in USD, the job's status, its results)."""
+    lines = texts(40, tag)
     with service.client() as client:
         reply = client.post(
             "/api/v1/batch/estimate",
             json={"records": [{"text": t} for t in lines], "lane": "batch"},
         )
         assert reply.status_code == 200, reply.text
-        # About 15 of the 40 records' worth at the batch rates.
         cap = round(reply.json()["cost_usd"] * 15 / 40, 6)
         job_id = submit_job(client, lines, lane="batch", max_cost_usd=cap)
 
@@ -334,8 +333,36 @@ def test_the_spending_cap_holds_on_the_batch_lane(
             return job if done == 40 else None
 
         with logs_on_failure(service):
-            job = wait_until(over, timeout=120, interval=0.2, what="every record's outcome")
-        results = all_results(client, job_id)
+            job = wait_until(
+                over, timeout=timeout, interval=interval, what="every record's outcome"
+            )
+        return cap, job, all_results(client, job_id)
+
+
+def largest_call_at_batch_rates(results: list[dict[str, Any]]) -> Decimal:
+    """What the dearest answered record cost at the batch rates, USD (0 without one)."""
+    half = price_for(MODEL).at_batch_rates()
+    return max(
+        (
+            half.cost(
+                r["response"]["metadata"]["input_tokens"],
+                r["response"]["metadata"]["output_tokens"],
+                r["response"]["metadata"]["cache_creation_input_tokens"],
+                r["response"]["metadata"]["cache_read_input_tokens"],
+            )
+            for r in results
+            if r["success"]
+        ),
+        default=Decimal(0),
+    )
+
+
+def test_the_spending_cap_holds_on_the_batch_lane(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    simulator.configure(batch_processing_seconds=0.5)
+    service = start(batch_lane_max_requests=100, claude_max_tokens=300, **LANE)
+    cap, job, results = capped_batch_job(service, " capped", timeout=120, interval=0.2)
     stats = simulator.stats()
     spent = Decimal(job["estimated_cost_usd"])
     items = [b["requests"] for b in stats["batches"]]
@@ -351,21 +378,7 @@ def test_the_spending_cap_holds_on_the_batch_lane(
     assert max(items) < 40
     # Reserved before each create at what a request can cost at most: the spend stays
     # under the cap (the ledger's rule allows one request past it by its estimate's error).
-    half = price_for(MODEL).at_batch_rates()
-    largest = max(
-        (
-            half.cost(
-                r["response"]["metadata"]["input_tokens"],
-                r["response"]["metadata"]["output_tokens"],
-                r["response"]["metadata"]["cache_creation_input_tokens"],
-                r["response"]["metadata"]["cache_read_input_tokens"],
-            )
-            for r in results
-            if r["success"]
-        ),
-        default=Decimal(0),
-    )
-    assert spent <= Decimal(str(cap)) + largest
+    assert spent <= Decimal(str(cap)) + largest_call_at_batch_rates(results)
     assert spent == Decimal(job["saving_usd"])  # half price
 
 
@@ -383,24 +396,7 @@ def test_the_cap_holds_while_provider_batches_outlive_the_reservation_ttl(
         batch_spend_reservation_ttl_seconds="2",
         **LANE,
     )
-    lines = texts(40, " renewed")
-    with service.client() as client:
-        reply = client.post(
-            "/api/v1/batch/estimate",
-            json={"records": [{"text": t} for t in lines], "lane": "batch"},
-        )
-        assert reply.status_code == 200, reply.text
-        cap = round(reply.json()["cost_usd"] * 15 / 40, 6)
-        job_id = submit_job(client, lines, lane="batch", max_cost_usd=cap)
-
-        def over() -> dict[str, Any] | None:
-            job = status(client, job_id)
-            done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
-            return job if done == 40 else None
-
-        with logs_on_failure(service):
-            job = wait_until(over, timeout=300, interval=0.5, what="every record's outcome")
-        results = all_results(client, job_id)
+    cap, job, results = capped_batch_job(service, " renewed", timeout=300, interval=0.5)
     stats = simulator.stats()
     spent = Decimal(job["estimated_cost_usd"])
     items = [b["requests"] for b in stats["batches"]]
@@ -409,21 +405,7 @@ def test_the_cap_holds_while_provider_batches_outlive_the_reservation_ttl(
     assert sorted(r["index"] for r in results) == list(range(40))
     assert job["completed_count"] > 0 and job["skipped_count"] > 0 and job["failed_count"] == 0
     assert sum(items) == stats["batch_items_billed"] == job["completed_count"]
-    half = price_for(MODEL).at_batch_rates()
-    largest = max(
-        (
-            half.cost(
-                r["response"]["metadata"]["input_tokens"],
-                r["response"]["metadata"]["output_tokens"],
-                r["response"]["metadata"]["cache_creation_input_tokens"],
-                r["response"]["metadata"]["cache_read_input_tokens"],
-            )
-            for r in results
-            if r["success"]
-        ),
-        default=Decimal(0),
-    )
-    assert spent <= Decimal(str(cap)) + largest
+    assert spent <= Decimal(str(cap)) + largest_call_at_batch_rates(results)
 
 
 def test_a_provider_batch_that_never_ends_is_given_up_past_its_expiry(
