@@ -807,12 +807,7 @@ class BatchLane:
         finally:
             job.resending -= 1
             self._check_complete(job)
-        await self._flush_producer()
-        batch.closing = True
-        self._mark_done(job, batch)
-        await self._durable()
-        await self._ack([e for w in batch.members.values() for e in w.events])
-        del job.batches[batch.key]
+        await self._close(job, batch)
         log.info("batch lane: provider batch done", job=job.job_id, batch=batch_id)
         if not job.batches and not job.buffer:
             self._jobs.pop(job.job_id, None)
@@ -891,6 +886,16 @@ class BatchLane:
                 key=result_key(record.job_id, record.index).encode(), value=dump(live)
             )
 
+    async def _close(self, job: _Job, batch: _Batch) -> None:
+        """Every outcome and next try of the batch is produced: flush them, mark the batch
+        done in the table, and only then acknowledge its records' deliveries."""
+        await self._flush_producer()
+        batch.closing = True
+        self._mark_done(job, batch)
+        await self._durable()
+        await self._ack([e for w in batch.members.values() for e in w.events])
+        del job.batches[batch.key]
+
     async def _all_again(self, job: _Job, batch: _Batch, reason: str) -> None:
         await self._rejoin(batch)
         job.resending += 1
@@ -900,12 +905,7 @@ class BatchLane:
         finally:
             job.resending -= 1
             self._check_complete(job)
-        await self._flush_producer()
-        batch.closing = True
-        self._mark_done(job, batch)
-        await self._durable()
-        await self._ack([e for w in batch.members.values() for e in w.events])
-        del job.batches[batch.key]
+        await self._close(job, batch)
 
     async def _produce(
         self, job: _Job, waiting: list[_Waiting], result: ResultEvent, *, ack: bool = True
