@@ -168,6 +168,9 @@ def test_sigterm_while_the_broker_is_down_stops_within_the_bound(
     service = start(workdir=tmp_path / "node", kafka_bootstrap_servers=f"127.0.0.1:{port}")
     with service.client(timeout=60) as client:
         assert wait_completed(client, submit(client, TEXTS[:2]))["completed_count"] == 2
+        # A readiness probe just before: its answer ("broker ok") is cached for a second,
+        # and the stop must not take it for the broker's state a moment later.
+        assert client.get("/api/v1/ready").status_code == 200
     broker.stop()  # SIGTERM: the broker is gone, its data kept
     signalled = time.monotonic()
     assert service.stop(signal.SIGTERM, timeout=STOP_BOUND_BROKER_DOWN_SECONDS) == 0

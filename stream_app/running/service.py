@@ -502,7 +502,9 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
             # Graceful stop: take no new records, let calls in flight finish and send their
             # results, then Faust commits what was acknowledged as it stops.
             left = await gate.drain(settings.batch_shutdown_timeout_seconds)
-            broker = await service._check_broker()
+            # Asked afresh, not the readiness probe's cached answer: a broker that went
+            # away a moment ago must get the short bounds.
+            broker = await service._ask_broker()
             plan = plan_stop(broker == "ok", settings.kafka_publish_timeout_seconds)
             stop_plan.append(plan)
             try:
