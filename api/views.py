@@ -57,6 +57,8 @@ def job_summary(
     lane = service.pipeline.lane if service is not None else None
     if lane is not None and job.lane == "batch":
         summary["provider_batches"] = lane.provider_batches(job.job_id)
+        # Records sent to the live lane to make the job's deadline (records).
+        summary["moved_to_live_lane"] = lane.moved_live(job.job_id)
         if summary.get("status") == "pending" and summary["provider_batches"]:
             # Its records are with the provider already: it runs, before its first outcome.
             summary["status"] = "running"

@@ -27,6 +27,13 @@ class BatchRecord(BaseModel):
         # not a number here (JSON true is no id).
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, float):
+            # A fraction, or a whole number past 64 bits (JSON readers take it as a float):
+            # its digits cannot be kept exactly.
+            raise ValueError(
+                "id must be a string or a whole number of at most 64 bits "
+                f'(got {value!r}): send it as a string, e.g. "12345678901234567890123"'
+            )
         return value
 
     @field_validator("text")

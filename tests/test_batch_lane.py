@@ -547,7 +547,50 @@ def test_a_deadline_moves_the_records_of_a_slow_provider_batch_to_the_live_lane(
     assert [b["canceled"] for b in stats["batches"]] == [True]
     # Every record answered once: in the batch before its cancel, or live after it.
     assert answered > 0 and len(live) == len(set(live)) == 40 - answered
+    # The status says how many records went live, and why the batch was cancelled.
+    assert job["moved_to_live_lane"] == 40 - answered
+    (batch,) = job["provider_batches"]
+    assert batch["processing_status"] == "ended" and "deadline" in batch["note"]
     assert job["input_tokens"] == stats["batch_input_tokens_billed"] + sum(
         r["input_tokens"] for r in stats["requests"] if r["status"] == 200
     )
     assert done_at <= deadline + 1.0  # (the deadline is given to the second)
+
+
+def test_after_a_restart_that_lost_the_provider_batch_the_status_shows_every_batch_ended(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Any
+) -> None:
+    # As with `make run`: the worker stops mid-batch and its simulator child, restarted with
+    # it, has forgotten the batch (a 404 for its id). The records go again in a new batch;
+    # once the job has ended, no provider batch of it may still read `in_progress`.
+    simulator.configure(batch_processing_seconds=30.0)
+    workdir = tmp_path / "worker"
+    options = {"batch_lane_max_requests": 10, **LANE}
+    first = start(workdir=workdir, **options)
+    with first.client() as client:
+        job_id = submit_job(client, texts(21), lane="batch")
+        wait_until(
+            lambda: (
+                len(status(client, job_id, params={"limit": "0"}).get("provider_batches") or [])
+                >= 3
+            ),
+            timeout=60,
+            interval=0.1,
+            what="the job's three provider batches",
+        )
+    assert first.stop(signal.SIGTERM) == 0
+    simulator.reset()
+    simulator.configure(batch_processing_seconds=1.0)
+    second = start(workdir=workdir, **options)
+    with second.client() as client, logs_on_failure(first, second):
+        job = wait_completed(client, job_id, timeout=120)
+        results = all_results(client, job_id)
+        shown = status(client, job_id, params={"limit": "0"})
+    assert sorted(r["index"] for r in results) == list(range(21))
+    assert job["completed_count"] == 21
+    batches = shown.get("provider_batches") or []
+    assert batches, shown
+    assert all(b["processing_status"] == "ended" for b in batches), batches
+    # The lost batches' requests were never answered: none is counted as processing.
+    assert all(b["request_counts"].get("processing", 0) == 0 for b in batches), batches
+    assert simulator.stats()["batch_items_billed"] == 21

@@ -60,6 +60,13 @@ def choose_lane(
     if requested == "live":
         return LaneChoice("live", "asked for the live lane")
     if requested == "batch":
+        if deadline is not None and batch_seconds > deadline - now:
+            return LaneChoice(
+                "batch",
+                f"asked for the batch lane; the deadline in {_minutes(deadline - now)} is "
+                f"sooner than a provider batch's typical {_minutes(batch_seconds)}: records "
+                "not answered in time move to the live lane (at the live price) before it",
+            )
         return LaneChoice("batch", "asked for the batch lane")
     live_seconds = pace.seconds_for(records)
     projected = (
@@ -135,12 +142,28 @@ def must_go_live(
     now: float,
     requests_per_minute: float,
     margin_seconds: float,
+    live_ahead: LiveQueue | None = None,
 ) -> bool:
     """Whether a batch-lane job's `unfinished` records (in provider batches or waiting for
-    one) must go to the live lane now to make `deadline` (Unix time; `now` too): the live
-    lane needs `unfinished` x 60 / `requests_per_minute` seconds for them (CLAUDE_REQUESTS_
-    PER_MINUTE; the live backlog is not counted), times MOVE_SAFETY, plus `margin_seconds`
-    (a poll of the provider batch and its cancel). Until then the records wait for the
-    cheaper provider batch: they move at the last moment the live lane can still make it."""
-    needed = unfinished * 60.0 / requests_per_minute * MOVE_SAFETY + margin_seconds
+    one) must go to the live lane now to make `deadline` (Unix time; `now` too).
+
+    The live lane shares CLAUDE_REQUESTS_PER_MINUTE (`requests_per_minute`) with the live
+    records already waiting (`live_ahead`): with fair shares the moved records get an even
+    share among the jobs waiting, and never wait for more than every record ahead (FIFO
+    waits for all of them), so they need min(`unfinished` x (jobs + 1), `unfinished` +
+    records ahead) calls' time, times MOVE_SAFETY, plus `margin_seconds` (a poll of the
+    provider batch and its cancel). Until then the records wait for the cheaper provider
+    batch: they move at the last moment the live lane can still make it."""
+    ahead = live_ahead or LiveQueue(0, 0)
+    calls = min(unfinished * (ahead.jobs + 1), unfinished + ahead.records)
+    needed = calls * 60.0 / requests_per_minute * MOVE_SAFETY + margin_seconds
     return now + needed >= deadline
+
+
+@dataclass(frozen=True)
+class LiveQueue:
+    """The live records waiting on this worker for a call, other jobs' only: `jobs` with
+    records waiting (FIFO scheduling counts each record as a job of its own), `records`."""
+
+    jobs: int
+    records: int

@@ -25,9 +25,10 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar, get_args
+from typing import Any, Generic, Protocol, TypeVar, get_args
 
 from schemas.http import Priority
+from stream_app.jobs.lanes import LiveQueue
 
 T = TypeVar("T")
 
@@ -191,6 +192,17 @@ class FairScheduler(Generic[T]):
             for tenant in tier.tenants.values()
             for name, job in tenant.jobs.items()
         }
+
+
+def live_queue(scheduler: Scheduler[Any], job_id: str) -> LiveQueue:
+    """The records of jobs other than `job_id` waiting in `scheduler` for a call: with fair
+    shares, how many jobs they belong to; in FIFO order each record counts as a job of its
+    own (all of them are served first)."""
+    if isinstance(scheduler, FairScheduler):
+        waiting = scheduler.waiting()
+        waiting.pop(job_id, None)
+        return LiveQueue(jobs=len(waiting), records=sum(waiting.values()))
+    return LiveQueue(jobs=len(scheduler), records=len(scheduler))
 
 
 def record_cost(

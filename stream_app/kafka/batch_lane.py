@@ -71,7 +71,7 @@ from stream_app.jobs.batch_grouping import Gathered, GroupingRule
 from stream_app.jobs.batch_outcomes import LaneItem, Produce, TryAgain, next_step
 from stream_app.jobs.cancellation import CancelledJobs, skipped_outcome
 from stream_app.jobs.job_rules import BUDGET_SKIPPED_ERROR, JobRules
-from stream_app.jobs.lanes import must_go_live
+from stream_app.jobs.lanes import LiveQueue, must_go_live
 from stream_app.jobs.spend_ledger import Verdict
 from stream_app.kafka.faust_app import make_table, raw_topic
 from stream_app.kafka.messages import DeadLetters, dump, payload, validation_summary
@@ -178,8 +178,11 @@ class BatchLane:
         metrics: WorkerMetrics,
         dead_letters: DeadLetters,
         flush: Callable[[], Any],
+        live_ahead: Callable[[str], LiveQueue] | None = None,
     ) -> None:
         self._s = settings
+        # The live records of other jobs waiting on this worker (a deadline move counts them).
+        self._live_ahead = live_ahead or (lambda job_id: LiveQueue(0, 0))
         self._client = client
         self._rules = rules
         self._cancelled = cancelled
@@ -322,21 +325,34 @@ class BatchLane:
             del self._jobs[job_id]
 
     def provider_batches(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's provider batches as the table holds them: `id`, `processing_status`,
-        `request_counts` (the status shows them)."""
+        """The job's provider batches as the table holds them: `id`, `processing_status`
+        (`in_progress`, `canceling`, `ended`), `request_counts` (the provider's), and a
+        `note` when the lane ended it otherwise (lost at the provider, cancelled to make
+        the deadline). A batch the lane is done with reads `ended` whatever the provider
+        last said (the status shows them)."""
         stored = self._table.get(job_id) or {}
         shown = []
         for entry in (stored.get("batches") or {}).values():
             if entry.get("id"):
-                shown.append(
-                    {
-                        "id": entry["id"],
-                        "processing_status": entry.get("processing_status", "in_progress"),
-                        "request_counts": entry.get("request_counts")
-                        or {"processing": len(entry.get("indexes", []))},
-                    }
-                )
+                done = entry.get("state") == "done"
+                view = {
+                    "id": entry["id"],
+                    "processing_status": "ended"
+                    if done
+                    else entry.get("processing_status", "in_progress"),
+                    "request_counts": entry.get("request_counts")
+                    or {"processing": len(entry.get("indexes", []))},
+                }
+                if entry.get("note"):
+                    view["note"] = entry["note"]
+                shown.append(view)
         return shown
+
+    def moved_live(self, job_id: str) -> int:
+        """How many of the job's records the lane sent to the live lane to make its
+        deadline (records)."""
+        stored = self._table.get(job_id) or {}
+        return len(stored.get("moved_live") or ())
 
     async def _take(self, event: EventT) -> None:
         try:
@@ -520,6 +536,7 @@ class BatchLane:
             now=time.time(),
             requests_per_minute=self._s.claude_requests_per_minute,
             margin_seconds=self._deadline_margin(),
+            live_ahead=self._live_ahead(job.job_id),
         )
 
     def _deadline_margin(self) -> float:
@@ -605,8 +622,7 @@ class BatchLane:
         if self._deadline_near(job):
             waiting_now = list(job.buffer.values())
             job.buffer.clear()
-            for waiting in waiting_now:
-                await self._again(job, waiting, "live", "moved to make the job's deadline")
+            await self._move_live(job, waiting_now)
             await self._flush_producer()
             await self._ack([e for w in waiting_now for e in w.events])
             log.info(
@@ -764,6 +780,16 @@ class BatchLane:
                 found = await self._client.retrieve(batch_id, batch.created_at)
             except anthropic.NotFoundError:
                 log.warning("batch lane: provider batch gone; its records go again", batch=batch_id)
+                self._write(
+                    job,
+                    batch.key,
+                    {
+                        "processing_status": "ended",
+                        "request_counts": dict(_NO_COUNTS),
+                        "note": "not found at the provider: its requests were sent again",
+                    },
+                    merge=True,
+                )
                 await self._all_again(job, batch, "the provider's batch could not be found")
                 return
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
@@ -800,6 +826,13 @@ class BatchLane:
             polls += 1
         if rejoin:
             await self._rejoin(batch)
+        if moved:
+            self._write(
+                job,
+                batch.key,
+                {"note": "cancelled to make the job's deadline: its unanswered requests went live"},
+                merge=True,
+            )
         task = self._rules.task_of(job.job_id)
         job.resending += 1
         try:
@@ -820,6 +853,7 @@ class BatchLane:
         the job's deadline: its cancelled items go to the live lane."""
         assert batch.batch_id is not None
         seen: set[int] = set()
+        moving: list[_Waiting] = []
         async for answer in self._client.results(batch.batch_id, batch.created_at):
             try:
                 index = record_index(answer.custom_id)
@@ -831,7 +865,7 @@ class BatchLane:
             seen.add(index)
             outcome = read_item(answer.result, task)
             if moved and isinstance(outcome, ItemSkipped):
-                await self._again(job, waiting, "live", "moved to make the job's deadline")
+                moving.append(waiting)
                 continue
             step = next_step(
                 waiting.item,
@@ -846,9 +880,24 @@ class BatchLane:
             # so that their handling here and by the aggregate agent does not hold back
             # the live lane's calls on this worker (a 1,000-request batch: 10 s).
             await asyncio.sleep(1 / RESULTS_PER_SECOND)
+        await self._move_live(job, moving)
         for index, waiting in batch.members.items():
             if index not in seen:
                 await self._again(job, waiting, "batch", "no result for this request")
+
+    async def _move_live(self, job: _Job, waiting: list[_Waiting]) -> None:
+        """Send these records to the live lane to make the job's deadline, and note their
+        indexes in the job's table value (a set: a delivery seen again counts once)."""
+        if not waiting:
+            return
+        for one in waiting:
+            await self._again(job, one, "live", "moved to make the job's deadline")
+        _current_event.set(weakref.ref(job.anchor))
+        stored = dict(self._table.get(job.job_id) or {})
+        moved = set(stored.get("moved_live") or ())
+        moved.update(one.item.record.index for one in waiting)
+        stored["moved_live"] = sorted(moved)
+        self._table[job.job_id] = stored
 
     async def _rejoin(self, batch: _Batch) -> None:
         """After a restart, wait (a little) for the batch's records to come again."""
@@ -967,6 +1016,10 @@ class BatchLane:
         self._write(job, key, {"processing_status": status, "request_counts": counts}, merge=True)
 
 
+# The provider's request counts of a batch that answered nothing.
+_NO_COUNTS = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+
+
 def _cid(job: _Job, index: int) -> str:
     return custom_id(job.job_id, index)
 
@@ -1029,6 +1082,7 @@ def install_batch_lane(
     records: Any,
     dead_letters: DeadLetters,
     partitions: int,
+    live_ahead: Callable[[str], LiveQueue] | None = None,
 ) -> BatchLane:
     """The lane's topic, table and agent on the pipeline's app; the process agent hands
     batch-lane records to it (`records.lane`)."""
@@ -1050,6 +1104,7 @@ def install_batch_lane(
         metrics=pipeline.metrics,
         dead_letters=dead_letters,
         flush=lambda: app.producer.flush(),
+        live_ahead=live_ahead,
     )
     pipeline.lane = records.lane = lane
 

@@ -30,7 +30,7 @@ from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.job_rules import JobRules
 from stream_app.jobs.mirror import SqliteMirror
 from stream_app.jobs.processing import IntakeGate, RecordProcessor
-from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler
+from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Scheduler, live_queue
 from stream_app.kafka.aggregator import Aggregator
 from stream_app.kafka.batch_lane import BatchLane, install_batch_lane, lane_topic_name
 from stream_app.kafka.bulk_publish import publish_keyed
@@ -443,6 +443,7 @@ def build_pipeline(
             records=records,
             dead_letters=dead_letters,
             partitions=partitions,
+            live_ahead=lambda job_id: live_queue(scheduler, job_id),
         )
     aggregator = Aggregator(
         jobs_topic=s.topic_jobs,

@@ -115,3 +115,14 @@ def test_invalid_json_is_refused_as_before() -> None:
     assert _outcome(lambda b: parse_submission(b, SETTINGS), b"{") == _outcome(
         lambda b: parse_batch(b, SETTINGS), b"{"
     )
+
+
+def test_an_id_past_64_bits_is_refused_with_a_message_that_says_to_send_a_string() -> None:
+    # orjson reads a whole number past 64 bits as a float: its digits are gone, so the
+    # record is refused with the fix named (not "Input should be a valid string").
+    data = orjson.loads(b'{"text": "x", "id": 123456789012345678901234567890}')
+    with pytest.raises(ValidationError) as raised:
+        validated_json(data)
+    message = str(raised.value)
+    assert "at most 64 bits" in message and "send it as a string" in message
+    assert "valid string" not in message

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stream_app.jobs.lanes import LivePace, choose_lane, must_go_live, parse_deadline
+from stream_app.jobs.lanes import LivePace, LiveQueue, choose_lane, must_go_live, parse_deadline
 
 PACE = LivePace(requests_per_minute=50)
 NOW = 1_000_000.0
@@ -75,6 +75,42 @@ def test_a_batch_job_goes_live_at_the_last_moment_the_live_lane_can_make_its_dea
     assert not must_go_live(0, deadline=1000.0, now=990.0, requests_per_minute=50, margin_seconds=5)
 
 
+def test_a_deadline_move_counts_the_live_records_waiting_ahead() -> None:
+    # 100 records at 600 requests/minute need 17.5 s with nothing ahead (above). Three other
+    # jobs with 1,000 live records waiting: an even share of four, 4 x 10 s x 1.25 + 5 s.
+    def go(now: float, ahead: LiveQueue) -> bool:
+        return must_go_live(
+            100,
+            deadline=1000.0,
+            now=now,
+            requests_per_minute=600,
+            margin_seconds=5.0,
+            live_ahead=ahead,
+        )
+
+    busy = LiveQueue(jobs=3, records=1000)
+    assert not go(944.0, busy) and go(945.0, busy)
+    # Few records ahead: they are done before the share matters (100 + 20 calls).
+    few = LiveQueue(jobs=3, records=20)
+    assert not go(979.0, few) and go(980.0, few)
+    # FIFO: every record ahead first (LiveQueue counts each as a job).
+    fifo = LiveQueue(jobs=200, records=200)
+    assert not go(957.4, fifo) and go(957.6, fifo)
+
+
+def test_the_live_queue_leaves_out_the_job_itself() -> None:
+    from stream_app.jobs.scheduler import FairScheduler, FifoScheduler, Ticket, live_queue
+
+    fair: FairScheduler[str] = FairScheduler()
+    fifo: FifoScheduler[str] = FifoScheduler()
+    for job, count in (("a", 3), ("b", 2), ("own", 5)):
+        for i in range(count):
+            fair.put(f"{job}{i}", Ticket(tenant="t", job=job))
+            fifo.put(f"{job}{i}", Ticket(tenant="t", job=job))
+    assert live_queue(fair, "own") == LiveQueue(jobs=2, records=5)
+    assert live_queue(fifo, "own") == LiveQueue(jobs=10, records=10)
+
+
 def test_a_deadline_without_a_zone_is_shown_as_utc() -> None:
     from stream_app.jobs.lanes import with_zone
 
@@ -82,3 +118,12 @@ def test_a_deadline_without_a_zone_is_shown_as_utc() -> None:
     assert with_zone("2030-01-01T09:00:00Z") == "2030-01-01T09:00:00Z"
     assert with_zone("2030-01-01T09:00:00+02:00") == "2030-01-01T09:00:00+02:00"
     assert parse_deadline(with_zone("2030-01-01T09:00:00")) == parse_deadline("2030-01-01T09:00:00")
+
+
+def test_the_batch_lane_asked_for_with_a_close_deadline_says_records_may_go_live() -> None:
+    pace = LivePace(requests_per_minute=50)
+    close = choose_lane("batch", 100, pace, auto_minutes=30, deadline=1120.0, now=1000.0)
+    assert close.lane == "batch"
+    assert "deadline in 2 min" in close.reason and "move to the live lane" in close.reason
+    far = choose_lane("batch", 100, pace, auto_minutes=30, deadline=9000.0, now=1000.0)
+    assert far.reason == "asked for the batch lane"
