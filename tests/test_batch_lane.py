@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from simulator.testing import SimulatorHandle
 from stream_app.provider.pricing import price_for
@@ -437,13 +436,6 @@ def test_a_provider_batch_that_never_ends_is_given_up_past_its_expiry(
     assert live == sorted(lines)  # each record answered once, on the live lane
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="on a loaded 2-core machine (load average 12-15) the live lane reached 0.96-0.98 "
-    "of its budget alone but 0.66-0.78 beside a 3,000-record batch-lane job on the same "
-    "worker (the lane's hand-over and results take the worker's CPU); not yet measured on a "
-    "calm machine",
-)
 def test_the_live_lane_keeps_its_budget_while_a_batch_lane_job_runs(
     start: StartService, simulator: SimulatorHandle
 ) -> None:
@@ -511,6 +503,7 @@ def test_the_live_lane_keeps_its_budget_while_a_batch_lane_job_runs(
     # The batch lane takes nothing from the live lane's budget: within 5 % of the live
     # lane alone, which reaches its budget (>= 0.95) on a machine with a core to spare.
     assert together >= 0.95 * alone, (together, alone)
+    assert together >= 0.95, (together, buckets)
 
 
 def test_a_deadline_moves_the_records_of_a_slow_provider_batch_to_the_live_lane(
