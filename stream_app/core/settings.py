@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     batch_lookahead_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Jobs with more records than this are published to topic_records_bulk, the others to
     # topic_records; each worker reads both, each up to half of the look-ahead, so a small
-    # job is never queued behind a big job's backlog (stream_app.kafka.lanes).
+    # job is never queued behind a big job's backlog (stream_app.kafka.record_topics).
     batch_bulk_job_records: int = Field(500, ge=1)
     batch_retry_backoff_seconds: float = Field(1.0, ge=0)
     # The provider circuit breaker (stream_app/provider/breaker.py): consecutive provider failures

@@ -1,7 +1,7 @@
 """A worker's bounded look-ahead into its record topics, served to call slots by a scheduler.
 
 Records come in *lanes*, one per record topic (`batch.records`, and `batch.records.bulk`
-for big jobs: stream_app.kafka.lanes). One reader per lane takes records off its Faust
+for big jobs: stream_app.kafka.record_topics). One reader per lane takes records off its Faust
 stream in offset order and puts them in the look-ahead until that lane holds its share of
 `max_records` records (or of `max_bytes` of record values); call slots
 (BATCH_MAX_CONCURRENT_LLM_CALLS of them) take the record the scheduler picks, whichever

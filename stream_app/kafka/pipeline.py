@@ -2,7 +2,7 @@
 `Pipeline` handle the service and the API use (publishing jobs and cancels, reading jobs and
 results). The agents are a few lines each; what they do lives in plain objects:
 `RecordHandler` (the process agents, one per record topic: stream_app.kafka.record_handler,
-stream_app.kafka.lanes) and `Aggregator` (aggregate agent, stream_app.kafka.aggregator).
+stream_app.kafka.record_topics) and `Aggregator` (aggregate agent, stream_app.kafka.aggregator).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from stream_app.kafka.faust_fixes import is_current
 from stream_app.kafka.fencing import fence_table_writes
 from stream_app.kafka.job_audit import audit_quiet_jobs
 from stream_app.kafka.job_feed import JobFeed
-from stream_app.kafka.lanes import record_topics, topic_for_job
 from stream_app.kafka.local_state import discard_tables
 from stream_app.kafka.lookahead import LookAhead
 from stream_app.kafka.messages import DeadLetters, dump
 from stream_app.kafka.purge import purge_job
 from stream_app.kafka.record_handler import RecordHandler
 from stream_app.kafka.record_reader import read_back
+from stream_app.kafka.record_topics import record_topics, topic_for_job
 from stream_app.kafka.replicas import active_partitions, stored_results, stored_values
 from stream_app.kafka.topics import CHANGELOG_CONFIG
 from stream_app.provider.batches import BatchClient
@@ -200,7 +200,7 @@ class Pipeline:
 
     async def publish_job(self, created: JobCreated, records: Iterable[bytes]) -> None:
         """What an upstream producer does, all or nothing: send the job's records to
-        `batch.records`, or `batch.records.bulk` for a big job (stream_app.kafka.lanes)
+        `batch.records`, or `batch.records.bulk` for a big job (stream_app.kafka.record_topics)
         (`records`: each record's JSON object, in index order), wait until the broker has
         acknowledged all of them (acks=all), and only then announce the job on
         `batch.jobs` (its `created` event) and wait for that acknowledgement too.
@@ -231,7 +231,7 @@ class Pipeline:
             # so a lost one raises and the job is not announced.
             producer = self.app.producer
             # A big job goes to the bulk record topic, so that it never stands in a
-            # partition between a small job and the workers (stream_app.kafka.lanes).
+            # partition between a small job and the workers (stream_app.kafka.record_topics).
             topic = topic_for_job(self.settings, created.total_records)
 
             def keyed() -> Iterator[tuple[bytes, bytes]]:
@@ -460,7 +460,7 @@ def build_pipeline(
         await records.serve(stream, lookahead, s.topic_records)
 
     # Big jobs' records: read into their own lane of the look-ahead, called by the slots
-    # of the process agent (stream_app.kafka.lanes).
+    # of the process agent (stream_app.kafka.record_topics).
     @app.agent(bulk_topic, name="process-bulk")
     async def process_bulk(stream: faust.StreamT[bytes]) -> None:
         await records.feed(stream, lookahead, s.topic_records_bulk)

@@ -1,9 +1,9 @@
-"""Which record topic a job goes to (stream_app.kafka.lanes)."""
+"""Which record topic a job goes to (stream_app.kafka.record_topics)."""
 
 from __future__ import annotations
 
 from stream_app.core.settings import Settings
-from stream_app.kafka.lanes import record_topics, topic_for_job
+from stream_app.kafka.record_topics import record_topics, topic_for_job
 
 
 def test_big_jobs_go_to_the_bulk_topic_and_the_rest_to_batch_records() -> None:
