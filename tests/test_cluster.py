@@ -92,7 +92,7 @@ def test_two_workers_share_one_budget(
     for window in (1.0, 2.0, 5.0):
         assert simulator.max_requests_in_window(window) <= pace_bound(rpm, window), window
     sent = arrivals(stats)
-    assert sent[-1] - sent[0] >= 35 * 60.25 / rpm - 0.5
+    assert sent[-1] - sent[0] >= 35 * 61.8 / rpm - 0.5
     for worker in workers:
         assert 'budget share partitions="2/4"' in worker.logs()
 
@@ -122,7 +122,7 @@ def test_provider_limit_below_configured_is_adopted(
         bound = pace_bound(provider_rpm, window) + learning
         assert simulator.max_requests_in_window(window) <= bound, window
     sent = arrivals(stats)
-    assert sent[-1] - sent[0] >= (30 - 1 - learning) * 60.25 / provider_rpm - 0.5
+    assert sent[-1] - sent[0] >= (30 - 1 - learning) * 61.8 / provider_rpm - 0.5
 
 
 def test_a_status_read_whose_owner_does_not_answer_is_a_503(

@@ -101,6 +101,9 @@ REJOIN_SECONDS = 30.0
 HAND_OVER_CONCURRENCY = 4
 # The pace at which one provider batch's results are produced to batch.results.
 RESULTS_PER_SECOND = 100.0
+# A capped job's batch-rate reservations in flight at once while a provider batch is built
+# (each is a round trip through `batch.spend`).
+RESERVE_AT_ONCE = 32
 
 
 def lane_topic_name(settings: Settings) -> str:
@@ -643,8 +646,7 @@ class BatchLane:
         limit = min(self._s.batch_lane_max_requests, MAX_BATCH_REQUESTS)
         # The batch's reservations end with it (renewed by it while it runs).
         token = uuid.uuid4().hex[:12]
-        chosen: list[_Waiting] = []
-        requests: list[dict[str, Any]] = []
+        candidates: list[tuple[_Waiting, dict[str, Any]]] = []
         size = 0
         for count, index in enumerate(sorted(job.buffer)):
             if count % 50 == 49:
@@ -654,24 +656,54 @@ class BatchLane:
             waiting = job.buffer[index]
             request = batch_request(task, waiting.item.record.record.text, _cid(job, index))
             grown = size + request_bytes(request)
-            if len(chosen) >= limit or grown > MAX_BATCH_BYTES - 1024:
+            if len(candidates) >= limit or grown > MAX_BATCH_BYTES - 1024:
                 break
-            verdict = await self._rules.reserve_batch_request(waiting.item.record, task, token)
-            if verdict is Verdict.REFUSE:
-                del job.buffer[index]
-                await self._produce(job, [waiting], _capped(waiting.item, task))
-                continue
-            if verdict is Verdict.WAIT:
-                break
-            chosen.append(waiting)
-            requests.append(request)
+            candidates.append((waiting, request))
             size = grown
+        chosen, requests = await self._reserve(job, task, token, candidates)
         if not chosen:
             return False
         for waiting in chosen:
             del job.buffer[waiting.item.record.index]
         await self._create(job, chosen, requests, why, token)
         return True
+
+    async def _reserve(
+        self,
+        job: _Job,
+        task: PreparedTask,
+        token: str,
+        candidates: list[tuple[_Waiting, dict[str, Any]]],
+    ) -> tuple[list[_Waiting], list[dict[str, Any]]]:
+        """Reserve the candidates' requests at batch rates (a capped job's, or a budgeted
+        tenant's: one `batch.spend` round trip each, RESERVE_AT_ONCE at a time, judged in
+        the log's order). A refused record is skipped (`budget_exhausted`); at the first
+        that must wait, the batch is cut there and the reservations made past it are
+        released. The admitted ones and their requests, in order."""
+        chosen: list[_Waiting] = []
+        requests: list[dict[str, Any]] = []
+        for start in range(0, len(candidates), RESERVE_AT_ONCE):
+            chunk = candidates[start : start + RESERVE_AT_ONCE]
+            verdicts = await asyncio.gather(
+                *(self._rules.reserve_batch_request(w.item.record, task, token) for w, _ in chunk)
+            )
+            cut = False
+            for (waiting, request), verdict in zip(chunk, verdicts, strict=True):
+                record = waiting.item.record
+                if cut:
+                    if verdict is Verdict.ADMIT:
+                        self._rules.release_batch_request(job.job_id, record.index)
+                elif verdict is Verdict.REFUSE:
+                    del job.buffer[record.index]
+                    await self._produce(job, [waiting], _capped(waiting.item, task))
+                elif verdict is Verdict.WAIT:
+                    cut = True
+                else:
+                    chosen.append(waiting)
+                    requests.append(request)
+            if cut:
+                break
+        return chosen, requests
 
     async def _create(
         self,

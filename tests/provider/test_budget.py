@@ -54,7 +54,8 @@ async def test_binding_budget_is_used_almost_fully(clock: FakeClock, rpm: int) -
     times: list[float] = []
     await take(budget(clock, rpm), clock, rpm * 5, times)
     rate = (len(times) - 1) / ((times[-1] - times[0]) / 60)
-    assert rate >= 0.99 * rpm
+    # Slots are 3 % wider than 60 / rpm (room for arrivals whose delays differ by 150 ms).
+    assert rate >= 0.97 * rpm
 
 
 async def test_pace_is_even(clock: FakeClock) -> None:

@@ -147,14 +147,20 @@ async def test_a_stray_429_now_and_then_costs_little(clock: FakeClock) -> None:
     assert utilization >= 0.9
 
 
-async def test_bursts_of_late_arrivals_meet_early_429s_that_cost_little(clock: FakeClock) -> None:
-    """What the suite's real-time high-tier test meets on a loaded machine: the provider's
-    side stalls for 100 ms now and then, so the requests sent meanwhile arrive together,
-    later than the 50 ms the pacing leaves room for, and the requests 5 s after them are on
-    time: a few 429s at the 5 s window's edge. The worker cannot see such a stall. A 429
-    whose limit header equals the limit in force costs a short pause (a third within 100
-    slots slows the pace for a while), so most of the budget is still used: 95 % here,
-    against 99 % without the stalls."""
+async def test_bursts_of_late_arrivals_within_the_spread_meet_no_429(clock: FakeClock) -> None:
+    """What a busy machine does: the provider's side stalls for 100 ms now and then, so the
+    requests sent meanwhile arrive together, and the requests 5 s after them are on time.
+    The pacing leaves room for delays that differ by up to 150 ms: no 429."""
     utilization, provider, _ = await run_tier(clock, 3000, 1, delay=provider_stalls(0.1, 7.3))
+    assert provider.refused == 0
+    assert utilization >= 0.95
+
+
+async def test_bursts_of_late_arrivals_meet_early_429s_that_cost_little(clock: FakeClock) -> None:
+    """Stalls longer than the pacing's room (300 ms): a few 429s at the 5 s window's edge,
+    which the worker cannot see coming. A 429 whose limit header equals the limit in force
+    costs a short pause (a third within 100 slots slows the pace for a while), so most of
+    the budget is still used."""
+    utilization, provider, _ = await run_tier(clock, 3000, 1, delay=provider_stalls(0.3, 7.3))
     assert provider.refused > 0  # the bursts do meet the provider's 5 s share
-    assert utilization >= 0.93
+    assert utilization >= 0.9
