@@ -18,7 +18,6 @@ when a record does not carry them), task and spending cap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,10 +29,14 @@ from stream_app.jobs.cancellation import CancelledJobs
 from stream_app.jobs.deletion import DeletedJobs
 from stream_app.jobs.idempotency import IdempotencyKeys
 from stream_app.jobs.job_rules import JobRules
+from stream_app.kafka.groupless import (
+    FoldReader,
+    assign_from_start,
+    every_partition,
+    groupless_consumer,
+)
 
 log = get_logger(__name__)
-
-_RETRY_SECONDS = 1.0
 
 
 class JobsReader:
@@ -64,75 +67,56 @@ class JobsReader:
         self._consumer: AIOKafkaConsumer | None = None
         # batch.jobs partition -> the offset after the last event applied.
         self._read_to: dict[int, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        # A broker that goes away and comes back: start over (reading again is idempotent).
+        self._reader = FoldReader("batch.jobs reader", self._read)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="jobs-reader")
+        self._reader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        # A broker that goes away and comes back: start over (reading again is idempotent).
-        while True:
-            try:
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker's errors; the reader starts over
-                log.warning("batch.jobs reader restarts", reason=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(_RETRY_SECONDS)
+        await self._reader.stop()
 
     async def _read(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        self._consumer = consumer
-        try:
-            assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
-            if self._results_topic is not None:
-                assigned += [
-                    TopicPartition(self._results_topic, p) for p in range(self._partitions)
-                ]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
-            ends = await consumer.end_offsets(assigned)
-            # Job events and results are caught up apart: only records of capped jobs
-            # wait for the results (a long history of results delays nothing else).
-            pending = {tp for tp, end in ends.items() if end > 0}
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for tp, messages in batches.items():
-                    for message in messages:
-                        if tp.topic == self._topic:
-                            self._apply(message.value)
-                            self._read_to[tp.partition] = message.offset + 1
-                        elif message.key:
-                            self._rules.observe_result(
-                                message.key.decode(errors="replace"),
-                                message.value,
-                                (tp.partition, message.offset),
-                            )
-                if pending:
-                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-                if not any(tp.topic == self._topic for tp in pending):
-                    if not self._cancelled.caught_up.is_set():
-                        self._cancelled.caught_up.set()
-                        log.info(
-                            "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
+        async with groupless_consumer(self._bootstrap) as consumer:
+            self._consumer = consumer
+            try:
+                await self._read_with(consumer)
+            finally:
+                self._consumer = None
+
+    async def _read_with(self, consumer: AIOKafkaConsumer) -> None:
+        topics = [self._topic]
+        if self._results_topic is not None:
+            topics.append(self._results_topic)
+        assigned = every_partition(topics, self._partitions)
+        await assign_from_start(consumer, assigned)
+        ends = await consumer.end_offsets(assigned)
+        # Job events and results are caught up apart: only records of capped jobs
+        # wait for the results (a long history of results delays nothing else).
+        pending = {tp for tp, end in ends.items() if end > 0}
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if tp.topic == self._topic:
+                        self._apply(message.value)
+                        self._read_to[tp.partition] = message.offset + 1
+                    elif message.key:
+                        self._rules.observe_result(
+                            message.key.decode(errors="replace"),
+                            message.value,
+                            (tp.partition, message.offset),
                         )
-                if not pending:
-                    self._rules.results_caught_up.set()
-        finally:
-            self._consumer = None
-            await consumer.stop()
+            if pending:
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+            if not any(tp.topic == self._topic for tp in pending):
+                if not self._cancelled.caught_up.is_set():
+                    self._cancelled.caught_up.set()
+                    log.info(
+                        "cancellations read", topic=self._topic, cancelled=len(self._cancelled)
+                    )
+            if not pending:
+                self._rules.results_caught_up.set()
 
     async def read_to_end(self, timeout: float = 5.0) -> bool:
         """Wait until this reader has applied every event `batch.jobs` held when called

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+
+from stream_app.kafka.groupless import groupless_consumer
 
 # Seek again rather than read through more than this many other records.
 _GAP = 500
@@ -37,12 +39,8 @@ async def read_back(
 async def _read(
     bootstrap_servers: str, topic: str, wanted: Mapping[int, list[int]]
 ) -> dict[tuple[int, int], bytes]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
     found: dict[tuple[int, int], bytes] = {}
-    try:
+    async with groupless_consumer(bootstrap_servers) as consumer:
         tps = [TopicPartition(topic, p) for p in wanted]
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
@@ -72,5 +70,3 @@ async def _read(
                     if i < len(pending) and pending[i] - last > _GAP:
                         break  # seek past the gap
         return found
-    finally:
-        await consumer.stop()

@@ -19,11 +19,17 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from stream_app.core.logs import get_logger
 from stream_app.jobs.spend_ledger import Entry, SpendLedgers, Verdict
+from stream_app.kafka.groupless import (
+    FoldReader,
+    assign_from_start,
+    every_partition,
+    groupless_consumer,
+)
 
 log = get_logger(__name__)
 
@@ -31,7 +37,6 @@ SPEND_TOPIC_CONFIG: Mapping[str, str] = {
     "cleanup.policy": "delete",
     "retention.ms": str(40 * 24 * 3600 * 1000),
 }
-_RETRY_SECONDS = 1.0
 # A reservation told to wait asks again when its ledger changes, or after this long (a
 # reservation of a worker that died expires by the log's time, which moves only with
 # new entries).
@@ -51,7 +56,8 @@ class SpendLog:
         self._pending: dict[str, asyncio.Future[Verdict]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._producer: AIOKafkaProducer | None = None
-        self._reader: asyncio.Task[None] | None = None
+        # After a broker error: read again from the beginning, into empty ledgers.
+        self._reader = FoldReader("batch.spend reader", self._read, self.ledgers.clear)
         self._sends: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -70,15 +76,12 @@ class SpendLog:
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
             await producer.start()
         self._producer = producer
-        self._reader = asyncio.create_task(self._run(), name="spend-log-reader")
+        self._reader.start()
 
     async def stop(self) -> None:
         if self._sends:
             await asyncio.wait(self._sends, timeout=5)
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await self._reader.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -147,36 +150,14 @@ class SpendLog:
             self._topic, orjson.dumps(entry.to_json()), key=entry.ledger.encode()
         )
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker's errors: read again from the beginning
-                log.warning("batch.spend reader restarts", reason=f"{type(exc).__name__}: {exc}")
-                self.ledgers.clear()
-                await asyncio.sleep(_RETRY_SECONDS)
-
     async def _read(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
+        async with groupless_consumer(self._bootstrap) as consumer:
+            await assign_from_start(consumer, every_partition([self._topic], self._partitions))
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
                 for messages in batches.values():
                     for message in messages:
                         self._fold(message.value, message.timestamp / 1000)
-        finally:
-            await consumer.stop()
 
     def _fold(self, value: bytes | None, log_time: float) -> None:
         try:
