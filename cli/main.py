@@ -530,11 +530,17 @@ def watch(
 
 
 def _status_value(value: Any) -> str:
-    """One status field as the table shows it: yes/no, `k=v, ...` for an object."""
+    """One status field as the table shows it: yes/no, `k=v, ...` for an object, one line
+    per item for a list (a batch-lane job's provider batches), `-` for an empty one."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_status_value(v)}" for k, v in value.items())
+        return ", ".join(
+            f"{k}=({_status_value(v)})" if isinstance(v, dict) else f"{k}={_status_value(v)}"
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return "\n".join(_status_value(item) for item in value) or "-"
     return str(value)
 
 

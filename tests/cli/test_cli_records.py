@@ -193,3 +193,17 @@ def test_json_nested_too_deeply_is_one_clear_error(tmp_path: Path) -> None:
     body.write_text(deep)
     with pytest.raises(BadInput, match="JSON nested too deeply"):
         list(read_records(body, "json"))
+
+
+def test_a_status_list_shows_one_item_a_line() -> None:
+    from cli.main import _status_value
+
+    batches = [
+        {"id": "msgbatch_1", "processing_status": "ended", "request_counts": {"succeeded": 2}},
+        {"id": "msgbatch_2", "processing_status": "in_progress"},
+    ]
+    assert _status_value(batches) == (
+        "id=msgbatch_1, processing_status=ended, request_counts=(succeeded=2)\n"
+        "id=msgbatch_2, processing_status=in_progress"
+    )
+    assert _status_value([]) == "-"
