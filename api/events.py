@@ -92,8 +92,8 @@ def _result(stored: dict[str, Any]) -> ServerSentEvent:
     )
 
 
-def _end(job: JobStatus, *, stale: bool = False) -> ServerSentEvent:
-    return ServerSentEvent(data=_json(job_summary(job, stale=stale)), event="end")
+def _end(job: JobStatus, service: Service | None = None, *, stale: bool = False) -> ServerSentEvent:
+    return ServerSentEvent(data=_json(job_summary(job, service, stale=stale)), event="end")
 
 
 def _json(value: Any) -> str:
@@ -121,7 +121,7 @@ async def _replica(
         if count % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
     if is_finished(found.job):
-        yield _end(found.job, stale=True)
+        yield _end(found.job, service, stale=True)
 
 
 async def _stored_after(found: FoundJob, after: int | None) -> list[dict[str, Any]]:
@@ -201,4 +201,4 @@ async def _live(
                     yield _result(counted)
                     sent = counted["offset"]
             yield _progress(job, service)
-        yield _end(job)
+        yield _end(job, service)

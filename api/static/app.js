@@ -249,7 +249,9 @@ function drawJob(state, job) {
   $("count-cost").textContent = money(job.estimated_cost);
   $("job-lane").textContent = job.lane || "live";
   $("count-saving").textContent = money(Number(job.saving_usd || 0));
-  $("job-lane-reason").textContent = job.lane_reason || "";
+  $("job-lane-reason").textContent = [job.lane_reason, providerBatches(job)]
+    .filter(Boolean)
+    .join(" · ");
   $("cancel").disabled = job.status !== "pending" && job.status !== "running";
   // Once a job has ended, what became of its records, in words (a cancelled job is "done"
   // at 100% though most of it was skipped).
@@ -258,6 +260,17 @@ function drawJob(state, job) {
     ? `${job.status}: ${number(job.completed_count)} succeeded, ${number(job.failed_count)} ` +
       `failed, ${number(job.skipped_count)} skipped of ${number(job.total_records)}`
     : "";
+}
+
+// A batch-lane job's provider batches in a few words: how many are in progress and ended,
+// and how many records went to the live lane to make the deadline.
+function providerBatches(job) {
+  const batches = job.provider_batches;
+  if (!Array.isArray(batches) || batches.length === 0) return "";
+  const ended = batches.filter((b) => b.processing_status === "ended").length;
+  const words = [`provider batches: ${batches.length - ended} in progress, ${ended} ended`];
+  if (job.moved_to_live_lane) words.push(`${number(job.moved_to_live_lane)} records moved to the live lane`);
+  return words.join("; ");
 }
 
 // The events stream, read with fetch (EventSource cannot send the Authorization header).

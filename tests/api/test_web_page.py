@@ -162,3 +162,29 @@ def test_upload_watch_download_filter_and_cancel(
     # The API's docs render offline (Swagger UI from the package, no CDN).
     page.goto(service.base_url + "/docs")
     expect(page.locator(".swagger-ui .title")).to_contain_text("insight-stream", timeout=30_000)
+
+
+def test_a_batch_lane_upload_shows_its_provider_batches(
+    start: StartService, simulator: SimulatorHandle, browser: Browser, tmp_path: Path
+) -> None:
+    simulator.configure(batch_processing_seconds=1.0)
+    service = start(
+        claude_model="claude-sonnet-4-5",
+        batch_lane_window_seconds="1",
+        batch_lane_poll_seconds="0.2",
+    )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(service.base_url + "/")
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"text": text(i)}) + "\n" for i in range(12)))
+    page.select_option("#lane", "batch")
+    job_id = upload(page, data)
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    expect(page.locator("#job-percent")).to_have_text("100%", timeout=60_000)
+    expect(page.locator("#job-lane")).to_have_text("batch")
+    expect(page.locator("#job-lane-reason")).to_have_text(
+        "asked for the batch lane · provider batches: 0 in progress, 1 ended", timeout=10_000
+    )
+    assert errors == []
