@@ -685,8 +685,18 @@ class BatchLane:
         for start in range(0, len(candidates), RESERVE_AT_ONCE):
             chunk = candidates[start : start + RESERVE_AT_ONCE]
             verdicts = await asyncio.gather(
-                *(self._rules.reserve_batch_request(w.item.record, task, token) for w, _ in chunk)
+                *(self._rules.reserve_batch_request(w.item.record, task, token) for w, _ in chunk),
+                return_exceptions=True,
             )
+            failed = next((v for v in verdicts if isinstance(v, BaseException)), None)
+            if failed is not None:
+                # No batch is made now (tried again later): every reservation made goes.
+                admitted = [
+                    w for (w, _), v in zip(chunk, verdicts, strict=True) if v is Verdict.ADMIT
+                ]
+                for waiting in chosen + admitted:
+                    self._rules.release_batch_request(job.job_id, waiting.item.record.index)
+                raise failed
             cut = False
             for (waiting, request), verdict in zip(chunk, verdicts, strict=True):
                 record = waiting.item.record
