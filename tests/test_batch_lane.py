@@ -213,16 +213,16 @@ def test_a_retry_of_a_batch_lane_job_sends_its_failed_records_again(
     reads it back and runs it again (in a later provider batch), counted once."""
     simulator.configure(batch_processing_seconds=1.0)
     service = start(batch_lane_max_requests=100, **LANE)
-    lines = texts(5) + ["Refused every time [[sim:fail-400]]"]
+    lines = texts(5) + [f"Refused every time {i} [[sim:fail-400]]" for i in range(3)]
     with service.client() as client:
         job_id = submit_job(client, lines, lane="batch")
         with logs_on_failure(service):
             before = wait_completed(client, job_id, timeout=120)
-        assert (before["completed_count"], before["failed_count"]) == (5, 1)
+        assert (before["completed_count"], before["failed_count"]) == (5, 3)
         batches_before = len(simulator.stats()["batches"])
         reply = client.post(f"/api/v1/batch/{job_id}/retry", json={"failed": True})
         assert reply.status_code == 202, reply.text
-        assert reply.json()["retry"] == 1 and reply.json()["records"] == 1
+        assert reply.json()["retry"] == 1 and reply.json()["records"] == 3
         with logs_on_failure(service):
             wait_until(
                 lambda: (
@@ -234,12 +234,12 @@ def test_a_retry_of_a_batch_lane_job_sends_its_failed_records_again(
             )
         after = status(client, job_id, params={"limit": "0"})
         results = {r["index"]: r for r in all_results(client, job_id)}
-    assert sorted(results) == list(range(6))
-    assert (after["completed_count"], after["failed_count"]) == (5, 1)
-    assert not results[5]["success"] and "fail-400" in results[5]["error"]
-    # Sent again in a provider batch of its own: one request more, nothing else.
+    assert sorted(results) == list(range(8))
+    assert (after["completed_count"], after["failed_count"]) == (5, 3)
+    assert all(not results[i]["success"] and "fail-400" in results[i]["error"] for i in (5, 6, 7))
+    # Sent again together in one provider batch of their own: three requests more.
     stats = simulator.stats()
-    assert [b["requests"] for b in stats["batches"][batches_before:]] == [1]
+    assert [b["requests"] for b in stats["batches"][batches_before:]] == [3]
 
 
 def test_auto_picks_the_lane_by_size_and_deadline(
@@ -581,9 +581,47 @@ def test_after_a_restart_that_lost_the_provider_batch_the_status_shows_every_bat
         shown = status(client, job_id, params={"limit": "0"})
     assert sorted(r["index"] for r in results) == list(range(21))
     assert job["completed_count"] == 21
+    # The lost batches' records went again as full batches, not one by one.
+    assert sorted(b["requests"] for b in simulator.stats()["batches"]) == [1, 10, 10]
     batches = shown.get("provider_batches") or []
     assert batches, shown
     assert all(b["processing_status"] == "ended" for b in batches), batches
     # The lost batches' requests were never answered: none is counted as processing.
     assert all(b["request_counts"].get("processing", 0) == 0 for b in batches), batches
     assert simulator.stats()["batch_items_billed"] == 21
+
+
+def test_a_cancel_right_after_a_restart_that_lost_the_provider_batch_ends_every_record(
+    start: StartService, simulator: SimulatorHandle, tmp_path: Any
+) -> None:
+    # The worker stops mid-batch, its provider batch is forgotten (as the simulator child
+    # of `make run` forgets it), and the job is cancelled as soon as the worker is back:
+    # every record still ends (skipped, or answered), none is left without an outcome.
+    simulator.configure(batch_processing_seconds=120.0)
+    workdir = tmp_path / "worker"
+    options = {"batch_lane_max_requests": 1000, **LANE}
+    first = start(workdir=workdir, **options)
+    with first.client() as client:
+        job_id = submit_job(client, texts(200), lane="batch")
+        wait_until(
+            lambda: sum(b["requests"] for b in simulator.stats()["batches"]) == 200,
+            timeout=60,
+            interval=0.1,
+            what="the job's provider batch",
+        )
+    assert first.stop(signal.SIGTERM) == 0
+    simulator.reset()
+    second = start(workdir=workdir, **options)
+    with second.client() as client, logs_on_failure(first, second):
+        assert client.post(f"/api/v1/batch/{job_id}/cancel").status_code in (200, 202)
+
+        def ended() -> dict[str, Any] | None:
+            job = status(client, job_id, params={"limit": "0"})
+            done = job["completed_count"] + job["failed_count"] + job["skipped_count"]
+            return job if done == 200 else None
+
+        job = wait_until(ended, timeout=120, interval=0.2, what="every record's outcome")
+        results = all_results(client, job_id)
+    assert job["status"] == "cancelled"
+    assert sorted(r["index"] for r in results) == list(range(200))
+    assert simulator.stats()["batch_items_billed"] == job["completed_count"]

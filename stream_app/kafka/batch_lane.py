@@ -381,6 +381,11 @@ class BatchLane:
         record = item.record
         if not record.retry:
             job.seen.add(record.index)
+        elif not item.tries:
+            # A retry round's record: how many the round holds is not known here, so its
+            # arrival never makes the job complete; the round is cut when no record has
+            # joined for BATCH_LANE_WINDOW_SECONDS (each record its own batch before).
+            return
         job.expected.discard((record.index, item.tries))
         self._check_complete(job)
 
@@ -618,9 +623,11 @@ class BatchLane:
         """One provider batch of the gathered records; False when none could be made now."""
         await self._rules.terms_known(job.job_id)
         if await self._cancelled.should_skip(job.job_id):
-            for waiting in list(job.buffer.values()):
+            # Each taken out before its outcome is awaited: records that join the buffer
+            # meanwhile stay in it for the next turn (a clear() afterwards lost them).
+            for index in list(job.buffer):
+                waiting = job.buffer.pop(index)
                 await self._produce(job, [waiting], skipped_outcome(waiting.item.record))
-            job.buffer.clear()
             return False
         if self._deadline_near(job):
             waiting_now = list(job.buffer.values())
@@ -637,11 +644,11 @@ class BatchLane:
         try:
             task = self._rules.task_of(job.job_id)
         except InsightStreamError as exc:
-            for waiting in list(job.buffer.values()):
+            for index in list(job.buffer):
+                waiting = job.buffer.pop(index)
                 await self._produce(
                     job, [waiting], _failed(waiting.item, f"the job's task cannot be used: {exc}")
                 )
-            job.buffer.clear()
             return False
         limit = min(self._s.batch_lane_max_requests, MAX_BATCH_REQUESTS)
         # The batch's reservations end with it (renewed by it while it runs).
@@ -969,7 +976,9 @@ class BatchLane:
             # A try of its own (told apart from this one when it comes back), awaited.
             item = item.model_copy(update={"tries": waiting.item.tries + 1})
             job.expected.add((record.index, item.tries))
-            job.fired = False
+            # Not the job's last record any more: the items sent again are gathered into
+            # one batch when all are back, not cut one by one as each returns.
+            job.fired = job.last_arrived = False
             await self._send_item(item)
         else:
             live = record.model_copy(update={"lane": "live"})
