@@ -50,7 +50,11 @@ def logs_on_failure(*services: Any) -> Iterator[None]:
 
 
 def submit_job(client: httpx.Client, lines: list[str], **options: Any) -> str:
-    body = {"records": [{"text": t} for t in lines], **options}
+    # Each record carries metadata of its own: outcomes keep it (`input_metadata`).
+    body = {
+        "records": [{"text": t, "metadata": {"line": i}} for i, t in enumerate(lines)],
+        **options,
+    }
     reply = client.post("/api/v1/batch", json=body)
     assert reply.status_code == 202, reply.text
     job_id: str = reply.json()["job_id"]
@@ -88,6 +92,8 @@ def test_a_batch_lane_job_ends_whole_at_half_the_live_price(
     assert job["lane"] == "batch" and job["lane_reason"] == "asked for the batch lane"
     assert sorted(r["index"] for r in results) == list(range(300))
     assert job["completed_count"] == 300 and job["failed_count"] == 0
+    # Each record's own metadata is kept with its outcome, as on the live lane.
+    assert all(r["input_metadata"] == {"line": r["index"]} for r in results)
     stats = simulator.stats()
     # No live call at all; provider batches of at most 100, every item paid once.
     assert stats["requests"] == []
@@ -237,6 +243,7 @@ def test_a_retry_of_a_batch_lane_job_sends_its_failed_records_again(
     assert sorted(results) == list(range(8))
     assert (after["completed_count"], after["failed_count"]) == (5, 3)
     assert all(not results[i]["success"] and "fail-400" in results[i]["error"] for i in (5, 6, 7))
+    assert all(results[i]["input_metadata"] == {"line": i} for i in range(8))
     # Sent again together in one provider batch of their own: three requests more.
     stats = simulator.stats()
     assert [b["requests"] for b in stats["batches"][batches_before:]] == [3]

@@ -1018,6 +1018,8 @@ class BatchLane:
                     "retry": item.record.retry,
                     "record_partition": item.record_partition,
                     "record_offset": item.record_offset,
+                    # The record's own metadata, kept with its outcome as on the live lane.
+                    "input_metadata": item.record.record.metadata or None,
                 }
             )
         outcome = result.model_dump(mode="json", exclude_none=True)
