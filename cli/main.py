@@ -260,7 +260,14 @@ def _estimate_line(est: dict[str, Any]) -> str:
         f"${est['cost_usd_without_caching']:.4f} without caching){cap}, "
         f"~{est['duration_seconds']:.0f} s on the {lane} lane{saving}; "
         f"task {est['task']} on {est['model']}"
-    )
+    ) + _lane_warning(est)
+
+
+def _lane_warning(est: dict[str, Any]) -> str:
+    """The lane's reason on a line of its own when it warns of something the figures
+    assume (the batch lane with a deadline too close for a provider batch)."""
+    reason = str(est.get("lane_reason") or "")
+    return f"\nlane: {reason}" if "move to the live lane" in reason else ""
 
 
 @app.command()

@@ -77,6 +77,23 @@ def test_the_estimate_prices_the_lane_a_submit_would_take(start: StartService) -
         later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 3600))
         assert estimate(client, body(5, " far", deadline=later))["lane"] == "batch"
 
+        # The batch lane asked for with a deadline sooner than a provider batch takes: its
+        # records are expected to move to the live lane, so it is priced live (the batch
+        # price the low end), done by the deadline, and the reason says so.
+        soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+        close = estimate(client, body(10, " soon", lane="batch", deadline=soon))
+        assert close["lane"] == "batch" and "move to the live lane" in close["lane_reason"]
+        assert close["cost_usd"] == close["live_cost_usd"] and close["saving_usd"] == 0
+        assert close["cost_usd_low"] < close["cost_usd"] * 0.6
+        assert 100 <= close["duration_seconds"] <= 121
+
+        # Options in the query apply to a JSON body as on a submit: a contradiction is a 422.
+        reply = client.post("/api/v1/batch/estimate?lane=live", json=body(2, lane="batch"))
+        assert reply.status_code == 422, reply.text
+        assert "differs from the body" in reply.json()["error"]["message"]
+        reply = client.post("/api/v1/batch/estimate?lane=batch", json=body(2, " q"))
+        assert reply.status_code == 200 and reply.json()["lane"] == "batch", reply.text
+
         # The NDJSON job line and the query name the lane too.
         lines = b'{"job": {"lane": "batch"}}\n{"text": "One."}\n{"text": "Two."}\n'
         ndjson = {"content-type": "application/x-ndjson"}

@@ -207,3 +207,30 @@ def test_a_status_list_shows_one_item_a_line() -> None:
         "id=msgbatch_2, processing_status=in_progress"
     )
     assert _status_value([]) == "-"
+
+
+def test_an_estimate_that_expects_records_to_go_live_says_so() -> None:
+    from cli.main import _estimate_line
+
+    est = {
+        "records": 40,
+        "input_tokens": 1000,
+        "output_tokens": 400,
+        "cost_usd": 0.045,
+        "cost_usd_low": 0.022,
+        "cost_usd_high": 0.06,
+        "cost_usd_without_caching": 0.045,
+        "duration_seconds": 118.0,
+        "lane": "batch",
+        "lane_reason": "asked for the batch lane; the deadline in 2 min is sooner than a "
+        "provider batch's typical 60 min: records not answered in time move to the live "
+        "lane (at the live price) before it",
+        "saving_usd": 0.0,
+        "task": "smart-summary",
+        "model": "claude-sonnet-5-5",
+    }
+    first, second = _estimate_line(est).split("\n")
+    assert first.startswith("estimate: 40 records") and "~118 s on the batch lane" in first
+    assert second.startswith("lane: asked for the batch lane; the deadline in 2 min")
+    est["lane_reason"] = "asked for the batch lane"
+    assert "\n" not in _estimate_line(est)
