@@ -62,16 +62,14 @@ async def retry_job(request: Request) -> Response:
     if any(partition is None or offset is None for _, partition, offset in chosen):
         raise ApiError(409, "records_unavailable", "some outcomes do not say where their record is")
     began = time.monotonic()
-    records = await service.pipeline.read_records(
-        {(int(p), int(o)) for _, p, o in chosen}  # type: ignore[arg-type]
-    )
+    records = await _read_back(service, job_id, chosen)  # type: ignore[arg-type]
     log.info(
         "retry: records read back from the records topic",
         job_id=job_id,
         records=len(records),
         seconds=round(time.monotonic() - began, 3),
     )
-    missing = [index for index, p, o in chosen if (p, o) not in records]
+    missing = [index for index, _, _ in chosen if index not in records]
     if missing:
         raise ApiError(
             410,
@@ -80,9 +78,7 @@ async def retry_job(request: Request) -> Response:
             f"passed), e.g. index {missing[0]}",
         )
     await service.pipeline.publish_retry(
-        job_id,
-        round_,
-        [(index, records[(p, o)]) for index, p, o in chosen],  # type: ignore[index]
+        job_id, round_, [(index, records[index]) for index, _, _ in chosen]
     )
     deadline = time.monotonic() + _APPLIED_WITHIN_SECONDS
     while time.monotonic() < deadline:
@@ -136,3 +132,35 @@ def _results(found: FoundJob) -> list[dict[str, Any]]:
     if chunks is not None:
         return [orjson.loads(raw) for chunk in chunks for raw in chunk]
     return [r for r in (found.result(i) for i in range(found.end)) if r is not None]
+
+
+async def _read_back(
+    service: Service, job_id: str, chosen: list[tuple[int, int, int]]
+) -> dict[int, bytes]:
+    """index -> the record message of the job's record `index`, read back at its (partition,
+    offset): from `batch.records`, else from `batch.records.bulk` (where a big job's records
+    are; an outcome says where, not on which of the two topics). A message is taken only if
+    it is that very record (its job_id and index): the same position on the other topic
+    holds another job's record."""
+
+    def is_it(value: bytes | None, index: int) -> bool:
+        try:
+            data = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            return False
+        return (
+            isinstance(data, dict) and data.get("job_id") == job_id and data.get("index") == index
+        )
+
+    found: dict[int, bytes] = {}
+    settings = service.settings
+    for topic in (settings.topic_records, settings.topic_records_bulk):
+        rest = [(index, p, o) for index, p, o in chosen if index not in found]
+        if not rest:
+            break
+        read = await service.pipeline.read_records({(p, o) for _, p, o in rest}, topic=topic)
+        for index, p, o in rest:
+            value = read.get((p, o))
+            if value is not None and is_it(value, index):
+                found[index] = value
+    return found

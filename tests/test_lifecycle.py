@@ -227,6 +227,37 @@ def test_an_idempotency_key_answers_the_first_job_on_every_worker_and_after_a_re
         assert bad.json()["error"]["code"] == "invalid_idempotency_key"
 
 
+def test_a_retry_of_a_big_job_reads_its_records_back_from_the_bulk_topic(
+    start: StartService, simulator: SimulatorHandle
+) -> None:
+    """A job bigger than BATCH_BULK_JOB_RECORDS has its records on `batch.records.bulk`;
+    its outcomes' (partition, offset) point there. On `batch.records` the same positions
+    hold other jobs' records: a retry must send the job's own records again, and never
+    another job's."""
+    service = start(batch_record_retry_count=0, batch_bulk_job_records=4)
+    with service.client() as client:
+        # Small jobs first: their records fill the low offsets of `batch.records`.
+        others = [submit(client, texts(f"other{n}", 4)) for n in range(3)]
+        for other in others:
+            wait_completed(client, other)
+        records = texts("big", 10)
+        flaky = {2, 5, 7}
+        for index in flaky:
+            records[index] += " [[sim:bad-json-once]]"
+        job_id = submit(client, records)
+        before = wait_completed(client, job_id)
+        assert (before["completed_count"], before["failed_count"]) == (7, 3)
+        reply = client.post(f"/api/v1/batch/{job_id}/retry", json={"failed": True})
+        assert reply.status_code == 202, reply.text
+        after = wait_completed(client, job_id)
+        assert (after["completed_count"], after["failed_count"]) == (10, 0)
+        assert calls_for(simulator, "big") == 13
+        # The other jobs were not touched: one call per record, no retry round.
+        for n, other in enumerate(others):
+            assert calls_for(simulator, f"other{n}") == 4
+            assert status(client, other, params={"limit": "0"})["retries"] == 0
+
+
 def test_a_retry_of_three_failed_records_makes_three_calls_and_the_status_adds_up(
     start: StartService, simulator: SimulatorHandle
 ) -> None:

@@ -282,10 +282,13 @@ class Pipeline:
 
         await self._within_publish_timeout(send(), f"deletion of job {job_id}")
 
-    async def read_records(self, where: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        """The `batch.records` messages at these (partition, offset) pairs that the topic
-        still holds (stream_app.kafka.record_reader). Raises BrokerUnavailable when the
-        broker does not answer within KAFKA_PUBLISH_TIMEOUT_SECONDS."""
+    async def read_records(
+        self, where: set[tuple[int, int]], topic: str | None = None
+    ) -> dict[tuple[int, int], bytes]:
+        """The messages of `topic` (`batch.records` by default; a big job's records are on
+        `batch.records.bulk`) at these (partition, offset) pairs that it still holds
+        (stream_app.kafka.record_reader). Raises BrokerUnavailable when the broker does not
+        answer within KAFKA_PUBLISH_TIMEOUT_SECONDS."""
         wanted: dict[int, list[int]] = {}
         for partition, offset in where:
             wanted.setdefault(partition, []).append(offset)
@@ -293,7 +296,7 @@ class Pipeline:
         try:
             return await read_back(
                 cast(str, self.settings.kafka_bootstrap_servers),
-                self.settings.topic_records,
+                topic or self.settings.topic_records,
                 wanted,
                 timeout,
             )
