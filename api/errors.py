@@ -81,6 +81,8 @@ def describe(exc: ValidationError) -> str:
     task_object = any(e["loc"][:2] == ("task", "TaskSpec") and len(e["loc"]) > 2 for e in errors)
     parts = []
     for error in errors:
+        # A validator's own message is the message: pydantic's "Value error, " goes.
+        error = {**error, "msg": str(error["msg"]).removeprefix("Value error, ")}
         loc = list(error["loc"])
         if loc[:1] == ["task"]:
             if loc[1:2] == ["str"]:

@@ -46,9 +46,16 @@ def normal_url(url: str) -> str:
 
 class ApiClient:
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0) -> None:
+        """Raises CliError when `url` is not an address (an unclosed `[`, a bad port)."""
         self.url = normal_url(url)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as exc:
+            raise CliError(
+                f"--url (or INSIGHT_URL) {url!r} is not an address: {exc} "
+                "(expected e.g. http://127.0.0.1:8000)"
+            ) from None
 
     def close(self) -> None:
         self._http.close()

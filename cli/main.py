@@ -100,7 +100,11 @@ def main(
         typer.Option(envvar="INSIGHT_API_KEY", help="A secret from the service's API_KEYS."),
     ] = None,
 ) -> None:
-    client = ApiClient(url, api_key)
+    try:
+        client = ApiClient(url, api_key)
+    except CliError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     ctx.call_on_close(client.close)
     ctx.obj = client
 

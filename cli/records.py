@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -71,11 +72,32 @@ def file_options(path: Path, fmt: Format) -> dict[str, Any]:
 TOO_DEEP = "JSON nested too deeply to read (more than about 1,000 levels)"
 
 
+def _strict_json(text: str | bytes) -> Any:
+    """json.loads as the service reads JSON (RFC 8259): NaN, Infinity and numbers too big
+    for a float (1e400) are refused (json.JSONDecodeError) instead of read."""
+
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if math.isinf(value):
+            raise ValueError(f"the number {number[:20]} is too large for JSON readers")
+        return value
+
+    try:
+        return json.loads(text, parse_constant=no_constant, parse_float=finite)
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(exc), text if isinstance(text, str) else "", 0) from None
+
+
 def _json_body(path: Path) -> tuple[list[Any], dict[str, Any]]:
     """A `.json` file: the API's body `{"records": [...], ...options}`, or a bare list of
     records; a file of one JSON object a line (JSONL named .json) is read as JSONL."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = _strict_json(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise BadInput(path, None, "not UTF-8 text") from None
     except RecursionError:
@@ -111,7 +133,8 @@ def _valid(path: Path, line: int | None, data: Any, where: str = "") -> dict[str
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"]) or "record"
         prefix = f"{where}." if where and error["loc"] else where
-        raise BadInput(path, line, f"{prefix}{field}: {error['msg']}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
+        raise BadInput(path, line, f"{prefix}{field}: {message}") from None
     return record.model_dump(exclude_none=True, exclude_defaults=True) | {"text": record.text}
 
 
@@ -121,7 +144,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = _strict_json(line)
             except json.JSONDecodeError as exc:
                 raise BadInput(path, number, f"not valid JSON ({exc.msg})") from None
             except RecursionError:

@@ -30,9 +30,14 @@ class BatchRecord(BaseModel):
         if isinstance(value, float):
             # A fraction, or a whole number past 64 bits (JSON readers take it as a float):
             # its digits cannot be kept exactly.
+            got = (
+                "a whole number past 64 bits, whose digits JSON readers do not keep"
+                if value.is_integer()
+                else repr(value)
+            )
             raise ValueError(
                 "id must be a string or a whole number of at most 64 bits "
-                f'(got {value!r}): send it as a string, e.g. "12345678901234567890123"'
+                f'(got {got}): send it as a string, e.g. "12345678901234567890123"'
             )
         return value
 

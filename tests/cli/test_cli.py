@@ -195,9 +195,7 @@ def test_clear_errors_and_exit_codes(
     blank.write_text('{"text": "fine"}\n{"text": "   "}\n')
     refused = insight("submit", str(blank), url=url, api_key="s3cret-key")
     assert refused.returncode == 1
-    assert refused.stderr == (
-        f"error: {blank} line 2: text: Value error, text must be a non-empty string\n"
-    )
+    assert refused.stderr == (f"error: {blank} line 2: text: text must be a non-empty string\n")
 
     sheet = tmp_path / "no-column.csv"
     sheet.write_text("id,body\n1,hello\n")

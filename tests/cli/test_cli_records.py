@@ -141,7 +141,7 @@ def test_csv_columns_multiline_cells_and_errors(tmp_path: Path) -> None:
     records = read_records(path, "csv", text_column="body", id_column="ref")
     assert next(records) == {"text": "two\nlines", "id": "R1", "metadata": {"channel": "mail"}}
     assert next(records) == {"text": "short", "id": "R2", "metadata": {"channel": "phone"}}
-    with pytest.raises(BadInput, match="line 6: text: Value error, text must be a non-empty"):
+    with pytest.raises(BadInput, match="line 6: text: text must be a non-empty"):
         next(records)
     path.write_text("id,text\n1,hello\n2,bye,extra\n")
     rows = read_records(path, "csv")
@@ -234,3 +234,29 @@ def test_an_estimate_that_expects_records_to_go_live_says_so() -> None:
     assert second.startswith("lane: asked for the batch lane; the deadline in 2 min")
     est["lane_reason"] = "asked for the batch lane"
     assert "\n" not in _estimate_line(est)
+
+
+@pytest.mark.parametrize(
+    "line,said",
+    [
+        ('{"text": "x", "metadata": {"a": NaN}}', "NaN is not JSON"),
+        ('{"text": "x", "metadata": {"a": -Infinity}}', "-Infinity is not JSON"),
+        ('{"text": "x", "metadata": {"a": 1e400}}', "1e400 is too large"),
+    ],
+)
+def test_json_the_service_would_refuse_is_refused_naming_the_line(
+    tmp_path: Path, line: str, said: str
+) -> None:
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(BadInput) as raised:
+        list(read_records(path, "jsonl"))
+    assert f"{path} line 2: not valid JSON" in str(raised.value) and said in str(raised.value)
+
+
+def test_a_bad_url_is_one_line_not_a_traceback() -> None:
+    from cli.client import ApiClient, CliError
+
+    with pytest.raises(CliError) as raised:
+        ApiClient("http://[::1", None)
+    assert "is not an address" in str(raised.value)
