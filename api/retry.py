@@ -62,7 +62,10 @@ async def retry_job(request: Request) -> Response:
     if any(partition is None or offset is None for _, partition, offset in chosen):
         raise ApiError(409, "records_unavailable", "some outcomes do not say where their record is")
     began = time.monotonic()
-    records = await _read_back(service, job_id, chosen)  # type: ignore[arg-type]
+    records = await service.pipeline.read_job_records(
+        job_id,
+        {index: (int(p), int(o)) for index, p, o in chosen},  # type: ignore[arg-type]
+    )
     log.info(
         "retry: records read back from the records topic",
         job_id=job_id,
@@ -132,35 +135,3 @@ def _results(found: FoundJob) -> list[dict[str, Any]]:
     if chunks is not None:
         return [orjson.loads(raw) for chunk in chunks for raw in chunk]
     return [r for r in (found.result(i) for i in range(found.end)) if r is not None]
-
-
-async def _read_back(
-    service: Service, job_id: str, chosen: list[tuple[int, int, int]]
-) -> dict[int, bytes]:
-    """index -> the record message of the job's record `index`, read back at its (partition,
-    offset): from `batch.records`, else from `batch.records.bulk` (where a big job's records
-    are; an outcome says where, not on which of the two topics). A message is taken only if
-    it is that very record (its job_id and index): the same position on the other topic
-    holds another job's record."""
-
-    def is_it(value: bytes | None, index: int) -> bool:
-        try:
-            data = orjson.loads(value or b"")
-        except orjson.JSONDecodeError:
-            return False
-        return (
-            isinstance(data, dict) and data.get("job_id") == job_id and data.get("index") == index
-        )
-
-    found: dict[int, bytes] = {}
-    settings = service.settings
-    for topic in (settings.topic_records, settings.topic_records_bulk):
-        rest = [(index, p, o) for index, p, o in chosen if index not in found]
-        if not rest:
-            break
-        read = await service.pipeline.read_records({(p, o) for _, p, o in rest}, topic=topic)
-        for index, p, o in rest:
-            value = read.get((p, o))
-            if value is not None and is_it(value, index):
-                found[index] = value
-    return found

@@ -182,8 +182,13 @@ class BatchLane:
         dead_letters: DeadLetters,
         flush: Callable[[], Any],
         live_ahead: Callable[[str], LiveQueue] | None = None,
+        read_back: Callable[[str, dict[int, tuple[int, int]]], Awaitable[dict[int, bytes]]]
+        | None = None,
     ) -> None:
         self._s = settings
+        # job_id, {index: (partition, offset)} -> {index: the record message}: the job's
+        # records read back from their records topic (Pipeline.read_job_records).
+        self._read_back = read_back
         # The live records of other jobs waiting on this worker (a deadline move counts them).
         self._live_ahead = live_ahead or (lambda job_id: LiveQueue(0, 0))
         self._client = client
@@ -743,6 +748,13 @@ class BatchLane:
             "rounds": {
                 str(w.item.record.index): w.item.record.retry for w in chosen if w.item.record.retry
             },
+            # Where each record sits on its records topic: one whose lane delivery does not
+            # come again after a restart is read back from there (`_rejoin`).
+            "at": {
+                str(w.item.record.index): [w.item.record_partition, w.item.record_offset]
+                for w in chosen
+                if w.item.record_partition is not None and w.item.record_offset is not None
+            },
             "requested_at": time.time(),
         }
         if ledgers:
@@ -874,7 +886,7 @@ class BatchLane:
             await asyncio.sleep(self._poll_delay(job, polls))
             polls += 1
         if rejoin:
-            await self._rejoin(batch)
+            await self._rejoin(job, batch)
         if moved:
             self._write(
                 job,
@@ -948,11 +960,43 @@ class BatchLane:
         stored["moved_live"] = sorted(moved)
         self._table[job.job_id] = stored
 
-    async def _rejoin(self, batch: _Batch) -> None:
-        """After a restart, wait (a little) for the batch's records to come again."""
+    async def _rejoin(self, job: _Job, batch: _Batch) -> None:
+        """After a restart, wait (a little) for the batch's records to come again; those
+        that do not are read back from their records topic at the positions the batch's
+        table entry keeps, so that every record of the batch gets its outcome (answered
+        or sent again) whatever became of its delivery on the lane topic."""
         deadline = time.monotonic() + REJOIN_SECONDS
         while len(batch.members) < len(batch.indexes) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        missing = [index for index in batch.indexes if index not in batch.members]
+        if not missing or self._read_back is None:
+            return
+        entry = ((self._table.get(job.job_id) or {}).get("batches") or {}).get(batch.key) or {}
+        at = entry.get("at") or {}
+        positions = {i: (int(at[str(i)][0]), int(at[str(i)][1])) for i in missing if str(i) in at}
+        found = await self._read_back(job.job_id, positions) if positions else {}
+        tries, rounds = entry.get("tries") or {}, entry.get("rounds") or {}
+        for index, value in found.items():
+            if index in batch.members:
+                continue  # its delivery came meanwhile
+            record = RecordEvent.model_validate_json(value).model_copy(
+                update={"retry": rounds.get(str(index)), "created_follows": None}
+            )
+            partition, offset = positions[index]
+            item = LaneItem(
+                record=record,
+                record_partition=partition,
+                record_offset=offset,
+                tries=int(tries.get(str(index), 0)),
+            )
+            batch.members[index] = _Waiting(item, [], time.time())
+        log.warning(
+            "batch lane: records of a provider batch did not come again; read back",
+            job=job.job_id,
+            batch=batch.batch_id,
+            missing=len(missing),
+            read_back=len(found),
+        )
 
     async def _apply(self, job: _Job, waiting: _Waiting, step: Produce | TryAgain) -> None:
         if isinstance(step, Produce):
@@ -997,7 +1041,7 @@ class BatchLane:
         del job.batches[batch.key]
 
     async def _all_again(self, job: _Job, batch: _Batch, reason: str) -> None:
-        await self._rejoin(batch)
+        await self._rejoin(job, batch)
         job.resending += 1
         try:
             for waiting in batch.members.values():
@@ -1158,6 +1202,7 @@ def install_batch_lane(
         dead_letters=dead_letters,
         flush=lambda: app.producer.flush(),
         live_ahead=live_ahead,
+        read_back=pipeline.read_job_records,
     )
     pipeline.lane = records.lane = lane
 

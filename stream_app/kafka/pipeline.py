@@ -305,6 +305,39 @@ class Pipeline:
                 f"the broker did not return the records within {timeout:g} s"
             ) from None
 
+    async def read_job_records(
+        self, job_id: str, positions: Mapping[int, tuple[int, int]]
+    ) -> dict[int, bytes]:
+        """index -> the record message of the job's record `index`, read back at its
+        (partition, offset) in `positions`: from `batch.records`, else `batch.records.bulk`
+        (where a big job's records are; an outcome says where, not on which of the two). A
+        message is taken only if it is that very record (its job_id and index): the same
+        position on the other topic holds another job's record. Records the topics no
+        longer hold are left out. Raises BrokerUnavailable as read_records does."""
+
+        def is_it(value: bytes, index: int) -> bool:
+            try:
+                data = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return False
+            return (
+                isinstance(data, dict)
+                and data.get("job_id") == job_id
+                and data.get("index") == index
+            )
+
+        found: dict[int, bytes] = {}
+        for topic in (self.settings.topic_records, self.settings.topic_records_bulk):
+            rest = {i: where for i, where in positions.items() if i not in found}
+            if not rest:
+                break
+            read = await self.read_records(set(rest.values()), topic=topic)
+            for index, where in rest.items():
+                value = read.get(where)
+                if value is not None and is_it(value, index):
+                    found[index] = value
+        return found
+
     async def publish_retry(
         self, job_id: str, retry: int, records: list[tuple[int, bytes]]
     ) -> None:

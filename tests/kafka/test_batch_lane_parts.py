@@ -1,6 +1,8 @@
-"""The batch lane's reservations for a provider batch (BatchLane._reserve), without Kafka:
-asked RESERVE_AT_ONCE at a time, judged in order; the batch is cut at the first record
-that must wait, and what was reserved past it, or before a failure, is released."""
+"""Parts of the batch lane without Kafka. The reservations for a provider batch
+(BatchLane._reserve): asked RESERVE_AT_ONCE at a time, judged in order; the batch is cut
+at the first record that must wait, and what was reserved past it, or before a failure, is
+released. The records of a resumed batch whose lane deliveries do not come again
+(BatchLane._rejoin): read back from their records topic."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from stream_app.core.settings import Settings
 from stream_app.jobs.batch_outcomes import LaneItem
 from stream_app.jobs.spend_ledger import Verdict
 from stream_app.kafka import batch_lane
-from stream_app.kafka.batch_lane import BatchLane, _Job, _Waiting
+from stream_app.kafka.batch_lane import BatchLane, _Batch, _Job, _Waiting
 
 
 class Rules:
@@ -42,13 +44,13 @@ class Rules:
         self.released.append(index)
 
 
-def lane(rules: Rules) -> BatchLane:
+def lane(rules: Rules, table: dict[str, Any] | None = None, read_back: Any = None) -> BatchLane:
     return BatchLane(
         Settings(_env_file=None),  # type: ignore[call-arg]
         client=None,  # type: ignore[arg-type]
         rules=rules,  # type: ignore[arg-type]
         cancelled=None,  # type: ignore[arg-type]
-        table={},  # type: ignore[arg-type]
+        table=table if table is not None else {},  # type: ignore[arg-type]
         lane_topic=None,  # type: ignore[arg-type]
         records_topic=None,  # type: ignore[arg-type]
         results_topic=None,  # type: ignore[arg-type]
@@ -56,6 +58,7 @@ def lane(rules: Rules) -> BatchLane:
         metrics=None,  # type: ignore[arg-type]
         dead_letters=None,  # type: ignore[arg-type]
         flush=lambda: None,
+        read_back=read_back,
     )
 
 
@@ -103,3 +106,39 @@ async def test_a_failed_reservation_releases_every_one_made(
     with pytest.raises(ConnectionError):
         await lane(rules)._reserve(job, None, "tok", candidates(job, 10))  # type: ignore[arg-type]
     assert sorted(rules.released) == [0, 1, 2, 3, 4, 5, 7]
+
+
+async def test_records_of_a_resumed_batch_that_do_not_come_again_are_read_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_lane, "REJOIN_SECONDS", 0.05)
+    entry = {
+        "indexes": [0, 1, 2, 3],
+        "tries": {"0": 0, "1": 1, "2": 0, "3": 0},
+        "rounds": {"2": 1},
+        "at": {"1": [3, 17], "2": [0, 5], "3": [1, 9]},
+    }
+    table = {"j": {"batches": {"b000001": entry}}}
+    asked: list[dict[int, tuple[int, int]]] = []
+
+    async def read_back(job_id: str, positions: dict[int, tuple[int, int]]) -> dict[int, bytes]:
+        asked.append(dict(positions))
+        # Index 3 is no longer on its topic (retention): left out.
+        return {
+            i: RecordEvent(job_id=job_id, index=i, record=BatchRecord(text=f"t{i}", id=f"r{i}"))
+            .model_dump_json()
+            .encode()
+            for i in positions
+            if i != 3
+        }
+
+    job = _Job("j", None)  # type: ignore[arg-type]
+    (present, _), *_ = candidates(_Job("j", None), 1)  # type: ignore[arg-type]
+    batch = _Batch("b000001", [0, 1, 2, 3], {0: present})
+    await lane(Rules({}), table, read_back)._rejoin(job, batch)
+    assert asked == [{1: (3, 17), 2: (0, 5), 3: (1, 9)}]
+    assert sorted(batch.members) == [0, 1, 2]
+    one, two = batch.members[1].item, batch.members[2].item
+    assert (one.tries, one.record_partition, one.record_offset) == (1, 3, 17)
+    assert one.record.record.text == "t1" and one.record.record.id == "r1"
+    assert two.record.retry == 1 and batch.members[2].events == []
