@@ -557,31 +557,37 @@ def test_a_deadline_moves_the_records_of_a_slow_provider_batch_to_the_live_lane(
     assert done_at <= deadline + 1.0  # (the deadline is given to the second)
 
 
+def stopped_mid_batch(
+    start: StartService, simulator: SimulatorHandle, workdir: Any, count: int, options: Any
+) -> tuple[str, Any]:
+    """A batch-lane job of `count` records whose provider batches (slow: 120 s) all exist,
+    then a SIGTERM of its worker and a simulator that forgets them, as the simulator child
+    of `make run` does when it restarts: (the job's id, the stopped worker)."""
+    simulator.configure(batch_processing_seconds=120.0)
+    first = start(workdir=workdir, **options)
+    with first.client() as client:
+        job_id = submit_job(client, texts(count), lane="batch")
+        wait_until(
+            lambda: sum(b["requests"] for b in simulator.stats()["batches"]) == count,
+            timeout=60,
+            interval=0.1,
+            what="the job's provider batches",
+        )
+    assert first.stop(signal.SIGTERM) == 0
+    simulator.reset()
+    return job_id, first
+
+
 def test_after_a_restart_that_lost_the_provider_batch_the_status_shows_every_batch_ended(
     start: StartService, simulator: SimulatorHandle, tmp_path: Any
 ) -> None:
     # As with `make run`: the worker stops mid-batch and its simulator child, restarted with
     # it, has forgotten the batch (a 404 for its id). The records go again in a new batch;
     # once the job has ended, no provider batch of it may still read `in_progress`.
-    simulator.configure(batch_processing_seconds=30.0)
-    workdir = tmp_path / "worker"
     options = {"batch_lane_max_requests": 10, **LANE}
-    first = start(workdir=workdir, **options)
-    with first.client() as client:
-        job_id = submit_job(client, texts(21), lane="batch")
-        wait_until(
-            lambda: (
-                len(status(client, job_id, params={"limit": "0"}).get("provider_batches") or [])
-                >= 3
-            ),
-            timeout=60,
-            interval=0.1,
-            what="the job's three provider batches",
-        )
-    assert first.stop(signal.SIGTERM) == 0
-    simulator.reset()
+    job_id, first = stopped_mid_batch(start, simulator, tmp_path / "worker", 21, options)
     simulator.configure(batch_processing_seconds=1.0)
-    second = start(workdir=workdir, **options)
+    second = start(workdir=tmp_path / "worker", **options)
     with second.client() as client, logs_on_failure(first, second):
         job = wait_completed(client, job_id, timeout=120)
         results = all_results(client, job_id)
@@ -604,21 +610,9 @@ def test_a_cancel_right_after_a_restart_that_lost_the_provider_batch_ends_every_
     # The worker stops mid-batch, its provider batch is forgotten (as the simulator child
     # of `make run` forgets it), and the job is cancelled as soon as the worker is back:
     # every record still ends (skipped, or answered), none is left without an outcome.
-    simulator.configure(batch_processing_seconds=120.0)
-    workdir = tmp_path / "worker"
     options = {"batch_lane_max_requests": 1000, **LANE}
-    first = start(workdir=workdir, **options)
-    with first.client() as client:
-        job_id = submit_job(client, texts(200), lane="batch")
-        wait_until(
-            lambda: sum(b["requests"] for b in simulator.stats()["batches"]) == 200,
-            timeout=60,
-            interval=0.1,
-            what="the job's provider batch",
-        )
-    assert first.stop(signal.SIGTERM) == 0
-    simulator.reset()
-    second = start(workdir=workdir, **options)
+    job_id, first = stopped_mid_batch(start, simulator, tmp_path / "worker", 200, options)
+    second = start(workdir=tmp_path / "worker", **options)
     with second.client() as client, logs_on_failure(first, second):
         assert client.post(f"/api/v1/batch/{job_id}/cancel").status_code in (200, 202)
 
