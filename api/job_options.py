@@ -148,22 +148,34 @@ def with_query_options(batch: BatchRequest, params: Any) -> BatchRequest:
     query = query_options(params)
     if not query:
         return batch
+    try:
+        # Read as the body's fields are, so that `5` and `5.0`, or one deadline written
+        # two ways, are the same value.
+        checked = BatchRequest.model_validate({**query, "records": [{"text": "-"}]})
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", f"query: {describe(exc)}") from None
     given = batch.model_fields_set
     for name, value in query.items():
-        if name in given and str(getattr(batch, name)) != str(value):
+        if name in given and not _same(name, getattr(batch, name), getattr(checked, name)):
             raise ApiError(
                 422,
                 "validation_error",
                 f"query: {name}={value!r} differs from the body's {name}; give it once",
             )
-    extra = {name: value for name, value in query.items() if name not in given}
+    extra = [name for name in query if name not in given]
     if not extra:
         return batch
-    try:
-        checked = BatchRequest.model_validate({**extra, "records": [{"text": "-"}]})
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", f"query: {describe(exc)}") from None
     return batch.model_copy(update={name: getattr(checked, name) for name in extra})
+
+
+def _same(name: str, body: Any, query: Any) -> bool:
+    """Whether a body's option and the query's are one value (a deadline: one instant)."""
+    if name == "deadline" and body is not None and query is not None:
+        try:
+            return bool(parse_deadline(str(body)) == parse_deadline(str(query)))
+        except ValueError:
+            return False
+    return bool(body == query)
 
 
 def query_options(params: Any) -> dict[str, Any]:

@@ -253,7 +253,7 @@ def _estimate_line(est: dict[str, Any]) -> str:
     lane = est.get("lane", "live")
     saving = (
         f", ${est['saving_usd']:.4f} less than live"
-        if lane == "batch" and "saving_usd" in est
+        if lane == "batch" and est.get("saving_usd", 0) > 0
         else ""
     )
     return (
@@ -699,7 +699,7 @@ def cancel(
 @_one_line_errors
 def retry(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
     failed: Annotated[
         bool | None, typer.Option("--failed", help="Send the failed records again.")
     ] = None,
@@ -726,7 +726,7 @@ def retry(
 @_one_line_errors
 def delete(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(help="The job's id, or its first characters.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a job everywhere the service keeps it (a running job is cancelled first).

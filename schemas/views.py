@@ -106,7 +106,15 @@ class JobSummary(BaseModel):
     provider_batches: list[dict[str, Any]] | None = Field(
         None,
         description="Batch lane: the job's provider message batches, each `{id, "
-        "processing_status, request_counts}` (as the provider last reported them).",
+        "processing_status, request_counts}` (as the provider last reported them; `ended` "
+        "once the service is done with it), with a `note` when the service ended it "
+        "otherwise (not found at the provider, cancelled to make the deadline).",
+    )
+    moved_to_live_lane: int | None = Field(
+        None,
+        ge=0,
+        description="Batch lane: how many of the job's records were sent to the live lane "
+        "to make its deadline.",
     )
     saving_usd: str = Field(
         "0",

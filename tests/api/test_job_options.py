@@ -71,3 +71,11 @@ def test_query_options_apply_to_a_json_body_and_never_silently() -> None:
     with pytest.raises(ApiError) as conflict:
         with_query_options(high, {"priority": "low"})
     assert "differs from the body's priority" in conflict.value.message
+    # One value written two ways is the same value: a number, an instant.
+    both = BatchRequest.model_validate(
+        {"records": [{"text": "a"}], "max_cost_usd": 5, "deadline": "2099-01-01T00:00:00Z"}
+    )
+    same = {"max_cost_usd": "5.0", "deadline": "2099-01-01T01:00:00+01:00"}
+    assert with_query_options(both, same) is both
+    with pytest.raises(ApiError):
+        with_query_options(both, {"max_cost_usd": "6"})
