@@ -178,17 +178,18 @@ def _same(name: str, body: Any, query: Any) -> bool:
     return bool(body == query)
 
 
+# The job options a query may carry (the body's names).
+_QUERY_OPTIONS = ("lane", "deadline", "priority", "task", "max_cost_usd")
+
+
 def query_options(params: Any) -> dict[str, Any]:
     """Options of a streamed body given as query parameters
-    (`?task=<preset>&max_cost_usd=&priority=&lane=&deadline=`)."""
-    options: dict[str, Any] = {}
-    for name in ("lane", "deadline"):
-        if name in params:
-            options[name] = params[name]
-    if "priority" in params:
-        options["priority"] = params["priority"]
-    if "task" in params:
-        options["task"] = params["task"]
-    if "max_cost_usd" in params:
-        options["max_cost_usd"] = params["max_cost_usd"]
-    return options
+    (`?task=<preset>&max_cost_usd=&priority=&lane=&deadline=`). Raises ApiError 422 for
+    an option given more than once (`?lane=batch&lane=live`: which one was meant?)."""
+    if hasattr(params, "getlist"):
+        for name in _QUERY_OPTIONS:
+            if len(params.getlist(name)) > 1:
+                raise ApiError(
+                    422, "validation_error", f"query: {name} is given more than once; give it once"
+                )
+    return {name: params[name] for name in _QUERY_OPTIONS if name in params}

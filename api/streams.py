@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from api.bodies import CSV, BodyType, check_record_size, describe, record_limit
 from api.errors import ApiError
-from api.job_options import JobOptions, query_options, request_options
+from api.job_options import JobOptions, query_options, request_options, with_query_options
 from api.records import validated_json
 from schemas import BatchRequest
 from stream_app.core.settings import Settings
@@ -36,8 +36,9 @@ async def spool_records(
     request: Request, spool: IO[bytes], service: Service, kind: BodyType
 ) -> tuple[int, JobOptions]:
     """Validate the streamed records into `spool` (one JSON record a line); returns how
-    many and the job's options (query parameters, or an NDJSON body's `{"job": ...}` line,
-    which wins). Raises ApiError (413, 422) at the first bad line."""
+    many and the job's options (query parameters, and an NDJSON body's `{"job": ...}` line:
+    both apply, a value given in both that differs is a 422). Raises ApiError (413, 422) at
+    the first bad line."""
     options = _validated_options(query_options(request.query_params), 0, service)
     if kind.media_type == CSV:
         count = await _spool_csv(request, spool, service, kind)
@@ -147,7 +148,7 @@ async def _spool_ndjson(
         except orjson.JSONDecodeError as exc:
             raise ApiError(422, "validation_error", f"line {number}: not JSON: {exc}") from None
         if first and isinstance(data, dict) and set(data) == {"job"}:
-            options = _check_job_options(data["job"], number, service)
+            options = _check_job_options(data["job"], number, service, request.query_params)
             first = False
             continue
         first = False
@@ -158,20 +159,25 @@ async def _spool_ndjson(
     return count, options
 
 
-def _check_job_options(options: Any, line: int, service: Service) -> JobOptions:
+def _check_job_options(options: Any, line: int, service: Service, params: Any) -> JobOptions:
     """A first line `{"job": {...}}` carries the options the JSON body would (validated
-    the same way: unknown options are refused)."""
+    the same way: unknown options are refused), with the query's added as to a JSON body
+    (`with_query_options`: one that differs from the line's is a 422)."""
     if not isinstance(options, dict):
         raise ApiError(422, "validation_error", f"line {line}: job: must be an object")
-    return _validated_options(options, line, service)
+    return _validated_options(options, line, service, params)
 
 
-def _validated_options(options: dict[str, Any], line: int, service: Service) -> JobOptions:
+def _validated_options(
+    options: dict[str, Any], line: int, service: Service, params: Any = None
+) -> JobOptions:
     where = f"line {line}: job." if line else "query: "
     try:
         batch = BatchRequest.model_validate({**options, "records": [{"text": "-"}]})
     except ValidationError as exc:
         raise ApiError(422, "validation_error", f"{where}{describe(exc)}") from None
+    if params is not None:
+        batch = with_query_options(batch, params)
     try:
         return request_options(batch, service)
     except ApiError as exc:

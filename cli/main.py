@@ -731,11 +731,13 @@ def delete(
 ) -> None:
     """Delete a job everywhere the service keeps it (a running job is cancelled first).
     Asks for confirmation unless --yes."""
-    if not yes and not typer.confirm(f"Delete job {job_id} and all its results?"):
-        raise typer.Exit(1)
     client = _client(ctx)
-    client.delete(_resolve(client, job_id))
-    out.print(f"deleted job {job_id}")
+    full_id = _resolve(client, job_id)
+    if not yes and not typer.confirm(f"Delete job {full_id} and all its results?"):
+        err.print("not deleted", markup=False)
+        raise typer.Exit(1)
+    client.delete(full_id)
+    out.print(f"deleted job {full_id}")
 
 
 def run() -> None:

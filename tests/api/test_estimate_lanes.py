@@ -103,6 +103,13 @@ def test_the_estimate_prices_the_lane_a_submit_would_take(start: StartService) -
             "/api/v1/batch/estimate?lane=batch", content=b'{"text": "One."}\n', headers=ndjson
         )
         assert reply.status_code == 200 and reply.json()["lane"] == "batch", reply.text
+        # The job line and the query both apply; a value given in both that differs: 422.
+        capped = b'{"job": {"max_cost_usd": 2}}\n{"text": "One."}\n'
+        reply = client.post("/api/v1/batch/estimate?lane=batch", content=capped, headers=ndjson)
+        assert reply.status_code == 200, reply.text
+        assert (reply.json()["lane"], reply.json()["max_cost_usd"]) == ("batch", 2)
+        reply = client.post("/api/v1/batch/estimate?lane=live", content=lines, headers=ndjson)
+        assert reply.status_code == 422 and "differs" in reply.json()["error"]["message"]
 
         refused = client.post("/api/v1/batch/estimate", json=body(2, lane="cheap"))
         assert refused.status_code == 422

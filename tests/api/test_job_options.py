@@ -79,3 +79,17 @@ def test_query_options_apply_to_a_json_body_and_never_silently() -> None:
     assert with_query_options(both, same) is both
     with pytest.raises(ApiError):
         with_query_options(both, {"max_cost_usd": "6"})
+
+
+def test_a_query_option_given_twice_is_refused() -> None:
+    from starlette.datastructures import QueryParams
+
+    from api.job_options import query_options
+
+    assert query_options(QueryParams("lane=batch&priority=high")) == {
+        "lane": "batch",
+        "priority": "high",
+    }
+    with pytest.raises(ApiError) as twice:
+        query_options(QueryParams("lane=batch&lane=live"))
+    assert twice.value.status == 422 and "lane is given more than once" in twice.value.message
