@@ -153,13 +153,21 @@ async def test_records_published_by_the_api_carry_owner_and_priority(
         high = client.post(
             "/api/v1/batch", json={"records": [{"text": "Down."}] * 2, "priority": "high"}
         )
-        lines = '{"job": {"priority": "low"}}\n{"text": "Slow."}\n{"text": "Meh."}\n'
+        lines = '{"job": {"lane": "live"}}\n{"text": "Slow."}\n{"text": "Meh."}\n'
         ndjson = client.post(
             "/api/v1/batch",
             content=lines,
-            params={"priority": "high"},  # the job line wins
+            params={"priority": "low"},  # the job line and the query both apply
             headers={"content-type": "application/x-ndjson"},
         )
+        conflict = client.post(
+            "/api/v1/batch",
+            content='{"job": {"priority": "low"}}\n{"text": "x"}\n',
+            params={"priority": "high"},  # given twice, differently: which one was meant?
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert conflict.status_code == 422, conflict.text
+        assert "differs from the body's priority" in conflict.json()["error"]["message"]
         csv = client.post(
             "/api/v1/batch",
             content="text\nFine.\nGood.\n",
