@@ -628,11 +628,7 @@ class BatchLane:
         """One provider batch of the gathered records; False when none could be made now."""
         await self._rules.terms_known(job.job_id)
         if await self._cancelled.should_skip(job.job_id):
-            # Each taken out before its outcome is awaited: records that join the buffer
-            # meanwhile stay in it for the next turn (a clear() afterwards lost them).
-            for index in list(job.buffer):
-                waiting = job.buffer.pop(index)
-                await self._produce(job, [waiting], skipped_outcome(waiting.item.record))
+            await self._end_buffered(job, lambda w: skipped_outcome(w.item.record))
             return False
         if self._deadline_near(job):
             waiting_now = list(job.buffer.values())
@@ -649,11 +645,8 @@ class BatchLane:
         try:
             task = self._rules.task_of(job.job_id)
         except InsightStreamError as exc:
-            for index in list(job.buffer):
-                waiting = job.buffer.pop(index)
-                await self._produce(
-                    job, [waiting], _failed(waiting.item, f"the job's task cannot be used: {exc}")
-                )
+            reason = f"the job's task cannot be used: {exc}"
+            await self._end_buffered(job, lambda w: _failed(w.item, reason))
             return False
         limit = min(self._s.batch_lane_max_requests, MAX_BATCH_REQUESTS)
         # The batch's reservations end with it (renewed by it while it runs).
@@ -679,6 +672,14 @@ class BatchLane:
             del job.buffer[waiting.item.record.index]
         await self._create(job, chosen, requests, why, token)
         return True
+
+    async def _end_buffered(self, job: _Job, outcome: Callable[[_Waiting], ResultEvent]) -> None:
+        """Give every record gathered now its `outcome` (skipped, failed). Each is taken out
+        before its outcome is awaited: records that join the buffer meanwhile stay in it
+        for the next turn."""
+        for index in list(job.buffer):
+            waiting = job.buffer.pop(index)
+            await self._produce(job, [waiting], outcome(waiting))
 
     async def _reserve(
         self,
