@@ -31,6 +31,7 @@ import time  # noqa: E402
 from pydantic import SecretStr, ValidationError  # noqa: E402
 
 from api import create_api  # noqa: E402
+from stream_app.core.collector import tune_garbage_collector  # noqa: E402
 from stream_app.core.exceptions import BrokerUnavailable, StartupFailed  # noqa: E402
 from stream_app.core.logs import configure_logging, get_logger  # noqa: E402
 from stream_app.core.settings import TANSU_REBALANCE_TIMEOUT_SECONDS, Settings  # noqa: E402
@@ -141,6 +142,7 @@ def main() -> int:
         return 2
     settings = loaded
     configure_logging(settings.log_level, settings.log_format)
+    tune_garbage_collector()
     children: list[ChildProcess] = []
     started = time.monotonic()
     # Until the server installs its own handlers, SIGTERM and SIGINT must still stop the

@@ -19,6 +19,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 
 from schemas import JobCreated
+from stream_app.core.collector import freeze_startup_objects
 from stream_app.core.exceptions import BrokerUnavailable
 from stream_app.core.logs import get_logger
 from stream_app.core.metrics import MeteredTransport, WorkerMetrics
@@ -476,6 +477,8 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 concurrency=settings.batch_max_concurrent_llm_calls,
                 scheduling=settings.batch_scheduling,
                 lookahead=settings.batch_lookahead_records,
+                # What start-up built stays for the process's life: no collection walks it.
+                objects_frozen=freeze_startup_objects(),
             )
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules
