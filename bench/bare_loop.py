@@ -3,7 +3,8 @@
 `python -m bench.bare_loop --base-url URL --records N --concurrency C` sends one
 `messages.create` per record (AsyncAnthropic, `max_retries=0`, the default task's model,
 max_tokens, system prompt and output format, as stream_app.provider.client sends them) with C
-calls in flight, reads each answer as the worker does (`with_raw_response`, then `parse()`),
+calls in flight, reads each answer as the worker does (`with_raw_response`, then the body as
+JSON: `stream_app.provider.client.read_message`),
 and prints `{"records", "ok", "seconds", "cpu_seconds"}` as JSON (`cpu_seconds`: this process's
 CPU time, user and system, during the calls alone). It runs in a process of its own, as a
 worker does, so both compete alike with the simulator for the CPU.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import anthropic
 
 from stream_app.core.settings import Settings
+from stream_app.provider.client import read_message
 from stream_app.provider.request import prepare_task
 
 
@@ -53,8 +55,8 @@ async def bare_loop(base_url: str, records: int, concurrency: int) -> tuple[int,
         nonlocal ok
         for index in queue:
             raw = await client.messages.with_raw_response.create(**task.request(record_text(index)))
-            message = await raw.parse()
-            ok += 1 if message.content else 0
+            message = read_message(await raw.read(), raw.http_response)
+            ok += 1 if message["content"] else 0
 
     began, cpu_began = time.monotonic(), time.process_time()
     try:

@@ -45,19 +45,20 @@ class Usage:
 
     @classmethod
     def from_api(cls, usage: Any) -> Usage:
-        """From the SDK's `message.usage`. Absent or null counts are 0 (older models and
-        some gateways omit the cache fields); a count that is not a whole number >= 0 is an
-        unreadable answer and raises ValueError."""
-        breakdown = getattr(usage, "cache_creation", None)
-        one_hour = _count(getattr(breakdown, "ephemeral_1h_input_tokens", None))
-        five_minutes = _count(getattr(breakdown, "ephemeral_5m_input_tokens", None))
-        creation_raw = getattr(usage, "cache_creation_input_tokens", None)
+        """From a message's `usage`: the SDK's model, or the JSON object of the answer's
+        body (a dict). Absent or null counts are 0 (older models and some gateways omit the
+        cache fields); a count that is not a whole number >= 0 is an unreadable answer and
+        raises ValueError."""
+        breakdown = _field(usage, "cache_creation")
+        one_hour = _count(_field(breakdown, "ephemeral_1h_input_tokens"))
+        five_minutes = _count(_field(breakdown, "ephemeral_5m_input_tokens"))
+        creation_raw = _field(usage, "cache_creation_input_tokens")
         creation = _count(creation_raw) if creation_raw is not None else one_hour + five_minutes
         return cls(
-            input_tokens=_count(getattr(usage, "input_tokens", None)),
-            output_tokens=_count(getattr(usage, "output_tokens", None)),
+            input_tokens=_count(_field(usage, "input_tokens")),
+            output_tokens=_count(_field(usage, "output_tokens")),
             cache_creation_input_tokens=creation,
-            cache_read_input_tokens=_count(getattr(usage, "cache_read_input_tokens", None)),
+            cache_read_input_tokens=_count(_field(usage, "cache_read_input_tokens")),
             cache_creation_1h_input_tokens=min(one_hour, creation),
         )
 
@@ -89,3 +90,11 @@ def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"unreadable token count in the provider's usage: {value!r}")
     return value
+
+
+def _field(holder: Any, name: str) -> Any:
+    """`holder`'s `name`: a key of a dict (an answer read as JSON), else an attribute (the
+    SDK's models); None when absent."""
+    if isinstance(holder, dict):
+        return holder.get(name)
+    return getattr(holder, name, None)
