@@ -21,6 +21,7 @@ from stream_app.kafka.faust_fixes import (
     send_without_an_event_loop_turn,
     take_several_events_per_event_loop_turn,
 )
+from stream_app.kafka.fetching import FETCH_MAX_WAIT_SECONDS, FETCH_MIN_BYTES
 from stream_app.kafka.reassign import reassign_when_topics_were_missing
 from stream_app.kafka.redelivery import heal_lost_deliveries
 
@@ -32,9 +33,6 @@ PRODUCER_BUFFER_MESSAGES = 1000
 # (faust_fixes.fetch_only_what_the_streams_can_take), so the worker's one fetch loop never
 # waits on a full queue with every other topic behind it.
 MAX_POLL_RECORDS = 500
-# Longest time the broker holds a fetch with no new data (faust_fixes.bound_the_fetch_wait;
-# Faust: 1.5 s, which results waited out at the end of a job).
-FETCH_MAX_WAIT_SECONDS = 0.1
 # How long a stream may hand its agent queued events before it gives up the event loop
 # (faust_fixes.take_several_events_per_event_loop_turn; Faust: one event a turn).
 STREAM_TURN_SECONDS = 0.005
@@ -140,7 +138,7 @@ def install_repairs(app: faust.App, settings: Settings) -> None:
     ebb_when_the_producer_buffer_drains(app, PRODUCER_BUFFER_MESSAGES)
     send_without_an_event_loop_turn(app)
     fetch_only_what_the_streams_can_take(app, MAX_POLL_RECORDS)
-    bound_the_fetch_wait(app, FETCH_MAX_WAIT_SECONDS)
+    bound_the_fetch_wait(app, FETCH_MAX_WAIT_SECONDS, FETCH_MIN_BYTES)
     # Job events and outcomes are few and latency-bound; records come by the thousand.
     fetch_these_topics_first(app, (s.topic_jobs, s.topic_results))
     take_several_events_per_event_loop_turn(STREAM_TURN_SECONDS)

@@ -456,10 +456,12 @@ def send_without_an_event_loop_turn(app: faust.App) -> None:
     app.maybe_start_producer = started_producer  # type: ignore[method-assign]
 
 
-def bound_the_fetch_wait(app: faust.App, seconds: float) -> None:
+def bound_the_fetch_wait(app: faust.App, seconds: float, min_bytes: int = 1) -> None:
     """Let the broker hold a fetch request at most `seconds` when none of its partitions
     has new data (aiokafka's `fetch_max_wait_ms`; Faust hard-codes 1,500 ms in
-    faust/transport/drivers/aiokafka.py `_create_worker_consumer`).
+    faust/transport/drivers/aiokafka.py `_create_worker_consumer`), and until `min_bytes`
+    of new data are there within that time (`fetch_min_bytes`, which Faust leaves at
+    aiokafka's 1: stream_app.kafka.fetching says why more).
 
     aiokafka leaves out of a fetch request every partition whose fetched records the
     worker has not taken yet (aiokafka/consumer/fetcher.py `_get_actions_per_node`), and
@@ -480,7 +482,9 @@ def bound_the_fetch_wait(app: faust.App, seconds: float) -> None:
 
     def create_worker_consumer(transport: Any) -> Any:
         consumer = create(transport)
-        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read by its fetcher at start
+        # Both read by its fetcher when it starts.
+        consumer._fetch_max_wait_ms = int(seconds * 1000)
+        consumer._fetch_min_bytes = min_bytes
         return consumer
 
     thread._create_worker_consumer = create_worker_consumer

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.core.logs import get_logger
+from stream_app.kafka.fetching import FETCH_MAX_WAIT_SECONDS, FETCH_MIN_BYTES
 
 log = get_logger(__name__)
 
@@ -25,14 +26,26 @@ _RETRY_SECONDS = 1.0
 
 
 @asynccontextmanager
-async def groupless_consumer(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsumer]:
+async def groupless_consumer(
+    bootstrap_servers: str, *, batched: bool = False
+) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer without a group (no commits, `earliest` where no offset is
-    given), stopped on exit."""
+    given), stopped on exit. `batched`: for a reader that follows its topics for good,
+    each fetch is held for FETCH_MIN_BYTES or FETCH_MAX_WAIT_SECONDS (stream_app.kafka.fetching);
+    otherwise a fetch is answered as soon as anything is there (reading a known range)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **(
+            {
+                "fetch_min_bytes": FETCH_MIN_BYTES,
+                "fetch_max_wait_ms": int(FETCH_MAX_WAIT_SECONDS * 1000),
+            }
+            if batched
+            else {}
+        ),
     )
     await consumer.start()
     try:

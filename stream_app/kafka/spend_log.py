@@ -151,7 +151,7 @@ class SpendLog:
         )
 
     async def _read(self) -> None:
-        async with groupless_consumer(self._bootstrap) as consumer:
+        async with groupless_consumer(self._bootstrap, batched=True) as consumer:
             await assign_from_start(consumer, every_partition([self._topic], self._partitions))
             while True:
                 batches = await consumer.getmany(timeout_ms=500)

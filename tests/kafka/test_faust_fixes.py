@@ -727,7 +727,8 @@ async def test_canary_faust_lets_the_broker_hold_a_fetch_for_1500_ms() -> None:
 async def test_the_worker_consumer_waits_at_most_the_bound_for_a_fetch() -> None:
     app = faust.App("wait-test", broker="kafka://127.0.0.1:1", autodiscover=False)
     thread: Any = app.consumer._thread  # type: ignore[attr-defined]
-    bound_the_fetch_wait(app, 0.1)
+    bound_the_fetch_wait(app, 0.1, 16384)
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 100
+    assert consumer._fetch_min_bytes == 16384
     await consumer.stop()
