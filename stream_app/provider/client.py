@@ -187,7 +187,7 @@ def read_message(body: bytes, reply: Any) -> dict[str, Any]:
 
     Read as JSON rather than through the SDK's `parse()`: the fields read here (`content`'s
     text blocks, `stop_reason`, `usage`) are the same, and building the SDK's models cost
-    about 0.5 ms of CPU per call (bench/README.md, "CPU per record"), a sixth of the
+    about 0.5 ms of CPU per call (bench/README.md, "Profiling the worker"), a sixth of the
     worker's whole cost per record."""
     try:
         message = orjson.loads(body)
