@@ -468,6 +468,8 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
 
     try:
         async with faust_running(pipeline.app, faust_stop_seconds):
+            # What start-up built stays for the process's life: no collection walks it.
+            frozen = freeze_startup_objects()
             log.info(
                 "worker started",
                 app_id=settings.kafka_app_id,
@@ -477,8 +479,7 @@ async def _running_service(settings: Settings) -> AsyncIterator[Service]:
                 concurrency=settings.batch_max_concurrent_llm_calls,
                 scheduling=settings.batch_scheduling,
                 lookahead=settings.batch_lookahead_records,
-                # What start-up built stays for the process's life: no collection walks it.
-                objects_frozen=freeze_startup_objects(),
+                objects_frozen=frozen,
             )
             service = Service(
                 settings, pipeline, budget, breaker, mirror, admin, canonical_url, gate, rules

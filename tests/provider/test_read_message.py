@@ -30,6 +30,7 @@ def test_a_message_is_read_with_its_blocks_stop_reason_and_usage() -> None:
         }
     )
     message = read_message(body, _reply(body))
+    assert [block["type"] for block in message["content"]] == ["text", "tool_use"]
     assert message["stop_reason"] == "end_turn"
     assert Usage.from_api(message["usage"]) == Usage(
         input_tokens=12,
